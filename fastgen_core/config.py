@@ -1,0 +1,86 @@
+"""Engine settings, validated when constructed (errors name the field, the value and what is allowed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .errors import ConfigError
+from .loader import LOAD_FORMATS
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class EngineConfig:
+    """How to run one model.
+
+    max_ragged_batch_size: tokens per forward pass (the SplitFuse budget).
+    max_ragged_sequence_count: sequences per forward pass.
+    kv_block_size: tokens per KV block (None: 32). num_kv_blocks: None sizes the cache from free memory
+    (``gpu_memory_fraction`` of the GPU, or ``cpu_kv_cache_bytes`` on CPU).
+    """
+
+    model: str
+    device: str | None = None
+    dtype: str | torch.dtype | None = None
+    max_ragged_batch_size: int = 768
+    max_ragged_sequence_count: int = 512
+    kv_block_size: int | None = None
+    num_kv_blocks: int | None = None
+    load_format: str = "auto"
+    family: str | None = None
+    max_context: int | None = None
+    gpu_memory_fraction: float = 0.9
+    cpu_kv_cache_bytes: int = 1 << 30
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("max_ragged_batch_size", "max_ragged_sequence_count"):
+            _positive_int(name, getattr(self, name))
+        for name in ("kv_block_size", "num_kv_blocks", "max_context"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.load_format not in LOAD_FORMATS:
+            raise ConfigError(f"load_format must be one of {list(LOAD_FORMATS)}, got {self.load_format!r}")
+        if not 0 < self.gpu_memory_fraction <= 1:
+            raise ConfigError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+        if self.dtype is not None and not isinstance(self.dtype, torch.dtype) and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {self.dtype!r}")
+        if self.device is not None:
+            try:
+                dev = torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ConfigError(f"device must be like 'cpu', 'cuda' or 'cuda:1', got {self.device!r}") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"device {self.device!r} requested but CUDA is not available here")
+            if dev.type not in ("cpu", "cuda"):
+                raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    @classmethod
+    def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(f"unknown engine option(s) {unknown}; allowed: {sorted(known - {'model'})}")
+        return cls(model=model, **kwargs)
+
+    def torch_device(self) -> torch.device:
+        if self.device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self, checkpoint_dtype: str | None) -> torch.dtype:
+        if isinstance(self.dtype, torch.dtype):
+            return self.dtype
+        if self.dtype is not None:
+            return DTYPES[self.dtype]
+        if self.torch_device().type == "cuda" and checkpoint_dtype in DTYPES:
+            return DTYPES[checkpoint_dtype]
+        return torch.float32
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {v!r}")

@@ -1,0 +1,311 @@
+"""LLMEngine: the step loop. schedule -> forward -> sample -> postprocess; per-token outputs for streaming."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import EngineConfig
+from ..errors import InvalidRequestError
+from ..loader import checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config
+from ..registry import FamilyRegistry
+from ..sampling import Sampler, SamplingParams, SamplingRow
+from ..tokenizer import IncrementalDetokenizer, load_tokenizer
+from .kv_cache import BlockAllocator
+from .runner import ModelRunner
+from .scheduler import Scheduler
+from .sequence import Sequence
+
+DEFAULT_BLOCK_SIZE = 32
+
+
+@dataclass
+class Response:
+    """One finished request (the pipeline's and the client's answer)."""
+
+    generated_text: str
+    token_ids: list[int]
+    prompt_length: int
+    generated_length: int
+    finish_reason: str            # "stop" | "length" | "abort"
+    request_id: str = ""
+    logits: list | None = field(default=None, repr=False)   # float32 tensors per sampled step (return_logits)
+
+    def to_dict(self) -> dict:
+        return {"generated_text": self.generated_text, "token_ids": self.token_ids,
+                "prompt_length": self.prompt_length, "generated_length": self.generated_length,
+                "finish_reason": self.finish_reason}
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    delta_text: str
+    finished: bool
+    finish_reason: str | None = None
+    response: Response | None = None        # set when finished
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    params: SamplingParams
+    prompt_text: str | None
+    detok: IncrementalDetokenizer
+    generator: torch.Generator | None
+    emitted: int = 0                # chars of detok.text already streamed
+    stop_hit: str | None = None
+    logits: list = field(default_factory=list)
+    arrival: float = field(default_factory=time.monotonic)
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, registry: FamilyRegistry | None = None):
+        self.config = config
+        path = Path(config.model)
+        self.hf_config = read_hf_config(path)
+        self.registry = registry if registry is not None else FamilyRegistry()
+        self.family = self.registry.resolve(self.hf_config, path, config.family)
+        self.model_config = self.family.family.load_config_class().from_hf(self.hf_config)
+        mc = self.model_config
+        self.device = config.torch_device()
+        self.dtype = config.torch_dtype(mc.dtype)
+        self.max_context = min(config.max_context or mc.max_position_embeddings, mc.max_position_embeddings)
+        model_cls = self.family.family.load_model_class()
+        with torch.device(self.device), _default_dtype(self.dtype):
+            self.model = model_cls(mc)
+        self.model.eval()
+        if config.load_format == "dummy":
+            init_dummy_weights(self.model, config.seed)
+        else:
+            kind, files = checkpoint_files(path, config.load_format)
+            load_weights(self.model, self.family.family.load_weight_map(mc), iter_tensors(kind, files))
+        self.tokenizer = load_tokenizer(path)
+        self.eos_token_ids = self._eos_ids(path)
+        block_size = config.kv_block_size or DEFAULT_BLOCK_SIZE
+        num_blocks = config.num_kv_blocks or self._auto_num_blocks(block_size)
+        self.runner = ModelRunner(self.model, mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
+                                  num_blocks, block_size, self.device, self.dtype)
+        self.allocator = BlockAllocator(num_blocks, block_size)
+        self.scheduler = Scheduler(self.allocator, config.max_ragged_batch_size, config.max_ragged_sequence_count)
+        self.sampler = Sampler()
+        self.requests: dict[str, _Request] = {}
+        self._ids = itertools.count()
+        self.counters = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "finished": 0}
+
+    # ---- set-up helpers --------------------------------------------------------------------
+    def _eos_ids(self, path: Path) -> set[int]:
+        ids = set(self.model_config.eos_token_id)
+        gen = path / "generation_config.json"
+        if gen.is_file():
+            eos = json.loads(gen.read_text()).get("eos_token_id")
+            ids |= set([eos] if isinstance(eos, int) else (eos or []))
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _auto_num_blocks(self, block_size: int) -> int:
+        mc = self.model_config
+        per_block = ModelRunner.kv_bytes_per_block(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
+                                                   block_size, self.dtype)
+        # never more than every sequence slot at full context could use
+        cap = -(-self.config.max_ragged_sequence_count * self.max_context // block_size)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            # leave (1 - fraction) of the card, plus room for activations of a full ragged batch
+            act = self.config.max_ragged_batch_size * (mc.hidden_size * 40 + mc.vocab_size * 8) + (512 << 20)
+            budget = free - (1 - self.config.gpu_memory_fraction) * total - act
+        else:
+            budget = self.config.cpu_kv_cache_bytes
+        blocks = int(budget // per_block)
+        need_one = -(-self.max_context // block_size)
+        if blocks < need_one:
+            raise InvalidRequestError(f"not enough memory for the KV cache: {blocks} blocks fit, one full-context "
+                                      f"sequence needs {need_one}; lower max_context or free memory")
+        return min(blocks, cap)
+
+    # ---- requests --------------------------------------------------------------------------
+    def validate_prompt(self, prompt) -> tuple[list[int], str | None]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt is an empty string; give at least one character or token id")
+            if self.tokenizer is None:
+                raise InvalidRequestError(f"{self.config.model} has no tokenizer files: give prompts as token-id lists")
+            ids = self.tokenizer(prompt).input_ids
+            text = prompt
+        elif isinstance(prompt, (list, tuple)):
+            ids, text = list(prompt), None
+            if not ids:
+                raise InvalidRequestError("prompt is an empty token list; give at least one token id")
+            vocab = self.model_config.vocab_size
+            bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequestError(f"token ids must be integers in [0, {vocab}); got {bad[:5]}")
+        else:
+            raise InvalidRequestError(f"a prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        if len(ids) >= self.max_context:
+            raise InvalidRequestError(f"prompt has {len(ids)} tokens but the model's context is {self.max_context} "
+                                      "tokens (the prompt must be shorter, to leave room for at least one new token)")
+        return ids, text
+
+    def resolve_params(self, params: SamplingParams, prompt_len: int) -> SamplingParams:
+        room = self.max_context - prompt_len
+        if params.max_new_tokens is None:
+            params.max_new_tokens = max(room, 1)
+        elif params.max_new_tokens > room:
+            raise InvalidRequestError(f"prompt ({prompt_len} tokens) + max_new_tokens ({params.max_new_tokens}) "
+                                      f"exceeds the model's context of {self.max_context} tokens")
+        if params.min_new_tokens > params.max_new_tokens:
+            raise InvalidRequestError(f"min_new_tokens ({params.min_new_tokens}) exceeds max_new_tokens "
+                                      f"({params.max_new_tokens})")
+        if params.stop and self.tokenizer is None:
+            raise InvalidRequestError("stop strings need a tokenizer; this model directory has none "
+                                      "(use stop_token_ids)")
+        return params
+
+    def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
+        """Queue a request; raises InvalidRequestError (nothing queued) if it is unacceptable."""
+        params = params or SamplingParams()
+        ids, text = self.validate_prompt(prompt)
+        params = self.resolve_params(params, len(ids))
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise InvalidRequestError(f"request id {rid!r} is already in flight")
+        seq = Sequence(next(self._ids), rid, ids, params.max_new_tokens, params)
+        if not self.scheduler.can_ever_fit(seq):
+            raise InvalidRequestError(
+                f"request needs {self.allocator.blocks_for(seq.max_total_tokens)} KV blocks (prompt {len(ids)} + "
+                f"max_new_tokens {params.max_new_tokens}) but the whole cache has {self.allocator.num_blocks}")
+        gen = None
+        if params.seed is not None and not params.greedy:
+            gen = torch.Generator(device=self.device).manual_seed(params.seed)
+        self.requests[rid] = _Request(seq, params, text, IncrementalDetokenizer(self.tokenizer), gen)
+        self.scheduler.add(seq)
+        return rid
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a request and free its KV blocks. False if it was not in flight."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        self.scheduler.finish(req.seq, "abort")
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step --------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        now = time.monotonic()
+        for c in batch.chunks:
+            req = self.requests[c.seq.request_id]
+            if req.first_scheduled is None:
+                req.first_scheduled = now
+            if c.seq.num_preemptions == 0 and c.start < len(c.seq.prompt_token_ids):
+                self.counters["prompt_tokens"] += min(c.length, len(c.seq.prompt_token_ids) - c.start)
+        logits, sampled = self.runner.forward(batch)
+        self.scheduler.postprocess(batch)
+        self.counters["steps"] += 1
+        if not sampled:
+            return []
+        rows = []
+        for s in sampled:
+            req = self.requests[batch.chunks[s].seq.request_id]
+            banned = []
+            if len(req.seq.output_token_ids) < req.params.min_new_tokens:
+                banned = sorted((set() if req.params.ignore_eos else self.eos_token_ids) | set(req.params.stop_token_ids))
+            rows.append(SamplingRow(req.params, req.generator, banned))
+        tokens = self.sampler(logits, rows).tolist()
+        outputs = []
+        now = time.monotonic()
+        for row, s, tok in zip(range(len(rows)), sampled, tokens):
+            req = self.requests[batch.chunks[s].seq.request_id]
+            if req.params.return_logits:
+                req.logits.append(logits[row].cpu())
+            outputs.append(self._append_token(req, tok, now))
+        return outputs
+
+    def _append_token(self, req: _Request, tok: int, now: float) -> RequestOutput:
+        seq, p = req.seq, req.params
+        seq.output_token_ids.append(tok)
+        self.counters["generated_tokens"] += 1
+        req.first_token = req.first_token or now
+        req.last_token = now
+        req.detok.add(tok)
+        n = len(seq.output_token_ids)
+        reason = None
+        if tok in p.stop_token_ids or (not p.ignore_eos and tok in self.eos_token_ids):
+            reason = "stop"
+        elif p.stop and n >= p.min_new_tokens:
+            window = req.detok.text[max(0, req.emitted - max(map(len, p.stop))):]
+            for s in p.stop:
+                if s in window:
+                    req.stop_hit = s
+                    reason = "stop"
+                    break
+        if reason is None and n >= seq.max_new_tokens:
+            reason = "length"
+        text = req.detok.text
+        if reason is None:
+            hold = max(map(len, p.stop)) - 1 if p.stop else 0
+            upto = max(req.emitted, len(text) - hold)
+        else:
+            upto = len(self._final_text(req))
+        delta = text[req.emitted:upto] if upto > req.emitted else ""
+        req.emitted = max(req.emitted, upto)
+        if reason is None:
+            return RequestOutput(seq.request_id, [tok], delta, False)
+        self.scheduler.finish(seq, reason)
+        self.requests.pop(seq.request_id, None)
+        self.counters["finished"] += 1
+        return RequestOutput(seq.request_id, [tok], delta, True, reason, self._response(req))
+
+    def _final_text(self, req: _Request) -> str:
+        text = req.detok.text
+        if req.stop_hit is not None:
+            text = text[:text.find(req.stop_hit)]
+        return text
+
+    def _response(self, req: _Request) -> Response:
+        seq, p = req.seq, req.params
+        text = self._final_text(req)
+        if p.return_full_text and req.prompt_text is not None:
+            text = req.prompt_text + text
+        return Response(text, list(seq.output_token_ids), len(seq.prompt_token_ids), len(seq.output_token_ids),
+                        seq.finish_reason, seq.request_id, req.logits if p.return_logits else None)
+
+    # ---- observability ---------------------------------------------------------------------
+    def stats(self) -> dict:
+        return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+                "kv_blocks_total": self.allocator.num_blocks, "kv_blocks_used": self.allocator.num_used,
+                "kv_usage": self.allocator.usage, "preemptions": self.scheduler.num_preemptions, **self.counters}
+
+    def request_timing(self, request_id: str) -> dict | None:
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        return {"arrival": req.arrival, "first_scheduled": req.first_scheduled, "first_token": req.first_token}

@@ -1,0 +1,153 @@
+"""Dynamic SplitFuse scheduling over a token budget. Plain Python: no torch.
+
+Each step fills ``max_ragged_batch_size`` tokens from at most ``max_ragged_sequence_count`` sequences:
+running decodes first (oldest first), then the unfinished prompt chunks of running sequences, then new
+prompts in arrival order. A long prompt is split across steps; short ones are packed together.
+
+KV policy, and why it cannot deadlock:
+- A sequence is admitted only if blocks for all its known tokens are free (plus a margin while others
+  run), and they are taken at once, so a prompt that started is never stuck for KV.
+- A decode that needs a block and finds none preempts the *newest* running sequence (recompute: its
+  blocks are freed and it goes back to the waiting queue with the tokens it generated). The oldest running
+  sequence is therefore never preempted while another one runs, and on its own it always fits, because a
+  request whose prompt + max_new_tokens cannot fit in the whole cache is refused at submission.
+- The waiting queue is kept in arrival order and served strictly FIFO, so nothing starves.
+"""
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+
+from .kv_cache import BlockAllocator
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledChunk:
+    seq: Sequence
+    start: int          # first token index (== seq.num_computed_tokens when scheduled)
+    length: int         # tokens in this forward
+    sample: bool        # this chunk reaches the end of the known tokens: sample the next one
+
+
+@dataclass
+class ScheduledBatch:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.length for c in self.chunks)
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+
+class Scheduler:
+    def __init__(self, allocator: BlockAllocator, max_ragged_batch_size: int = 768,
+                 max_ragged_sequence_count: int = 512, admission_margin: float = 0.05):
+        if max_ragged_batch_size < 1:
+            raise ValueError(f"max_ragged_batch_size must be >= 1, got {max_ragged_batch_size}")
+        if max_ragged_sequence_count < 1:
+            raise ValueError(f"max_ragged_sequence_count must be >= 1, got {max_ragged_sequence_count}")
+        self.allocator = allocator
+        self.max_ragged_batch_size = max_ragged_batch_size
+        self.max_ragged_sequence_count = max_ragged_sequence_count
+        self.admission_margin = admission_margin
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []          # kept sorted by seq_id (arrival)
+        self.num_preemptions = 0
+
+    # ---- queue management -------------------------------------------------------------------
+    def can_ever_fit(self, seq: Sequence) -> bool:
+        return self.allocator.blocks_for(seq.max_total_tokens) <= self.allocator.num_blocks
+
+    def add(self, seq: Sequence) -> None:
+        if not self.can_ever_fit(seq):
+            raise ValueError(f"request {seq.request_id!r} needs {self.allocator.blocks_for(seq.max_total_tokens)} "
+                             f"KV blocks but the cache has {self.allocator.num_blocks}")
+        seq.status = SequenceStatus.WAITING
+        self._insert_waiting(seq)
+
+    def _insert_waiting(self, seq: Sequence) -> None:
+        if not self.waiting or self.waiting[-1].seq_id < seq.seq_id:
+            self.waiting.append(seq)
+            return
+        keys = [s.seq_id for s in self.waiting]
+        self.waiting.insert(bisect.bisect_left(keys, seq.seq_id), seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Mark finished and free its blocks exactly once (also used for aborts)."""
+        if seq.status is SequenceStatus.FINISHED:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self._release(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+
+    def _release(self, seq: Sequence) -> None:
+        self.allocator.free(seq.block_table)
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        self.running.remove(seq)
+        self._release(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self._insert_waiting(seq)
+        batch.preempted.append(seq)
+
+    # ---- one step ---------------------------------------------------------------------------
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_ragged_batch_size
+        scheduled: set[int] = set()
+        decodes = [s for s in self.running if s.num_uncomputed == 1]
+        prefills = [s for s in self.running if s.num_uncomputed > 1]
+        for seq in decodes + prefills:
+            if budget == 0 or len(batch.chunks) >= self.max_ragged_sequence_count:
+                break
+            if seq.status is not SequenceStatus.RUNNING:   # preempted earlier in this loop
+                continue
+            n = min(seq.num_uncomputed, budget)
+            end = seq.num_computed_tokens + n
+            while not self.allocator.can_grow(seq.block_table, end):
+                victim = max((s for s in self.running if s.seq_id not in scheduled), key=lambda s: s.seq_id)
+                self._preempt(victim, batch)
+                if victim is seq:
+                    break
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            self.allocator.grow(seq.block_table, end)
+            batch.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n, end == seq.num_tokens))
+            scheduled.add(seq.seq_id)
+            budget -= n
+        while self.waiting and budget > 0 and len(batch.chunks) < self.max_ragged_sequence_count:
+            seq = self.waiting[0]
+            need = self.allocator.blocks_for(seq.num_tokens)
+            margin = min(len(self.running), int(self.admission_margin * self.allocator.num_blocks)) if self.running else 0
+            if not self.allocator.can_allocate(need + margin):
+                break
+            self.waiting.popleft()
+            seq.block_table = self.allocator.allocate(need)
+            seq.status = SequenceStatus.RUNNING
+            bisect.insort(self.running, seq, key=lambda s: s.seq_id)
+            n = min(seq.num_uncomputed, budget)
+            batch.chunks.append(ScheduledChunk(seq, 0, n, n == seq.num_tokens))
+            scheduled.add(seq.seq_id)
+            budget -= n
+        return batch
+
+    def postprocess(self, batch: ScheduledBatch) -> None:
+        """Record that the scheduled tokens now have K/V in the cache (sampling appends tokens after)."""
+        for c in batch.chunks:
+            c.seq.num_computed_tokens = c.start + c.length

@@ -1,0 +1,25 @@
+"""Errors meant for people: each says what was wrong, with the value, and what is allowed."""
+
+
+class FastgenError(Exception):
+    """Base class of every error fastgen raises on purpose."""
+
+
+class InvalidRequestError(FastgenError, ValueError):
+    """A generation request (prompt or sampling option) is not acceptable."""
+
+
+class ConfigError(FastgenError, ValueError):
+    """An engine setting is not acceptable."""
+
+
+class UnsupportedModelError(FastgenError, ValueError):
+    """No installed family plugin can run this model, or the family refuses a variant."""
+
+
+class DuplicateFamilyError(FastgenError, RuntimeError):
+    """Two installed distributions claim the same architecture or model_type."""
+
+
+class WeightLoadError(FastgenError, ValueError):
+    """A checkpoint is missing tensors, has unexpected ones, or has tensors of the wrong shape."""

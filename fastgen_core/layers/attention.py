@@ -1,0 +1,118 @@
+"""Attention over the blocked KV cache: metadata, the pure-torch reference, and the module families use.
+
+The reference is the oracle the CUDA kernels are tested against, and the CPU path. It handles a ragged
+batch as two groups: all single-token rows (decodes) at once, padded to the longest context, and each
+multi-token chunk (prompt pieces) on its own with a causal mask offset by what is already cached.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AttentionMetadata:
+    """Where every token of the ragged batch goes. Host lists for control flow, tensors for indexing."""
+
+    slot_mapping: torch.Tensor          # [T] int64: cache slot (block * block_size + offset) of each token
+    block_tables: torch.Tensor          # [S, max_blocks] int64, padded with 0
+    context_lens: torch.Tensor          # [S] int64: tokens cached after this step, per sequence
+    query_start: list[int]              # host: first row of each sequence in the batch
+    query_lens: list[int]               # host
+    context_lens_host: list[int]        # host
+    block_size: int
+    decode_rows: torch.Tensor | None = None      # [Sd] rows of single-token sequences
+    decode_seqs: torch.Tensor | None = None      # [Sd] their sequence index (into block_tables)
+    prefill_seqs: list[int] = field(default_factory=list)   # host: sequences with a multi-token chunk
+    max_decode_context: int = 0
+
+
+@dataclass
+class ForwardContext:
+    """Everything a forward pass needs besides the token ids: passed explicitly, never global."""
+
+    positions: torch.Tensor                                  # [T]
+    attn: AttentionMetadata
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]       # per layer: K, V [blocks, block_size, Hk, D]
+
+
+def write_kv_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor) -> None:
+    """Scatter this step's K/V rows [T, Hk, D] into their cache slots."""
+    hk, d = k.shape[-2:]
+    k_cache.view(-1, hk, d).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+    v_cache.view(-1, hk, d).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+
+def _sdpa(q, k, v, mask, scale):
+    """q [B, Hq, Lq, D], k/v [B, Hk, Lk, D], mask [B, 1, Lq, Lk] bool (True = attend)."""
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                        scale: float, sliding_window: int | None = None) -> torch.Tensor:
+    """q [T, Hq, D] -> out [T, Hq, D], reading K/V (already written) from the blocked cache."""
+    out = torch.empty_like(q)
+    hk, d = k_cache.shape[-2:]
+    bs = meta.block_size
+    if meta.decode_rows is not None and meta.decode_rows.numel():
+        L = meta.max_decode_context
+        nb = -(-L // bs)
+        tables = meta.block_tables.index_select(0, meta.decode_seqs)[:, :nb]          # [Sd, nb]
+        k = k_cache[tables].reshape(len(tables), nb * bs, hk, d)[:, :L]
+        v = v_cache[tables].reshape(len(tables), nb * bs, hk, d)[:, :L]
+        ctx = meta.context_lens.index_select(0, meta.decode_seqs).unsqueeze(1)       # [Sd, 1]
+        kpos = torch.arange(L, device=q.device).unsqueeze(0)
+        mask = kpos < ctx
+        if sliding_window:
+            mask &= kpos > ctx - 1 - sliding_window
+        qd = q.index_select(0, meta.decode_rows).unsqueeze(2)                          # [Sd, Hq, 1, D]
+        o = _sdpa(qd, k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype), mask[:, None, None, :], scale)
+        out.index_copy_(0, meta.decode_rows, o.squeeze(2))
+    for s in meta.prefill_seqs:
+        start, n, ctx = meta.query_start[s], meta.query_lens[s], meta.context_lens_host[s]
+        nb = -(-ctx // bs)
+        blocks = meta.block_tables[s, :nb]
+        k = k_cache[blocks].reshape(nb * bs, hk, d)[:ctx].transpose(0, 1).unsqueeze(0)
+        v = v_cache[blocks].reshape(nb * bs, hk, d)[:ctx].transpose(0, 1).unsqueeze(0)
+        qpos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)
+        kpos = torch.arange(ctx, device=q.device).unsqueeze(0)
+        mask = kpos <= qpos
+        if sliding_window:
+            mask &= kpos > qpos - sliding_window
+        qs = q[start:start + n].transpose(0, 1).unsqueeze(0)                            # [1, Hq, n, D]
+        o = _sdpa(qs, k.to(q.dtype), v.to(q.dtype), mask[None, None], scale)
+        out[start:start + n] = o[0].transpose(0, 1)
+    return out
+
+
+class PagedAttention(nn.Module):
+    """Writes this step's K/V into layer ``layer_idx``'s cache and attends over everything cached."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int,
+                 scale: float | None = None, sliding_window: int | None = None):
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_attention_heads ({num_heads}) must be a multiple of num_key_value_heads "
+                             f"({num_kv_heads})")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.layer_idx = layer_idx
+        self.scale = scale if scale is not None else head_dim ** -0.5
+        self.sliding_window = sliding_window
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """q [T, Hq*D] or [T, Hq, D]; k, v [T, Hk, D] -> [T, Hq*D]."""
+        t = q.shape[0]
+        q = q.view(t, self.num_heads, self.head_dim)
+        k_cache, v_cache = ctx.kv_caches[self.layer_idx]
+        write_kv_ref(k.view(t, self.num_kv_heads, self.head_dim), v.view(t, self.num_kv_heads, self.head_dim),
+                     k_cache, v_cache, ctx.attn.slot_mapping)
+        out = paged_attention_ref(q, k_cache, v_cache, ctx.attn, self.scale, self.sliding_window)
+        return out.reshape(t, self.num_heads * self.head_dim)

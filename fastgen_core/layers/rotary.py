@@ -1,0 +1,76 @@
+"""Rotary position embedding (rotate-half / NeoX layout, as transformers), with partial rotary."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def rope_from_hf(hf: dict) -> tuple[float, dict | None]:
+    """(rope_theta, scaling dict or None) from a config.json, old ("rope_theta", "rope_scaling") or
+    transformers-5 ("rope_parameters") style."""
+    params = hf.get("rope_parameters") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
+    if scaling and scaling.get("rope_type", scaling.get("type", "default")) == "default":
+        scaling = None
+    return float(theta), scaling
+
+
+def _inv_freq(rotary_dim: int, base: float, scaling: dict | None) -> torch.Tensor:
+    inv = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    if not scaling:
+        return inv
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        return inv / float(scaling["factor"])
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv
+        out = torch.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, out)
+    raise ValueError(f"unsupported rope scaling {kind!r}; supported: default, linear, llama3")
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotates the first ``rotary_dim`` channels of each head; the rest pass through (Phi-2's partial RoPE)."""
+
+    def __init__(self, head_dim: int, rotary_dim: int | None = None, base: float = 10000.0,
+                 scaling: dict | None = None):
+        super().__init__()
+        self.head_dim = head_dim
+        self.rotary_dim = rotary_dim or head_dim
+        if self.rotary_dim % 2 or self.rotary_dim > head_dim:
+            raise ValueError(f"rotary_dim must be even and <= head_dim ({head_dim}), got {self.rotary_dim}")
+        self.register_buffer("inv_freq", _inv_freq(self.rotary_dim, base, scaling), persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq.float().to(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+    @staticmethod
+    def _rotate_half(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """q: [T, Hq, D], k: [T, Hk, D]; returns rotated copies."""
+        cos, sin = self.cos_sin(positions)
+        cos = cos.unsqueeze(1).to(q.dtype)
+        sin = sin.unsqueeze(1).to(q.dtype)
+        return self._apply(q, cos, sin), self._apply(k, cos, sin)
+
+    def _apply(self, x, cos, sin):
+        r = self.rotary_dim
+        if r == self.head_dim:
+            return x * cos + self._rotate_half(x) * sin
+        xr, xp = x[..., :r], x[..., r:]
+        return torch.cat((xr * cos + self._rotate_half(xr) * sin, xp), dim=-1)

@@ -1,0 +1,83 @@
+"""fastgen_core.pipeline: the offline, in-process API (DeepSpeed-MII's ``mii.pipeline``)."""
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from .config import EngineConfig
+from .engine.engine import LLMEngine, Response
+from .errors import InvalidRequestError
+from .sampling import SamplingParams
+
+
+class Pipeline:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+
+    def __call__(self, prompts, **generate_options) -> list[Response]:
+        """Generate for one prompt or many; returns Responses in prompt order.
+
+        Every prompt and option is validated before any request is queued, so a bad call changes nothing.
+        """
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and
+                                         all(isinstance(t, int) and not isinstance(t, bool) for t in prompts)):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise InvalidRequestError("prompts must be a non-empty string, list of strings or list of token-id lists")
+        try:
+            base = SamplingParams(**generate_options)
+        except TypeError as e:
+            allowed = sorted(SamplingParams.__dataclass_fields__)
+            raise InvalidRequestError(f"{e}; allowed generate options: {allowed}") from None
+        eng = self.engine
+        checked = []
+        for i, p in enumerate(prompts):
+            try:
+                ids, _ = eng.validate_prompt(p)
+                params = eng.resolve_params(SamplingParams(**{**base.__dict__}), len(ids))
+            except InvalidRequestError as e:
+                raise InvalidRequestError(f"prompt {i}: {e}") from None
+            checked.append((p, params))
+        rids = [eng.add_request(p, params) for p, params in checked]
+        pending = set(rids)
+        results: dict[str, Response] = {}
+        try:
+            while pending:
+                for out in eng.step():
+                    if out.finished and out.request_id in pending:
+                        results[out.request_id] = out.response
+                        pending.discard(out.request_id)
+        except BaseException:
+            for rid in pending:
+                eng.abort(rid)
+            raise
+        return [results[r] for r in rids]
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def destroy(self) -> None:
+        """Free the model and the KV cache."""
+        eng = self.engine
+        for rid in list(eng.requests):
+            eng.abort(rid)
+        self.engine = None
+        del eng
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def pipeline(model: str | None = None, device=None, dtype=None, max_ragged_batch_size: int = 768,
+             max_ragged_sequence_count: int = 512, kv_block_size: int | None = None,
+             num_kv_blocks: int | None = None, load_format: str = "auto", registry=None, **engine_options) -> Pipeline:
+    """Load ``model`` (an HF model directory; None: the embedded SmolLM2-135M-Instruct) and return a Pipeline."""
+    if model is None:
+        from .default_model import default_model_dir
+        model = str(default_model_dir())
+    cfg = EngineConfig.from_kwargs(str(model), device=device, dtype=dtype, max_ragged_batch_size=max_ragged_batch_size,
+                                   max_ragged_sequence_count=max_ragged_sequence_count, kv_block_size=kv_block_size,
+                                   num_kv_blocks=num_kv_blocks, load_format=load_format, **engine_options)
+    return Pipeline(LLMEngine(cfg, registry=registry))

@@ -1,0 +1,121 @@
+"""Conformance tools any family plugin runs against transformers (our pytester).
+
+    from fastgen_core.testing import check_family
+    def test_conformance(tmp_path):
+        check_family(MyHFConfig(...tiny...), tmp_path)
+
+It saves a tiny random transformers model, loads it through the installed plugins, and asserts that
+greedy tokens equal transformers' ``generate(do_sample=False)`` token for token, and that the logits of
+the first generated token are within 1e-4, under several token budgets (prompts split across steps) and
+under a KV cache small enough that preemption happens.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .pipeline import pipeline
+
+
+def save_tiny_model(hf_config, path: str | Path, seed: int = 0, shards: int = 1, safe: bool = True,
+                    tokenizer=None, init_std: float | None = None):
+    """Build a random transformers model from ``hf_config`` (float32), save it to ``path``, return it.
+
+    ``shards > 1`` writes a sharded checkpoint with its index; ``safe=False`` writes pytorch_model*.bin.
+    ``init_std`` widens the random init so that logits are well separated (fewer argmax near-ties).
+    """
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32).eval()
+    if init_std is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, init_std)
+    path = Path(path)
+    if shards > 1:
+        nbytes = sum(p.numel() * 4 for p in model.state_dict().values())
+        max_shard = max(nbytes // shards + 1, 1024)
+        model.save_pretrained(path, max_shard_size=max_shard, safe_serialization=safe)
+    else:
+        model.save_pretrained(path, safe_serialization=safe)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return model
+
+
+def random_prompts(n: int, vocab_size: int, min_len: int = 1, max_len: int = 200, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
+    lens[0], lens[-1] = min_len, max_len            # always cover both ends
+    return [torch.randint(0, vocab_size, (k,), generator=g).tolist() for k in lens]
+
+
+@torch.no_grad()
+def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' greedy continuation with EOS disabled (what ``ignore_eos=True`` means for us)."""
+    gc = copy.deepcopy(model.generation_config)
+    gc.eos_token_id = -1          # None would fall back to the model's EOS; negative ids never match
+    gc.pad_token_id = 0
+    gc.do_sample = False
+    gc.max_new_tokens = max_new_tokens
+    gc.min_new_tokens = None
+    ids = torch.tensor([prompt])
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()   # silence the warning about the negative eos id
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gc)
+    return out[0, len(prompt):].tolist()
+
+
+@torch.no_grad()
+def hf_last_logits(model, prompt: list[int]) -> torch.Tensor:
+    return model(torch.tensor([prompt])).logits[0, -1].float()
+
+
+@dataclass
+class ConformanceReport:
+    runs: list[dict]
+
+    @property
+    def preemptions(self) -> int:
+        return max(r["preemptions"] for r in self.runs)
+
+
+def check_family(hf_config, tmp_path: str | Path, num_prompts: int = 16, max_new_tokens: int = 8,
+                 budgets=(7, 64, 768), min_len: int = 1, max_len: int = 200, kv_block_size: int = 4,
+                 shards: int = 1, safe: bool = True, atol: float = 1e-4, seed: int = 0,
+                 init_std: float | None = None, registry=None) -> ConformanceReport:
+    """Assert equivalence with transformers for a tiny config of a family (see module docstring)."""
+    tmp_path = Path(tmp_path) / f"model-{shards}-{int(safe)}"
+    ref = save_tiny_model(hf_config, tmp_path, seed=seed, shards=shards, safe=safe, init_std=init_std)
+    vocab = hf_config.vocab_size
+    max_ctx = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", 4096)
+    max_len = min(max_len, max_ctx - max_new_tokens - 1)
+    prompts = random_prompts(num_prompts, vocab, min_len, max_len, seed)
+    expected = [hf_greedy(ref, p, max_new_tokens) for p in prompts]
+    first_logits = [hf_last_logits(ref, p) for p in prompts]
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    tight_blocks = -(-longest // kv_block_size) + 2          # about one long sequence at a time: preemption
+    settings = [dict(max_ragged_batch_size=b) for b in budgets]
+    settings.append(dict(max_ragged_batch_size=budgets[min(1, len(budgets) - 1)], num_kv_blocks=tight_blocks))
+    runs = []
+    for s in settings:
+        pipe = pipeline(str(tmp_path), device="cpu", dtype="float32", kv_block_size=kv_block_size,
+                        registry=registry, **s)
+        outs = pipe(prompts, max_new_tokens=max_new_tokens, ignore_eos=True, return_logits=True)
+        for i, (o, want) in enumerate(zip(outs, expected)):
+            assert o.token_ids == want, (f"{s}: prompt {i} (len {len(prompts[i])}): fastgen {o.token_ids} != "
+                                         f"transformers {want}")
+            diff = (o.logits[0] - first_logits[i]).abs().max().item()
+            assert diff <= atol, f"{s}: prompt {i}: first-token logits differ by {diff} > {atol}"
+            assert o.finish_reason == "length" and o.generated_length == max_new_tokens
+        stats = pipe.engine.stats()
+        assert stats["kv_blocks_used"] == 0, f"{s}: KV blocks leaked: {stats}"
+        runs.append({**s, "preemptions": stats["preemptions"], "steps": stats["steps"]})
+        pipe.destroy()
+    report = ConformanceReport(runs)
+    assert runs[-1]["preemptions"] > 0, f"the tight-KV run did not preempt ({runs[-1]}); the test would prove nothing"
+    return report
