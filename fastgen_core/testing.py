@@ -119,3 +119,24 @@ def check_family(hf_config, tmp_path: str | Path, num_prompts: int = 16, max_new
     report = ConformanceReport(runs)
     assert runs[-1]["preemptions"] > 0, f"the tight-KV run did not preempt ({runs[-1]}); the test would prove nothing"
     return report
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def make_tiny_tokenizer(vocab_size: int = 128):
+    """A character-level fast tokenizer whose every id decodes to one character (ids 0-3 are special:
+    <unk>, <s>, </s>, <pad>), so tests get real text, stop strings and chat templates without a download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, Regex
+    from transformers import PreTrainedTokenizerFast
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    chars = [chr(c) for c in range(32, 127)] + [chr(c) for c in range(161, 161 + vocab_size)]
+    vocab = {t: i for i, t in enumerate(specials + chars[:vocab_size - len(specials)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast

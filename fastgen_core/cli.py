@@ -1,0 +1,120 @@
+"""fastgen generate | plugins | serve | bench."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommands that live in their own modules: name -> module with add_arguments(parser) and run(args) -> int
+EXTERNAL_COMMANDS = {
+    "serve": ("fastgen_core.server.cli", "start a persistent deployment (REST: OpenAI- and MII-compatible)"),
+    "bench": ("fastgen_core.bench.cli", "measure throughput/latency against the roofline and transformers"),
+}
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="+", help="prompt text (several words are joined with spaces)")
+    p.add_argument("--model", default=None, help="HF model directory (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to the prompt")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--load-format", default="auto")
+
+
+def _generate(args) -> int:
+    import fastgen_core as fg
+    pipe = fg.pipeline(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format)
+    prompt = " ".join(args.prompt)
+    if args.chat:
+        tok = pipe.tokenizer
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise fg.InvalidRequestError("--chat needs a tokenizer with a chat template; this model has none")
+        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                         add_generation_prompt=True, return_dict=False)
+        if hasattr(prompt, "input_ids"):
+            prompt = prompt["input_ids"]
+        prompt = list(prompt)
+    do_sample = args.temperature is not None and args.temperature > 0
+    out = pipe(prompt, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=do_sample,
+               temperature=args.temperature if do_sample else 1.0, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+               stop=args.stop, ignore_eos=args.ignore_eos)[0]
+    print(out.generated_text)
+    return 0
+
+
+def _plugins_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _plugins(args) -> int:
+    import json
+
+    from .registry import FamilyRegistry
+    reg = FamilyRegistry()
+    ps = reg.plugins
+    data = {
+        "families": [{"family": rf.family.name, "distribution": rf.dist, "version": rf.version,
+                      "architectures": list(rf.family.architectures), "model_types": list(rf.family.model_types)}
+                     for rf in reg.families],
+        "failed": [{"plugin": f.name, "distribution": f.dist, "version": f.version, "error": f.error} for f in ps.failed],
+        "clashes": {k.removeprefix("model_type:"): [f"{rf.dist} ({rf.family.name})" for rf in v]
+                    for k, v in reg.clashes.items()},
+        "notes": ps.notes + reg.errors,
+    }
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    if not data["families"]:
+        print("no model families installed (pip install fastgen-llama, for example)")
+    for f in data["families"]:
+        print(f"{f['family']:<10} {f['distribution']} {f['version']}  architectures: {', '.join(f['architectures'])}")
+    for f in data["failed"]:
+        print(f"FAILED     {f['distribution']} {f['version']} (entry point {f['plugin']!r}): {f['error']}")
+    for key, who in data["clashes"].items():
+        print(f"CLASH      {key!r} is claimed by: {', '.join(who)}")
+    for n in data["notes"]:
+        print(f"NOTE       {n}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: Dynamic SplitFuse LLM inference")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _generate_args(sub.add_parser("generate", help="generate a continuation of a prompt"))
+    _plugins_args(sub.add_parser("plugins", help="list installed family plugins (and failed ones)"))
+    for name, (module, help_text) in EXTERNAL_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ImportError as e:
+            p.set_defaults(_unavailable=f"'fastgen {name}' is unavailable: {e}")
+    return parser
+
+
+def main(argv=None) -> int:
+    from .errors import FastgenError
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_unavailable", None):
+        print(args._unavailable, file=sys.stderr)
+        return 2
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "plugins":
+            return _plugins(args)
+        return importlib.import_module(EXTERNAL_COMMANDS[args.command][0]).run(args)
+    except FastgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
