@@ -103,9 +103,12 @@ class Sampler:
     """Samples one token per row. Greedy rows take the argmax; sampled rows use the exponential-race
     (Gumbel-max) trick so a seeded row's draw depends only on its own generator."""
 
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         logits = logits.float()
         n, vocab = logits.shape
+        if any(r.banned for r in rows):
+            logits = logits.clone()      # the caller may keep the raw logits (return_logits)
         for i, r in enumerate(rows):
             if r.banned:
                 logits[i, r.banned] = float("-inf")
