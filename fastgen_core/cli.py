@@ -31,22 +31,22 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 def _generate(args) -> int:
     import fastgen_core as fg
+    do_sample = args.temperature is not None and args.temperature > 0
+    # validate the options before paying for loading the model
+    options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=do_sample,
+                   temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, stop=args.stop, ignore_eos=args.ignore_eos)
+    fg.SamplingParams(**options)
     pipe = fg.pipeline(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format)
     prompt = " ".join(args.prompt)
     if args.chat:
         tok = pipe.tokenizer
         if tok is None or not getattr(tok, "chat_template", None):
             raise fg.InvalidRequestError("--chat needs a tokenizer with a chat template; this model has none")
-        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
-                                         add_generation_prompt=True, return_dict=False)
-        if hasattr(prompt, "input_ids"):
-            prompt = prompt["input_ids"]
-        prompt = list(prompt)
-    do_sample = args.temperature is not None and args.temperature > 0
-    out = pipe(prompt, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=do_sample,
-               temperature=args.temperature if do_sample else 1.0, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-               stop=args.stop, ignore_eos=args.ignore_eos)[0]
-    print(out.generated_text)
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+        prompt = tok(text, add_special_tokens=False).input_ids
+    print(pipe(prompt, **options)[0].generated_text)
     return 0
 
 
