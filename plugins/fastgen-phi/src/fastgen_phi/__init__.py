@@ -1,0 +1,1 @@
+"""fastgen family plugin for Phi-2 (parallel attention/MLP, partial rotary)."""

@@ -1,0 +1,107 @@
+"""Phi (1, 1.5, 2): one LayerNorm feeds attention and MLP in parallel; partial rotary; biases everywhere."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap, fused
+from fastgen_core.layers import MLP, CausalLM, ForwardContext, RotaryAttention, RotaryEmbedding, rope_from_hf
+
+
+@dataclass
+class PhiConfig(DecoderConfig):
+    intermediate_size: int = 0
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu_new"
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    partial_rotary_factor: float = 0.5
+    qk_layernorm: bool = False
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.partial_rotary_factor * self.head_dim)
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "PhiConfig":
+        theta, scaling = rope_from_hf(hf)
+        # transformers 5 keeps the factor in rope_parameters; hub configs (microsoft/phi-2) at top level.
+        factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor",
+                                                         hf.get("partial_rotary_factor", 0.5))
+        c = cls(**cls.common_from_hf(hf), intermediate_size=hf["intermediate_size"],
+                layer_norm_eps=hf.get("layer_norm_eps", 1e-5), hidden_act=hf.get("hidden_act", "gelu_new"),
+                rope_theta=theta, rope_scaling=scaling, partial_rotary_factor=float(factor),
+                qk_layernorm=bool(hf.get("qk_layernorm", False)))
+        r = c.rotary_dim
+        if r <= 0 or r % 2:
+            raise UnsupportedModelError(f"partial_rotary_factor {factor} x head_dim {c.head_dim} gives rotary_dim "
+                                        f"{r}; it must be a positive even number")
+        if c.qk_layernorm and c.num_attention_heads * c.head_dim != c.hidden_size:
+            raise UnsupportedModelError(f"qk_layernorm needs head_dim == hidden_size / num_attention_heads "
+                                        f"({c.hidden_size // c.num_attention_heads}), got head_dim {c.head_dim}")
+        return c
+
+
+class PhiAttention(RotaryAttention):
+    """RotaryAttention with biases, and optional per-head LayerNorm on q and k before the rotation."""
+
+    def __init__(self, c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding):
+        super().__init__(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, layer_idx,
+                         rotary, qkv_bias=True, o_bias=True, sliding_window=c.sliding_window)
+        self.q_layernorm = nn.LayerNorm(c.head_dim, eps=c.layer_norm_eps) if c.qk_layernorm else None
+        self.k_layernorm = nn.LayerNorm(c.head_dim, eps=c.layer_norm_eps) if c.qk_layernorm else None
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.q_layernorm is not None:
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
+        q, k = self.rotary(ctx.positions, q, k)
+        return self.o_proj(self.attn(q, k, v, ctx))
+
+
+class PhiDecoderLayer(nn.Module):
+    """x + attn(ln(x)) + mlp(ln(x)): attention and MLP read the same normalised input."""
+
+    def __init__(self, c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.self_attn = PhiAttention(c, layer_idx, rotary)
+        self.mlp = MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        # Summed in transformers' order (attn + mlp + residual) so float rounding matches.
+        return self.self_attn(h, ctx) + self.mlp(h) + x
+
+
+class PhiForCausalLM(CausalLM):
+    def __init__(self, c: PhiConfig):
+        rotary = RotaryEmbedding(c.head_dim, c.rotary_dim, c.rope_theta, c.rope_scaling)
+        super().__init__(c.vocab_size, c.hidden_size, [PhiDecoderLayer(c, i, rotary) for i in range(c.num_hidden_layers)],
+                         nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps), c.tie_word_embeddings, lm_head_bias=True)
+
+
+def weight_map(c: PhiConfig) -> WeightMap:
+    L, T = "model.layers.{i}.", "layers.{i}."
+    rules = [Rule("model.embed_tokens.weight", "embed_tokens.weight"), Rule("lm_head.bias", "lm_head.bias")]
+    for kind in ("weight", "bias"):
+        rules += [Rule("model.final_layernorm." + kind, "norm." + kind),
+                  Rule(L + "input_layernorm." + kind, T + "input_layernorm." + kind),
+                  Rule(L + "self_attn.dense." + kind, T + "self_attn.o_proj." + kind),
+                  Rule(L + "mlp.fc1." + kind, T + "mlp.fc1." + kind),
+                  Rule(L + "mlp.fc2." + kind, T + "mlp.fc2." + kind),
+                  *fused([L + f"self_attn.{p}_proj.{kind}" for p in "qkv"], T + "self_attn.qkv_proj." + kind)]
+        if c.qk_layernorm:
+            rules += [Rule(L + f"self_attn.{p}_layernorm.{kind}", T + f"self_attn.{p}_layernorm.{kind}") for p in "qk"]
+    ignore = [r"rotary_emb\.inv_freq$"]
+    if c.tie_word_embeddings:
+        ignore.append(r"^lm_head\.weight$")    # the bias stays its own tensor
+    else:
+        rules.append(Rule("lm_head.weight", "lm_head.weight"))
+    return WeightMap(rules, ignore)

@@ -1,0 +1,15 @@
+"""Hook implementations only: cheap to import (no torch)."""
+from fastgen_core import ModelFamily, hookimpl
+
+
+@hookimpl
+def register_model_families(register):
+    register(ModelFamily(
+        name="phi",
+        architectures=("PhiForCausalLM",),
+        model_types=("phi",),
+        config="fastgen_phi.model:PhiConfig",
+        model="fastgen_phi.model:PhiForCausalLM",
+        weights="fastgen_phi.model:weight_map",
+        description="Phi-1, Phi-1.5, Phi-2 (parallel attention and MLP, partial rotary, LayerNorm, biases)",
+    ))
