@@ -9,3 +9,7 @@ from .transformer import CausalLM, PreNormDecoderLayer, RotaryAttention
 __all__ = ["get_activation", "AttentionMetadata", "ForwardContext", "PagedAttention", "paged_attention_ref",
            "write_kv_ref", "GatedMLP", "MLP", "RMSNorm", "RotaryEmbedding", "rope_from_hf",
            "CausalLM", "PreNormDecoderLayer", "RotaryAttention"]
+
+from .moe import GroupedExperts, SparseMoE, grouped_experts_ref, moe_dense_ref, route_topk  # noqa: E402
+
+__all__ += ["GroupedExperts", "SparseMoE", "grouped_experts_ref", "moe_dense_ref", "route_topk"]
