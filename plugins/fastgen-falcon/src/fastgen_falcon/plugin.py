@@ -1,0 +1,17 @@
+"""Hook implementations only: cheap to import (no torch)."""
+from fastgen_core import ModelFamily, hookimpl
+
+
+@hookimpl
+def register_model_families(register):
+    register(ModelFamily(
+        name="falcon",
+        architectures=("FalconForCausalLM", "RWForCausalLM"),
+        # "RefinedWeb" (40B) and "RefinedWebModel" (7B) are the pre-transformers remote-code configs.
+        model_types=("falcon", "RefinedWeb", "RefinedWebModel"),
+        config="fastgen_falcon.config:FalconConfig",
+        model="fastgen_falcon.model:FalconForCausalLM",
+        weights="fastgen_falcon.model:weight_map",
+        description="Falcon 7B (multi-query, parallel attention), 40B/180B (grouped KV, two layer norms), "
+                    "sequential layouts and legacy RW configs; rotary only (no ALiBi)",
+    ))
