@@ -1,7 +1,6 @@
 """The plugin registers through the public hook, without entry points (as a test or an in-process
 plugin would), and the registry attributes, resolves and reports clashes for it."""
 import pytest
-import torch
 from transformers import Qwen2Config as HFQwen2Config
 
 import fastgen_qwen2.plugin
@@ -54,4 +53,3 @@ def test_clash_is_reported_naming_both_distributions():
         reg.resolve({"architectures": ["Qwen2ForCausalLM"]})
     assert "fastgen-qwen2" in str(e.value) and "fastgen-impostor" in str(e.value)
     assert reg.resolve({"architectures": ["Qwen2ForCausalLM"]}, family="qwen2").dist == "fastgen-qwen2"
-    torch.manual_seed(0)   # keep this module's tests independent of order
