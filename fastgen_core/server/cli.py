@@ -1,0 +1,58 @@
+"""``fastgen serve``: run a deployment in the foreground (front door + replicas) until SIGTERM/Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..errors import ConfigError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="HF model directory (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed, and in the record)")
+    p.add_argument("--device", default=None, help="device of every replica (cpu, cuda, cuda:1)")
+    p.add_argument("--device-map", default=None,
+                   help="one device per replica: 'auto', 'cuda:0,cuda:1' or a JSON list")
+    p.add_argument("--replicas", type=int, default=None, help="engine processes (default: 1, or one per device)")
+    p.add_argument("--api-key", default=os.environ.get("FASTGEN_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $FASTGEN_API_KEY; unset: no key)")
+    p.add_argument("--deployment-name", default=None, help="name for fastgen_core.client(NAME) and /mii/NAME "
+                                                           "(default: the model directory's name)")
+    p.add_argument("--queue-limit", type=int, default=1024,
+                   help="per replica: requests waiting beyond the running batch before 429")
+    p.add_argument("--drain-timeout", type=float, default=300.0, help="seconds SIGTERM waits for in-flight work")
+    p.add_argument("--stall-timeout", type=float, default=120.0,
+                   help="an engine step longer than this makes /health answer 503")
+    p.add_argument("--health-timeout", type=float, default=5.0, help="seconds to wait for a replica's /health")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--max-ragged-batch-size", type=int, default=None)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--kv-block-size", type=int, default=None)
+    p.add_argument("--max-context", type=int, default=None)
+    p.add_argument("--engine-options", default=None, help="more pipeline options as a JSON object")
+
+
+def settings_from_args(args):
+    from .settings import ServeSettings
+    engine = {}
+    if args.engine_options:
+        try:
+            engine = json.loads(args.engine_options)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--engine-options must be a JSON object: {e}") from None
+    for name in ("dtype", "max_ragged_batch_size", "num_kv_blocks", "kv_block_size", "max_context"):
+        if getattr(args, name) is not None:
+            engine[name] = getattr(args, name)
+    return ServeSettings(model=args.model, host=args.host, port=args.port, device=args.device,
+                         device_map=args.device_map, replicas=args.replicas, api_key=args.api_key or None,
+                         deployment_name=args.deployment_name, queue_limit=args.queue_limit,
+                         drain_timeout_s=args.drain_timeout, stall_timeout_s=args.stall_timeout,
+                         health_timeout_s=args.health_timeout, log_level=args.log_level, engine_options=engine)
+
+
+def run(args) -> int:
+    from .frontdoor import run_frontdoor
+    return run_frontdoor(settings_from_args(args))

@@ -1,0 +1,217 @@
+"""The engine loop: one thread per replica that owns the engine and calls ``engine.step()``.
+
+HTTP handlers never touch the engine. They put a Submission (a ``prepare(engine)`` function and an
+asyncio queue) into the loop's inbox and await events on their queue:
+
+    ("accepted", [request ids]) | ("rejected", exception)      once, first
+    ("output", RequestOutput)                                     per generated token
+    ("failed", message)                                           the loop died; nothing more will come
+
+The thread only blocks on its inbox when the engine has nothing to do, so handing work over never waits
+for a step and a step never waits for HTTP. Events are delivered to the event loop in one
+``call_soon_threadsafe`` per step. Per-request timings (queue time, TTFT, inter-token, end-to-end) are
+measured here, where the tokens appear.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import InvalidRequestError
+
+log = logging.getLogger("fastgen.server")
+IDLE_WAIT_S = 0.05        # how long an idle loop blocks on its inbox (also its heartbeat period when idle)
+
+
+@dataclass(eq=False)
+class Submission:
+    prepare: Callable[[Any], list]              # engine -> [(prompt, SamplingParams)], run on the loop thread
+    events: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    arrival: float = field(default_factory=time.monotonic)
+    request_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Track:
+    sub: Submission
+    scheduled: bool = False
+    first_token: float | None = None
+    last_token: float | None = None
+
+
+class EngineLoop:
+    def __init__(self, engine, metrics, stall_timeout_s: float = 60.0):
+        self.engine = engine
+        self.metrics = metrics
+        self.stall_timeout_s = stall_timeout_s
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.tracks: dict[str, _Track] = {}
+        self.heartbeat = time.monotonic()
+        self.error: str | None = None
+        self.snapshot: dict = {**engine.stats(), "alive": False}
+        self._dead = False
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._prefix = f"r{os.getpid()}"
+        self._thread = threading.Thread(target=self._run, name="fastgen-engine-loop", daemon=True)
+
+    # ---- called from the event loop (never blocks) --------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, sub: Submission) -> None:
+        with self._lock:
+            if self._dead:
+                raise RuntimeError(self.error or "the engine loop has stopped")
+            self.inbox.put(("add", sub))
+
+    def cancel(self, sub: Submission) -> None:
+        """Abort whatever of ``sub`` is still running and free its KV blocks (client went away)."""
+        self.inbox.put(("cancel", sub))
+
+    def health(self) -> tuple[bool, str]:
+        if self.error is not None:
+            return False, f"engine loop died: {self.error}"
+        if not self._thread.is_alive():
+            return False, "engine loop is not running"
+        age = time.monotonic() - self.heartbeat
+        if age > self.stall_timeout_s:
+            return False, f"engine loop is stuck: no step finished for {age:.1f}s (limit {self.stall_timeout_s}s)"
+        return True, "ok"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.inbox.put(("stop", None))
+        self._thread.join(timeout)
+
+    # ---- the thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        self.snapshot = {**self.engine.stats(), "alive": True}
+        try:
+            running = True
+            while running:
+                self.heartbeat = time.monotonic()
+                running, worked = self._drain(block=not self.engine.has_unfinished())
+                if running and self.engine.has_unfinished():
+                    self._step()
+                    worked = True
+                if worked:
+                    self.snapshot = {**self.engine.stats(), "alive": True}
+        except BaseException as e:          # noqa: BLE001 - whatever kills the loop must reach the clients
+            self.error = f"{type(e).__name__}: {e}"
+            log.exception("engine loop died")
+        finally:
+            with self._lock:
+                self._dead = True
+            self._fail_all(self.error or "the server is shutting down")
+            self.snapshot = {**self.snapshot, "alive": False}
+
+    def _drain(self, block: bool) -> tuple[bool, bool]:
+        items = []
+        try:
+            items.append(self.inbox.get(timeout=IDLE_WAIT_S) if block else self.inbox.get_nowait())
+            while True:
+                items.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        for kind, value in items:
+            if kind == "add":
+                self._add(value)
+            elif kind == "cancel":
+                for rid in value.request_ids:
+                    if rid in self.tracks and self.engine.abort(rid):
+                        self._close(rid, "abort", time.monotonic())
+            elif kind == "stop":
+                return False, True
+        return True, bool(items)
+
+    def _add(self, sub: Submission) -> None:
+        rids: list[str] = []
+        try:
+            pairs = sub.prepare(self.engine)
+            for i, (prompt, params) in enumerate(pairs):
+                rid = f"{self._prefix}-{next(self._ids)}"
+                try:
+                    self.engine.add_request(prompt, params, rid)
+                except InvalidRequestError as e:
+                    raise InvalidRequestError(f"prompt {i}: {e}" if len(pairs) > 1 else str(e)) from None
+                rids.append(rid)
+        except Exception as e:      # noqa: BLE001 - a bad request must not kill the loop
+            for rid in rids:        # all or nothing: a batch with one bad prompt queues none
+                self.engine.abort(rid)
+            if not isinstance(e, InvalidRequestError):
+                log.exception("preparing a request failed")
+            self._deliver([(sub, ("rejected", e))])
+            return
+        sub.request_ids = rids
+        for rid in rids:
+            self.tracks[rid] = _Track(sub)
+        self._deliver([(sub, ("accepted", rids))])
+
+    def _step(self) -> None:
+        start = time.monotonic()
+        for rid, tr in self.tracks.items():     # scheduled in an earlier step without a token yet
+            if not tr.scheduled:
+                t = self.engine.request_timing(rid)
+                if t is not None and t["first_scheduled"] is not None:
+                    tr.scheduled = True
+                    self.metrics.queue_time.observe(t["first_scheduled"] - tr.sub.arrival)
+        outputs = self.engine.step()
+        now = time.monotonic()
+        events = []
+        for out in outputs:
+            tr = self.tracks.get(out.request_id)
+            if tr is None:
+                continue
+            if not tr.scheduled:                # first scheduled in this very step
+                tr.scheduled = True
+                self.metrics.queue_time.observe(start - tr.sub.arrival)
+            if tr.first_token is None:
+                tr.first_token = now
+                self.metrics.ttft.observe(now - tr.sub.arrival)
+            else:
+                self.metrics.itl.observe(now - tr.last_token)
+            tr.last_token = now
+            if out.finished:
+                self._close(out.request_id, out.finish_reason, now)
+            events.append((tr.sub, ("output", out)))
+        self._deliver(events)
+
+    def _close(self, rid: str, reason: str, now: float) -> None:
+        tr = self.tracks.pop(rid)
+        self.metrics.finished(reason, now - tr.sub.arrival)
+
+    def _fail_all(self, message: str) -> None:
+        events = [(tr.sub, ("failed", message)) for tr in self.tracks.values()]
+        self.tracks.clear()
+        while True:                              # submissions that never reached the engine
+            try:
+                kind, value = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "add":
+                events.append((value, ("failed", message)))
+        self._deliver(events)
+
+    @staticmethod
+    def _deliver(events: list) -> None:
+        by_loop: dict = {}
+        for sub, ev in events:
+            by_loop.setdefault(sub.loop, []).append((sub.events, ev))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:                 # the event loop is closed: nobody is listening
+                pass
+
+
+def _put_all(items) -> None:
+    for q, ev in items:
+        q.put_nowait(ev)

@@ -1,0 +1,99 @@
+"""The front door process (what ``fastgen serve`` runs): start the replicas, route to them, stop them.
+
+Start-up: replicas first (the front door answers nothing until every replica is healthy), then the
+deployment record is written so ``fastgen_core.client(name)`` can find it. SIGTERM/SIGINT (or POST
+/fastgen/terminate): uvicorn stops accepting, waits for in-flight requests to finish, then the replicas
+get SIGTERM and are waited for, and the record is removed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+from contextlib import asynccontextmanager
+
+from ..errors import ConfigError
+from .deployment import read_record, remove_record, write_record
+from .replicas import ReplicaSet, plan_devices
+from .router import RouterBackend
+from .settings import ServeSettings
+
+log = logging.getLogger("fastgen.server")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror} (is another server using it? "
+                          "--port 0 picks a free port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_frontdoor(s: ServeSettings) -> int:
+    import uvicorn
+
+    from .app import create_app
+    logging.basicConfig(level=s.log_level.upper(), format="[fastgen] %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)      # one line per proxied request is noise
+    old = read_record(s.deployment_name)
+    if old is not None:
+        raise ConfigError(f"deployment {s.deployment_name!r} is already running at {old['url']} (pid {old['pid']}); "
+                          "terminate it or choose another --deployment-name")
+    devices = plan_devices(s.device, s.device_map, s.replicas)
+    sock = _bind(s.host, s.port)
+    port = sock.getsockname()[1]
+    url = f"http://{'[' + s.host + ']' if ':' in s.host else s.host}:{port}"
+    replicas = ReplicaSet(s.model, s.deployment_name, devices, s.engine_options, s.queue_limit, s.stall_timeout_s,
+                          s.drain_timeout_s, s.health_timeout_s, s.log_level)
+    backend = RouterBackend(replicas, s.deployment_name, s.model)
+    backend.url = url
+    failure: list[str] = []
+    server_box: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        try:
+            await replicas.start()
+        except BaseException as e:
+            failure.append(str(e))
+            await replicas.stop()
+            raise
+        monitor = asyncio.ensure_future(replicas.monitor())
+        announce = asyncio.ensure_future(_announce(server_box, s, url, replicas))
+        try:
+            yield
+        finally:
+            monitor.cancel()
+            announce.cancel()
+            await replicas.stop()
+            remove_record(s.deployment_name, os.getpid())
+
+    app = create_app(backend, s.deployment_name, s.model, api_key=s.api_key, lifespan=lifespan)
+    config = uvicorn.Config(app, log_level=s.log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=s.drain_timeout_s)
+    server = server_box["server"] = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if failure:
+        print(f"error: {failure[0]}", file=sys.stderr)
+        return 2
+    return 0 if server.started else 1
+
+
+async def _announce(server_box, s: ServeSettings, url: str, replicas: ReplicaSet) -> None:
+    """Write the deployment record once uvicorn is accepting connections."""
+    server = server_box["server"]
+    while not server.started:
+        await asyncio.sleep(0.02)
+    write_record(s.deployment_name, {"name": s.deployment_name, "url": url, "pid": os.getpid(), "model": s.model,
+                                     "replica_pids": [r.pid for r in replicas], "started": time.time()})
+    print(f"fastgen: deployment {s.deployment_name!r} serving {s.model} at {url} with {len(replicas.replicas)} "
+          f"replica(s) on {[r.device for r in replicas]}", file=sys.stderr, flush=True)

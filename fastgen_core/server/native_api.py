@@ -1,0 +1,46 @@
+"""fastgen's native /generate (pipeline options and Response objects) and MII's POST /mii/{deployment}."""
+from __future__ import annotations
+
+from starlette.responses import JSONResponse, Response
+
+from .errors import APIError
+from .openai_api import _collect, sse_response
+from .options import completion_prompts, generate_params, mii_prepare, same_for_each
+
+MII_FINISH_REASONS = {"stop": "stop", "length": "length"}      # anything else is MII's "none"
+
+
+async def generate(backend, body, request) -> Response:
+    """Non-streaming: a JSON list of Response dicts. Streaming (one prompt): SSE events
+    ``{"text", "token_ids"}``, the last one with ``"response"``, then ``[DONE]``."""
+    prompts = completion_prompts(body.prompts)
+    if body.stream and len(prompts) != 1:
+        raise APIError(400, f"stream: true takes exactly one prompt, got {len(prompts)}", param="stream")
+    params = generate_params(body)
+    handle = await backend.open(request, same_for_each(prompts, params), len(prompts))
+    if body.stream:
+        return sse_response(handle, _generate_events(handle))
+    responses = await _collect(handle)
+    if responses is None:
+        return Response(status_code=499)
+    return JSONResponse([r.to_dict() for r in responses])
+
+
+async def _generate_events(handle):
+    async for out in handle.outputs():
+        ev = {"text": out.delta_text, "token_ids": out.new_token_ids}
+        if out.finished:
+            ev["response"] = out.response.to_dict()
+        yield ev
+
+
+async def mii(backend, body, request) -> Response:
+    """MII's REST answer: a list of {generated_text, prompt_length, generated_length, finish_reason}."""
+    prompts, prepare = mii_prepare(body)
+    handle = await backend.open(request, prepare, len(prompts))
+    responses = await _collect(handle)
+    if responses is None:
+        return Response(status_code=499)
+    return JSONResponse([{"generated_text": r.generated_text, "prompt_length": r.prompt_length,
+                          "generated_length": r.generated_length,
+                          "finish_reason": MII_FINISH_REASONS.get(r.finish_reason, "none")} for r in responses])

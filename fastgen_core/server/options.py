@@ -1,0 +1,139 @@
+"""From HTTP request bodies to engine work: prompts + SamplingParams, with OpenAI's and MII's semantics.
+
+Each builder returns a ``prepare(engine)`` function. It runs on the engine loop's thread (the only thread
+that touches the engine or its tokenizer) and returns the ``(prompt, SamplingParams)`` pairs to queue.
+
+OpenAI semantics (decided as vLLM does): ``temperature`` absent means 1.0, i.e. sampling, as on OpenAI's
+API; ``temperature: 0`` is greedy. ``max_tokens`` defaults to 16 for completions (OpenAI's default) and
+to "up to the context" for chat. Only ``n: 1`` is supported.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from ..errors import InvalidRequestError
+from ..sampling import SamplingParams
+from .errors import APIError
+
+Prepare = Callable[[Any], list[tuple[Any, SamplingParams]]]
+
+
+def _unsupported(name: str, why: str) -> APIError:
+    return APIError(400, f"{name} is not supported by this server: {why}", param=name)
+
+
+def _refuse_unsupported(body) -> None:
+    if body.n not in (None, 1):
+        raise APIError(400, f"n must be 1 (one choice per prompt), got {body.n}; send the request again "
+                            "for more samples", param="n")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name) not in (None, 0):
+            raise _unsupported(name, f"got {getattr(body, name)}; only 0 (no penalty) is allowed")
+    if body.logit_bias:
+        raise _unsupported("logit_bias", "leave it empty")
+    if getattr(body, "logprobs", None):
+        raise _unsupported("logprobs", "leave it null/false")
+    if getattr(body, "top_logprobs", None):
+        raise _unsupported("top_logprobs", "leave it null")
+    if getattr(body, "echo", False):
+        raise _unsupported("echo", "leave it false")
+    if getattr(body, "best_of", None) not in (None, 1):
+        raise _unsupported("best_of", f"got {body.best_of}; only 1 is allowed")
+    if getattr(body, "suffix", None):
+        raise _unsupported("suffix", "leave it null")
+    if getattr(body, "tools", None):
+        raise _unsupported("tools", "tool calling is not implemented")
+    if getattr(body, "tool_choice", None) not in (None, "none"):
+        raise _unsupported("tool_choice", "only 'none' is allowed")
+    fmt = getattr(body, "response_format", None)
+    if fmt and fmt.get("type") != "text":
+        raise _unsupported("response_format", f"got {fmt!r}; only {{'type': 'text'}} is allowed")
+
+
+def openai_params(body, max_tokens: int | None) -> SamplingParams:
+    """SamplingParams for an OpenAI-style body (completions or chat)."""
+    _refuse_unsupported(body)
+    temperature = 1.0 if body.temperature is None else body.temperature
+    do_sample = temperature > 0
+    return SamplingParams(
+        max_new_tokens=max_tokens, min_new_tokens=body.min_tokens or 0, do_sample=do_sample,
+        temperature=temperature if do_sample else 1.0, top_k=0 if body.top_k in (None, -1) else body.top_k,
+        top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop or [],
+        stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos)
+
+
+def completion_prompts(prompt) -> list:
+    """OpenAI's four prompt shapes -> a list of prompts (strings or token-id lists)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt is an empty list; give a string, a token-id list, or a non-empty batch",
+                       param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def same_for_each(prompts: list, params: SamplingParams) -> Prepare:
+    def prepare(engine):
+        return [(p, dataclasses.replace(params)) for p in prompts]
+    return prepare
+
+
+def chat_prepare(messages, params: SamplingParams) -> Prepare:
+    """Render the messages with the tokenizer's chat template (on the engine thread)."""
+    msgs = []
+    for m in messages:
+        content = m.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        msgs.append({"role": m.role, "content": content or ""})
+
+    def prepare(engine):
+        tok = engine.tokenizer
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise InvalidRequestError("this model's tokenizer has no chat template; use /v1/completions")
+        ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=False)
+        if hasattr(ids, "keys"):           # some tokenizers still answer a BatchEncoding
+            ids = ids["input_ids"]
+        return [(list(ids), dataclasses.replace(params))]
+    return prepare
+
+
+def generate_params(body) -> SamplingParams:
+    """The native endpoint's options are the pipeline's (SamplingParams), with the pipeline's defaults."""
+    fields = body.model_dump(exclude={"prompts", "stream"})
+    return SamplingParams(**fields)
+
+
+def mii_prepare(body) -> tuple[list[str], Prepare]:
+    """MII's generate options: do_sample True and top_p 0.9 by default; max_length caps prompt + new."""
+    prompts = [body.prompts] if isinstance(body.prompts, str) else list(body.prompts)
+    if not prompts:
+        raise APIError(400, "prompts is an empty list; give at least one prompt", param="prompts")
+    if body.stream:
+        raise APIError(400, "stream is not supported on /mii (MII's REST API does not stream either); use "
+                            "/v1/completions with stream: true or fastgen_core.client(...).generate(stream=True)",
+                       param="stream")
+    temperature = 1.0 if body.temperature is None else body.temperature
+    do_sample = body.do_sample and temperature > 0
+    base = SamplingParams(max_new_tokens=body.max_new_tokens, min_new_tokens=body.min_new_tokens,
+                          do_sample=do_sample, temperature=temperature if do_sample else 1.0, top_k=body.top_k or 0,
+                          top_p=body.top_p, stop=body.stop, ignore_eos=body.ignore_eos,
+                          return_full_text=body.return_full_text)
+
+    def prepare(engine):
+        out = []
+        for p in prompts:
+            params = dataclasses.replace(base)
+            if body.max_length is not None:
+                ids, _ = engine.validate_prompt(p)
+                room = body.max_length - len(ids)
+                if room < 1:
+                    raise InvalidRequestError(f"max_length ({body.max_length}) must be larger than the prompt "
+                                              f"({len(ids)} tokens)")
+                params.max_new_tokens = min(params.max_new_tokens or room, room)
+            out.append((p, params))
+        return out
+    return prompts, prepare

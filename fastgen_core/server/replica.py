@@ -1,0 +1,81 @@
+"""One replica process: load the engine, start its loop thread, serve the API on a Unix socket.
+
+Started by the front door (replicas.py) as ``python -m fastgen_core.server.replica ...``. SIGTERM drains
+in-flight requests (uvicorn's graceful shutdown), then stops the loop. The replica also exits when its
+front door disappears, so a killed front door never leaves engines holding devices.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m fastgen_core.server.replica")
+    p.add_argument("--model", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--socket", required=True)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--queue-limit", type=int, default=1024)
+    p.add_argument("--stall-timeout", type=float, default=120.0)
+    p.add_argument("--drain-timeout", type=float, default=300.0)
+    p.add_argument("--engine-options", default="{}")
+    p.add_argument("--parent-pid", type=int, default=None)
+    p.add_argument("--log-level", default="warning")
+    return p.parse_args(argv)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="fastgen-parent-watch", daemon=True).start()
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=f"[replica {args.index}] %(levelname)s %(message)s")
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid)
+    import torch
+    import uvicorn
+
+    from ..pipeline import pipeline
+    from .app import create_app
+    from .engine_loop import EngineLoop
+    from .local import LocalBackend, ModelInfo
+    from .metrics import ReplicaMetrics
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    engine = pipeline(args.model, device=args.device, **json.loads(args.engine_options)).engine
+    holder = {}
+    metrics = ReplicaMetrics(args.index, lambda: holder["loop"].snapshot)
+    loop = holder["loop"] = EngineLoop(engine, metrics, stall_timeout_s=args.stall_timeout)
+    info = ModelInfo(args.name, args.model, engine.max_context, int(time.time()))
+    backend = LocalBackend(loop, info, metrics, args.queue_limit, args.index)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loop.start()
+        yield
+        loop.stop()          # uvicorn has drained the HTTP requests by now
+
+    app = create_app(backend, args.name, args.model, lifespan=lifespan)
+    config = uvicorn.Config(app, uds=args.socket, log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=args.drain_timeout, lifespan="on")
+    uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

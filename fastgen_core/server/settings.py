@@ -1,0 +1,89 @@
+"""Deployment settings (shared by ``fastgen serve`` and ``fastgen_core.serve``), validated when built."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class ServeSettings:
+    """model: HF model directory (None: the embedded default model).
+    device / device_map: where replicas run (see replicas.plan_devices).
+    queue_limit: per replica, requests that may wait beyond the running batch before new ones get 429.
+    drain_timeout_s: how long SIGTERM waits for in-flight requests. stall_timeout_s: a step longer than
+    this marks the engine loop stuck (/health 503). health_timeout_s: how long the front door waits for a
+    replica's /health answer.
+    """
+
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str | None = None
+    device_map: str | list | None = None
+    replicas: int | None = None
+    api_key: str | None = None
+    deployment_name: str | None = None
+    queue_limit: int = 1024
+    drain_timeout_s: float = 300.0
+    stall_timeout_s: float = 120.0
+    health_timeout_s: float = 5.0
+    log_level: str = "warning"
+    engine_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.model is None:
+            from ..default_model import default_model_dir
+            self.model = str(default_model_dir())
+        self.model = str(Path(self.model).expanduser().resolve())
+        if not (Path(self.model) / "config.json").is_file():
+            raise ConfigError(f"--model {self.model!r} is not an HF model directory (no config.json in it)")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be an integer in [0, 65535] (0: any free port), got {self.port!r}")
+        if self.replicas is not None and (isinstance(self.replicas, bool) or not isinstance(self.replicas, int)
+                                          or self.replicas < 1):
+            raise ConfigError(f"replicas must be a positive integer, got {self.replicas!r}")
+        if isinstance(self.queue_limit, bool) or not isinstance(self.queue_limit, int) or self.queue_limit < 0:
+            raise ConfigError(f"queue_limit must be an integer >= 0, got {self.queue_limit!r}")
+        for name in ("drain_timeout_s", "stall_timeout_s", "health_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
+        if self.deployment_name is None:
+            self.deployment_name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(self.model).name) or "fastgen"
+        if not NAME_RE.match(self.deployment_name):
+            raise ConfigError(f"deployment_name must be 1-128 characters of letters, digits, '.', '_' or '-' "
+                              f"(it is part of the URL /mii/<name>), got {self.deployment_name!r}")
+        if not isinstance(self.engine_options, dict):
+            raise ConfigError(f"engine_options must be a dict, got {self.engine_options!r}")
+        from ..config import EngineConfig
+        EngineConfig.from_kwargs(self.model, device=self.device, **self.engine_options)   # fail here, not in a replica
+
+    def argv(self) -> list[str]:
+        """Command-line arguments of ``fastgen serve`` for these settings (the API key goes by environment)."""
+        args = ["--model", self.model, "--host", self.host, "--port", str(self.port),
+                "--deployment-name", self.deployment_name, "--queue-limit", str(self.queue_limit),
+                "--drain-timeout", str(self.drain_timeout_s), "--stall-timeout", str(self.stall_timeout_s),
+                "--health-timeout", str(self.health_timeout_s), "--log-level", self.log_level]
+        if self.device is not None:
+            args += ["--device", self.device]
+        if self.device_map is not None:
+            dm = self.device_map
+            args += ["--device-map", dm if isinstance(dm, str) else json.dumps(dm)]
+        if self.replicas is not None:
+            args += ["--replicas", str(self.replicas)]
+        if self.engine_options:
+            args += ["--engine-options", json.dumps(self.engine_options)]
+        return args
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        if self.api_key:
+            env["FASTGEN_API_KEY"] = self.api_key
+        return env
