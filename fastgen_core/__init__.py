@@ -14,6 +14,7 @@ from .errors import (ConfigError, DuplicateFamilyError, FastgenError, InvalidReq
 from .family import ModelFamily
 from .hookspecs import hookimpl
 from .model_config import DecoderConfig
+from .plugins import PluginSet, get_plugin_set
 from .registry import FamilyRegistry
 
 __version__ = "0.1.0"
@@ -28,7 +29,7 @@ _LAZY = {
 }
 
 __all__ = ["pipeline", "serve", "client", "Pipeline", "LLMEngine", "EngineConfig", "SamplingParams", "Response", "RequestOutput",
-           "ModelFamily", "DecoderConfig", "FamilyRegistry", "hookimpl", "Rule", "WeightMap", "fused",
+           "ModelFamily", "DecoderConfig", "FamilyRegistry", "PluginSet", "get_plugin_set", "hookimpl", "Rule", "WeightMap", "fused",
            "FastgenError", "InvalidRequestError", "ConfigError", "UnsupportedModelError", "DuplicateFamilyError",
            "WeightLoadError"]
 

@@ -4,8 +4,8 @@ import pytest
 from transformers import Qwen2Config as HFQwen2Config
 
 import fastgen_qwen2.plugin
-from fastgen_core import DuplicateFamilyError, FamilyRegistry, ModelFamily, UnsupportedModelError, hookimpl, pipeline
-from fastgen_core.plugins import get_plugin_set
+from fastgen_core import (DuplicateFamilyError, FamilyRegistry, ModelFamily, UnsupportedModelError, get_plugin_set,
+                          hookimpl, pipeline)
 from fastgen_core.testing import hf_greedy, random_prompts, save_tiny_model
 
 
