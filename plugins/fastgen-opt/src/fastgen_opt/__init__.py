@@ -1,0 +1,1 @@
+"""fastgen family plugin for OPT."""
