@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-timeout", type=float, default=120.0,
                    help="an engine step longer than this makes /health answer 503")
     p.add_argument("--health-timeout", type=float, default=5.0, help="seconds to wait for a replica's /health")
+    p.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads per CPU replica (default: (cores - 1) / CPU replicas, at least 1)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.add_argument("--dtype", default=None)
     p.add_argument("--max-ragged-batch-size", type=int, default=None)
@@ -50,7 +52,8 @@ def settings_from_args(args):
                          device_map=args.device_map, replicas=args.replicas, api_key=args.api_key or None,
                          deployment_name=args.deployment_name, queue_limit=args.queue_limit,
                          drain_timeout_s=args.drain_timeout, stall_timeout_s=args.stall_timeout,
-                         health_timeout_s=args.health_timeout, log_level=args.log_level, engine_options=engine)
+                         health_timeout_s=args.health_timeout, log_level=args.log_level, cpu_threads=args.cpu_threads,
+                         engine_options=engine)
 
 
 def run(args) -> int:

@@ -64,7 +64,7 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
           port: int = 8000, device: str | None = None, device_map=None, replicas: int | None = None,
           api_key: str | None = None, queue_limit: int = 1024, drain_timeout_s: float = 300.0,
           stall_timeout_s: float = 120.0, health_timeout_s: float = 5.0, startup_timeout_s: float = 900.0,
-          log_level: str = "warning", **engine_options):
+          log_level: str = "warning", cpu_threads: int | None = None, **engine_options):
     """Start a deployment (front door + ``replicas`` engine processes) and return a connected Client.
 
     ``engine_options`` are the pipeline's (max_ragged_batch_size, num_kv_blocks, kv_block_size, dtype, ...).
@@ -75,7 +75,8 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
     s = ServeSettings(model=model, host=host, port=port, device=device, device_map=device_map, replicas=replicas,
                       api_key=api_key, deployment_name=deployment_name, queue_limit=queue_limit,
                       drain_timeout_s=drain_timeout_s, stall_timeout_s=stall_timeout_s,
-                      health_timeout_s=health_timeout_s, log_level=log_level, engine_options=engine_options)
+                      health_timeout_s=health_timeout_s, log_level=log_level, cpu_threads=cpu_threads,
+                      engine_options=engine_options)
     old = read_record(s.deployment_name)
     if old is not None:
         raise FastgenError(f"deployment {s.deployment_name!r} is already running at {old['url']} (pid {old['pid']}); "

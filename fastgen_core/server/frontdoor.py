@@ -53,7 +53,7 @@ def run_frontdoor(s: ServeSettings) -> int:
     port = sock.getsockname()[1]
     url = f"http://{'[' + s.host + ']' if ':' in s.host else s.host}:{port}"
     replicas = ReplicaSet(s.model, s.deployment_name, devices, s.engine_options, s.queue_limit, s.stall_timeout_s,
-                          s.drain_timeout_s, s.health_timeout_s, s.log_level)
+                          s.drain_timeout_s, s.health_timeout_s, s.log_level, s.cpu_threads)
     backend = RouterBackend(replicas, s.deployment_name, s.model)
     backend.url = url
     failure: list[str] = []

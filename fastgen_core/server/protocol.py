@@ -17,6 +17,8 @@ __all__ = ["CompletionRequest", "ChatCompletionRequest", "ChatMessage", "Generat
 TokenIds = list[int]
 # OpenAI's completions prompt: a string, a batch of strings, one token-id list or a batch of them
 Prompt = Union[str, list[str], TokenIds, list[TokenIds]]
+# the pipeline's: one prompt (text or token ids) or a list mixing both
+Prompts = Union[str, TokenIds, list[Union[str, TokenIds]]]
 
 
 class _Strict(BaseModel):
@@ -103,7 +105,7 @@ class _Generate(_Strict):
 class GenerateRequest(_Generate):
     """POST /generate: fastgen's native endpoint, used by fastgen_core.client (pipeline semantics)."""
 
-    prompts: Prompt
+    prompts: Prompts
     stream: bool = Field(False, description="server-sent events of text pieces (one prompt only)")
 
 

@@ -103,12 +103,14 @@ class Replica:
 
 class ReplicaSet:
     def __init__(self, model: str, name: str, devices: list[str], engine_options: dict, queue_limit: int,
-                 stall_timeout_s: float, drain_timeout_s: float, health_timeout_s: float, log_level: str):
+                 stall_timeout_s: float, drain_timeout_s: float, health_timeout_s: float, log_level: str,
+                 cpu_threads: int | None = None):
         self.model, self.name = model, name
         self.engine_options = engine_options
         self.queue_limit, self.stall_timeout_s = queue_limit, stall_timeout_s
         self.drain_timeout_s, self.health_timeout_s = drain_timeout_s, health_timeout_s
         self.log_level = log_level
+        self.cpu_threads = cpu_threads
         self.dir = tempfile.mkdtemp(prefix="fastgen-")
         self.replicas = [Replica(i, d, os.path.join(self.dir, f"replica-{i}.sock")) for i, d in enumerate(devices)]
 
@@ -124,8 +126,9 @@ class ReplicaSet:
 
     async def start(self, timeout_s: float = 900.0) -> None:
         cpu = [r for r in self.replicas if not r.device.startswith("cuda")]
-        # CPU replicas share the cores instead of each one grabbing all of them
-        threads = max(1, (os.cpu_count() or 1) // max(1, len(cpu)))
+        # CPU replicas share the cores (one left for the HTTP processes) instead of each grabbing all of them:
+        # oversubscribed torch threads spin and can make a step ten times slower
+        threads = self.cpu_threads or max(1, ((os.cpu_count() or 1) - 1) // max(1, len(cpu)))
         for r in self.replicas:
             device, env = _child_device_env(r.device)
             r.proc = subprocess.Popen(self._command(r, device, threads), env=env)

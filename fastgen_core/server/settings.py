@@ -19,7 +19,8 @@ class ServeSettings:
     queue_limit: per replica, requests that may wait beyond the running batch before new ones get 429.
     drain_timeout_s: how long SIGTERM waits for in-flight requests. stall_timeout_s: a step longer than
     this marks the engine loop stuck (/health 503). health_timeout_s: how long the front door waits for a
-    replica's /health answer.
+    replica's /health answer. cpu_threads: torch threads of each CPU replica (None: the cores left after
+    one for the HTTP processes, shared among the CPU replicas).
     """
 
     model: str | None = None
@@ -35,6 +36,7 @@ class ServeSettings:
     stall_timeout_s: float = 120.0
     health_timeout_s: float = 5.0
     log_level: str = "warning"
+    cpu_threads: int | None = None
     engine_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -60,6 +62,9 @@ class ServeSettings:
         if not NAME_RE.match(self.deployment_name):
             raise ConfigError(f"deployment_name must be 1-128 characters of letters, digits, '.', '_' or '-' "
                               f"(it is part of the URL /mii/<name>), got {self.deployment_name!r}")
+        if self.cpu_threads is not None and (isinstance(self.cpu_threads, bool) or
+                                             not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
+            raise ConfigError(f"cpu_threads must be a positive integer, got {self.cpu_threads!r}")
         if not isinstance(self.engine_options, dict):
             raise ConfigError(f"engine_options must be a dict, got {self.engine_options!r}")
         from ..config import EngineConfig
@@ -78,6 +83,8 @@ class ServeSettings:
             args += ["--device-map", dm if isinstance(dm, str) else json.dumps(dm)]
         if self.replicas is not None:
             args += ["--replicas", str(self.replicas)]
+        if self.cpu_threads is not None:
+            args += ["--cpu-threads", str(self.cpu_threads)]
         if self.engine_options:
             args += ["--engine-options", json.dumps(self.engine_options)]
         return args
