@@ -29,9 +29,9 @@ def prepare_batch(batch: ScheduledBatch, block_size: int, kv_caches, device: tor
         row0 = len(ids)
         ids.extend(seq.token_slice(c.start, c.start + c.length))
         bt = seq.block_table
-        for pos in range(c.start, c.start + c.length):
-            positions.append(pos)
-            slots.append(bt[pos // block_size] * block_size + pos % block_size)
+        rng = range(c.start, c.start + c.length)
+        positions.extend(rng)
+        slots.extend([bt[pos // block_size] * block_size + pos % block_size for pos in rng])
         ctx_len = c.start + c.length
         query_start.append(row0)
         query_lens.append(c.length)
@@ -47,23 +47,26 @@ def prepare_batch(batch: ScheduledBatch, block_size: int, kv_caches, device: tor
             logits_rows.append(row0 + c.length - 1)
             sampled.append(s)
     width = max(len(t) for t in tables)
-    table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
-
-    def dev(x, dtype=torch.long):
-        return torch.tensor(x, dtype=dtype).to(device, non_blocking=True)
-
+    flat_tables = [b for t in tables for b in t + [0] * (width - len(t))]
+    # one host buffer, one (pinned, asynchronous) copy: no per-tensor H2D transfer and no device sync
+    parts = [ids, positions, slots, context_lens, logits_rows, decode_rows, decode_seqs, flat_tables]
+    host = torch.tensor([x for p in parts for x in p], dtype=torch.long)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    (ids_t, pos_t, slots_t, ctx_t, logits_t, drows_t, dseqs_t,
+     tables_t) = host.to(device, non_blocking=True).split([len(p) for p in parts])
     meta = AttentionMetadata(
-        slot_mapping=dev(slots),
-        block_tables=table_tensor.to(device, non_blocking=True),
-        context_lens=dev(context_lens),
+        slot_mapping=slots_t,
+        block_tables=tables_t.view(len(tables), width),
+        context_lens=ctx_t,
         query_start=query_start,
         query_lens=query_lens,
         context_lens_host=context_lens,
         block_size=block_size,
-        decode_rows=dev(decode_rows) if decode_rows else None,
-        decode_seqs=dev(decode_seqs) if decode_seqs else None,
+        decode_rows=drows_t if decode_rows else None,
+        decode_seqs=dseqs_t if decode_rows else None,
         prefill_seqs=prefill_seqs,
         max_decode_context=max_decode_ctx,
     )
-    ctx = ForwardContext(positions=dev(positions), attn=meta, kv_caches=kv_caches)
-    return PreparedBatch(dev(ids), ctx, dev(logits_rows), sampled)
+    ctx = ForwardContext(positions=pos_t, attn=meta, kv_caches=kv_caches)
+    return PreparedBatch(ids_t, ctx, logits_t, sampled)

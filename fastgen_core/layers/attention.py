@@ -1,16 +1,21 @@
 """Attention over the blocked KV cache: metadata, the pure-torch reference, and the module families use.
 
-The reference is the oracle the CUDA kernels are tested against, and the CPU path. It handles a ragged
+The reference is the oracle the CUDA kernels are tested against, and the CPU path. On CUDA,
+``paged_attention_cuda`` does the same with faster kernels (see its docstring). It handles a ragged
 batch as two groups: all single-token rows (decodes) at once, padded to the longest context, and each
 multi-token chunk (prompt pieces) on its own with a causal mask offset by what is already cached.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# FASTGEN_ATTENTION=reference runs the pure-torch oracle on CUDA too (debugging, A/B timing)
+_FORCE_REFERENCE = os.environ.get("FASTGEN_ATTENTION", "") == "reference"
 
 
 @dataclass
@@ -28,6 +33,7 @@ class AttentionMetadata:
     decode_seqs: torch.Tensor | None = None      # [Sd] their sequence index (into block_tables)
     prefill_seqs: list[int] = field(default_factory=list)   # host: sequences with a multi-token chunk
     max_decode_context: int = 0
+    memo: dict = field(default_factory=dict, repr=False)   # per-step values every layer reuses (GPU path)
 
 
 @dataclass
@@ -93,6 +99,85 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     return out
 
 
+def _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, out, scale, sliding_window):
+    """Each multi-token chunk through SDPA (flash when the chunk is a whole prompt, else a masked kernel).
+
+    A whole prompt (start 0) attends only to its own fresh K/V, so the cache is not read back; a later
+    chunk gathers its earlier context from the blocks (a small copy next to the prompt's FLOPs).
+    """
+    hk, d = k_cache.shape[-2:]
+    bs = meta.block_size
+    hq = q.shape[1]
+    for s in meta.prefill_seqs:
+        start, n, ctx = meta.query_start[s], meta.query_lens[s], meta.context_lens_host[s]
+        qs = q[start:start + n].transpose(0, 1).unsqueeze(0)                              # [1, Hq, n, D]
+        windowed = bool(sliding_window) and ctx > sliding_window
+        if ctx == n and not windowed:
+            k = k_new[start:start + n].transpose(0, 1).unsqueeze(0)
+            v = v_new[start:start + n].transpose(0, 1).unsqueeze(0)
+            o = F.scaled_dot_product_attention(qs, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=scale,
+                                               enable_gqa=hk != hq)
+        else:
+            key = ("prefill", s, sliding_window)
+            if key not in meta.memo:          # the same for every layer of this step
+                nb = -(-ctx // bs)
+                qpos = torch.arange(ctx - n, ctx, device=q.device).unsqueeze(1)
+                kpos = torch.arange(ctx, device=q.device).unsqueeze(0)
+                mask = kpos <= qpos
+                if sliding_window:
+                    mask &= kpos > qpos - sliding_window
+                meta.memo[key] = (nb, meta.block_tables[s, :nb], mask[None, None])
+            nb, blocks, mask = meta.memo[key]
+            k = k_cache[blocks].reshape(nb * bs, hk, d)[:ctx].transpose(0, 1).unsqueeze(0)
+            v = v_cache[blocks].reshape(nb * bs, hk, d)[:ctx].transpose(0, 1).unsqueeze(0)
+            o = _sdpa(qs, k.to(q.dtype), v.to(q.dtype), mask, scale)
+        out[start:start + n] = o[0].transpose(0, 1)
+
+
+def _decode_torch(q, k_cache, v_cache, meta: AttentionMetadata, out, scale, sliding_window):
+    """All single-token rows at once, padded to the longest context (fallback when Triton is absent).
+
+    GQA without copying K/V per query head: the Hq/Hk query heads that share a KV head become the
+    "query length" of one SDPA row, which is exact for a decode (one query position, no causality).
+    """
+    hk, d = k_cache.shape[-2:]
+    bs = meta.block_size
+    L = meta.max_decode_context
+    nb = -(-L // bs)
+    tables = meta.block_tables.index_select(0, meta.decode_seqs)[:, :nb]
+    sd = tables.shape[0]
+    k = k_cache[tables].reshape(sd, nb * bs, hk, d)[:, :L].transpose(1, 2)               # [Sd, Hk, L, D]
+    v = v_cache[tables].reshape(sd, nb * bs, hk, d)[:, :L].transpose(1, 2)
+    ctx = meta.context_lens.index_select(0, meta.decode_seqs).unsqueeze(1)
+    kpos = torch.arange(L, device=q.device).unsqueeze(0)
+    mask = kpos < ctx
+    if sliding_window:
+        mask &= kpos > ctx - 1 - sliding_window
+    qd = q.index_select(0, meta.decode_rows).view(sd, hk, -1, d)                          # [Sd, Hk, G, D]
+    o = F.scaled_dot_product_attention(qd, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :],
+                                       scale=scale)
+    out.index_copy_(0, meta.decode_rows, o.reshape(sd, -1, d))
+
+
+def paged_attention_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                         sliding_window: int | None = None) -> torch.Tensor:
+    """The GPU path: same contract as ``paged_attention_ref`` (K/V already written), faster kernels.
+
+    Decodes go through the Triton paged-decode kernel (reads K/V straight from the blocks) when it is
+    available, else through the padded torch version; prompt chunks through SDPA.
+    """
+    out = torch.empty_like(q)
+    if meta.decode_rows is not None and meta.decode_rows.numel():
+        from . import paged_decode
+        if paged_decode.available():
+            paged_decode.paged_decode(q, k_cache, v_cache, meta, scale, sliding_window, out)
+        else:
+            _decode_torch(q, k_cache, v_cache, meta, out, scale, sliding_window)
+    if meta.prefill_seqs:
+        _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta, out, scale, sliding_window)
+    return out
+
+
 class PagedAttention(nn.Module):
     """Writes this step's K/V into layer ``layer_idx``'s cache and attends over everything cached."""
 
@@ -114,5 +199,10 @@ class PagedAttention(nn.Module):
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         write_kv_ref(k.view(t, self.num_kv_heads, self.head_dim), v.view(t, self.num_kv_heads, self.head_dim),
                      k_cache, v_cache, ctx.attn.slot_mapping)
-        out = paged_attention_ref(q, k_cache, v_cache, ctx.attn, self.scale, self.sliding_window)
+        if q.is_cuda and not _FORCE_REFERENCE:
+            k = k.view(t, self.num_kv_heads, self.head_dim)
+            v = v.view(t, self.num_kv_heads, self.head_dim)
+            out = paged_attention_cuda(q, k, v, k_cache, v_cache, ctx.attn, self.scale, self.sliding_window)
+        else:
+            out = paged_attention_ref(q, k_cache, v_cache, ctx.attn, self.scale, self.sliding_window)
         return out.reshape(t, self.num_heads * self.head_dim)

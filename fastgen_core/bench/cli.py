@@ -1,0 +1,202 @@
+"""``fastgen bench``: offline and online measurements of our engine, the floor, and transformers.
+
+    fastgen bench --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 \\
+                  --online 1,2,4,8,16,32 --peer static,continuous --output results.jsonl --plot phi2.png
+
+Every measurement is appended to ``--output`` as one JSON line; a table is printed at the end.
+Python: ``fastgen_core.bench.run_bench(preset="tiny-llama", device="cpu", ...) -> list[dict]``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .workload import PRESETS
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        xs = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {s!r}") from None
+    if any(x < 1 for x in xs):
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got {s!r}")
+    return xs
+
+
+def _peer_modes(s: str) -> list[str]:
+    modes = [x for x in s.split(",") if x and x != "none"]
+    bad = [m for m in modes if m not in ("static", "continuous")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--peer takes none or a list of static,continuous; got {bad}")
+    return modes
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="HF model directory")
+    src.add_argument("--preset", choices=PRESETS, help="a full-size architecture from a built-in config (dummy weights)")
+    p.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
+    p.add_argument("--load-format", default="auto", help="auto | safetensors | pt | dummy (presets: dummy)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--num-requests", type=int, default=128)
+    p.add_argument("--prompt-mean", type=int, default=1200)
+    p.add_argument("--gen-mean", type=int, nargs="+", default=[60], help="one scenario per value")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-ragged-batch-size", type=int, default=768)
+    p.add_argument("--max-ragged-sequence-count", type=int, default=512)
+    p.add_argument("--kv-block-size", type=int, default=None)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--gpu-memory-fraction", type=float, default=0.9)
+    p.add_argument("--online", type=_int_list, default=[], help="client counts for the closed-loop run, e.g. 1,2,4,8,16,32")
+    p.add_argument("--online-requests", type=int, default=None, help="requests per client count (default max(8, 2C))")
+    p.add_argument("--peer", type=_peer_modes, default=["static", "continuous"], help="none | static,continuous")
+    p.add_argument("--peer-batch-size", type=_int_list, default=[64])
+    p.add_argument("--output", default="bench-results.jsonl", help="JSON lines are appended here")
+    p.add_argument("--plot", default=None, help="PNG path for throughput vs latency (needs matplotlib)")
+    p.add_argument("--tag", default="", help="free text stored with every record")
+
+
+def run(args) -> int:
+    run_bench_args(args)
+    return 0
+
+
+def run_bench(**options) -> list[dict]:
+    """Python entry point: the same options as the CLI (underscored), returns the records written."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    argv = []
+    for k, v in options.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            argv += [flag] if v else []
+        elif isinstance(v, (list, tuple)) and k == "gen_mean":
+            argv += [flag] + [str(x) for x in v]
+        elif isinstance(v, (list, tuple)):
+            argv += [flag, ",".join(str(x) for x in v) or "none"]
+        elif v is not None:
+            argv += [flag, str(v)]
+    return run_bench_args(p.parse_args(argv))
+
+
+def _env(device) -> dict:
+    import torch
+    import transformers
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    return {"card": card, "torch": torch.__version__, "transformers": transformers.__version__,
+            "date": datetime.date.today().isoformat()}
+
+
+def run_bench_args(args) -> list[dict]:
+    import torch
+
+    from ..config import EngineConfig
+    from ..engine.engine import LLMEngine
+    from . import offline, online, peer, plot, roofline
+    from .workload import make_workload, write_preset
+
+    tmp = None
+    if args.preset:
+        tmp = tempfile.TemporaryDirectory(prefix=f"fastgen-bench-{args.preset}-")
+        model_dir = write_preset(args.preset, tmp.name, args.num_layers)
+        load_format, name = "dummy", args.preset + (f"-{args.num_layers}L" if args.num_layers else "")
+    else:
+        model_dir, load_format, name = Path(args.model), args.load_format, Path(args.model).name
+    cfg = EngineConfig(str(model_dir), device=args.device, dtype=args.dtype, load_format=load_format,
+                       max_ragged_batch_size=args.max_ragged_batch_size, kv_block_size=args.kv_block_size,
+                       max_ragged_sequence_count=args.max_ragged_sequence_count, num_kv_blocks=args.num_kv_blocks,
+                       gpu_memory_fraction=args.gpu_memory_fraction, seed=args.seed)
+    device = cfg.torch_device()
+    if cfg.dtype is None:
+        cfg.dtype = "bfloat16" if device.type == "cuda" else "float32"
+    run_id = time.strftime("%Y%m%dT%H%M%S")
+    base = {"run": run_id, "model": name, "tag": args.tag, **_env(device), "dtype": str(cfg.dtype),
+            "max_ragged_batch_size": args.max_ragged_batch_size}
+    records: list[dict] = []
+    out_path = Path(args.output)
+
+    def emit(**rec):
+        rec = {**base, **rec}
+        records.append(rec)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with out_path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(json.dumps(rec), flush=True)
+
+    ceilings = roofline.measure_ceilings(device, torch.bfloat16)
+    emit(kind="ceilings", **ceilings)
+    t = time.perf_counter()
+    engine = LLMEngine(cfg)
+    mc = engine.model_config
+    counts = roofline.count_params(engine.model, engine.hf_config)
+    emit(kind="model", load_s=round(time.perf_counter() - t, 2), kv_blocks=engine.allocator.num_blocks,
+         kv_block_size=engine.allocator.block_size, **counts)
+    scenarios = []
+    for g in args.gen_mean:
+        w = make_workload(args.num_requests, args.prompt_mean, g, args.seed, mc.vocab_size, engine.max_context)
+        floor = roofline.floor_seconds(counts["active_params"], counts["weight_bytes"], w.prompt_tokens,
+                                       w.gen_tokens, max(w.gen_lens), ceilings)
+        scen = {"num_requests": args.num_requests, "mean_prompt": args.prompt_mean, "mean_gen": g}
+        scenarios.append((scen, w, floor))
+    offline.warm_up(engine, scenarios[0][1])
+    ours = {}
+    for scen, w, floor in scenarios:
+        r = offline.run_offline(engine, w)
+        ours[scen["mean_gen"]] = r
+        emit(kind="offline", engine="fastgen", **scen, floor_s=round(floor, 4),
+             achieved_over_floor=round(r["wall_s"] / floor, 3), **r)
+    scen0, w0, _ = scenarios[0]
+    for c in args.online:
+        n = args.online_requests or max(8, 2 * c)
+        emit(kind="online", engine="fastgen", **scen0, **online.run_online(engine, w0, c, n))
+    del engine
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    theirs: dict = {}
+    if args.peer:
+        m = peer.load_peer(model_dir, device, cfg.torch_dtype(None), dummy=load_format == "dummy", seed=args.seed)
+        peer.warm_peer(m, scenarios[0][1])
+        for scen, w, floor in scenarios:
+            for r in peer.run_peer(m, w, args.peer, args.peer_batch_size):
+                extra = {}
+                if "wall_s" in r:
+                    extra = {"achieved_over_floor": round(r["wall_s"] / floor, 3),
+                             "ours_over_theirs": round(ours[scen["mean_gen"]]["gen_tok_s"] / r["gen_tok_s"], 3)}
+                    theirs[(scen["mean_gen"], r["engine"], r.get("batch_size"))] = r
+                emit(kind="offline", **scen, floor_s=round(floor, 4), **r, **extra)
+        del m
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if args.plot:
+        png = plot.plot(records, args.plot, f"{name} on {base['card']}, {base['date']}")
+        print(f"plot: {png}" if png else "plot skipped: matplotlib is not installed", file=sys.stderr)
+    _table(records)
+    if tmp is not None:
+        tmp.cleanup()
+    return records
+
+
+def _table(records: list[dict]) -> None:
+    print(f"\n{'engine':<26}{'gen':>5}{'wall s':>9}{'gen tok/s':>11}{'floor s':>9}{'/floor':>8}{'ours/theirs':>12}")
+    for r in records:
+        if r.get("kind") != "offline":
+            continue
+        name = r["engine"] + (f" bs{r['batch_size']}" if r.get("batch_size") else "")
+        if "error" in r:
+            print(f"{name:<26}{r['mean_gen']:>5}  {r['error'][:60]}")
+            continue
+        print(f"{name:<26}{r['mean_gen']:>5}{r['wall_s']:>9.2f}{r['gen_tok_s']:>11.1f}{r['floor_s']:>9.3f}"
+              f"{r['achieved_over_floor']:>8.2f}{r.get('ours_over_theirs', ''):>12}")
+    for r in records:
+        if r.get("kind") == "online":
+            print(f"online C={r['clients']:<3} {r['gen_tok_s']:>9.1f} tok/s  TTFT p50 {r['ttft_s_p50']:.3f}s  "
+                  f"TPOT p50 {r['tpot_s_p50'] * 1e3:.1f}ms  e2e p95 {r['e2e_s_p95']:.2f}s  "
+                  f"eff rps@2/4/6 {r['effective_rps_sla2']}/{r['effective_rps_sla4']}/{r['effective_rps_sla6']}")

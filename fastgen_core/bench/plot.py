@@ -1,0 +1,41 @@
+"""Throughput vs latency per engine, from bench records (matplotlib is optional)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot(records: list[dict], path: str | Path, title: str = "") -> Path | None:
+    """Write a PNG: generated tok/s (x) vs latency (y) for each engine; None if matplotlib is missing.
+
+    Ours online: one point per client count (P50 end-to-end latency). Offline runs (ours and the peer's):
+    one point each at (tok/s, mean end-to-end latency, or the wall time when per-request times are unknown).
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    online = sorted((r for r in records if r.get("kind") == "online"), key=lambda r: r["clients"])
+    if online:
+        ax.plot([r["gen_tok_s"] for r in online], [r["e2e_s_p50"] for r in online], "o-", label="fastgen online (P50 e2e)")
+        for r in online:
+            ax.annotate(str(r["clients"]), (r["gen_tok_s"], r["e2e_s_p50"]), fontsize=7)
+    for r in records:
+        if r.get("kind") != "offline" or "gen_tok_s" not in r:
+            continue
+        y = r.get("mean_e2e_s", r["wall_s"])
+        ax.scatter([r["gen_tok_s"]], [y], marker="s" if r["engine"] == "fastgen" else "^",
+                   label=f"{r['engine']} offline" + (f" bs{r['batch_size']}" if r.get("batch_size") else ""))
+    ax.set_xlabel("generated tokens / s")
+    ax.set_ylabel("latency (s)")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

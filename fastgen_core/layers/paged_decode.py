@@ -1,0 +1,108 @@
+"""Triton kernel: decode attention read straight from the blocked KV cache (no gather, no padding copy).
+
+One program per (decode sequence, KV head) handles the Hq/Hk query heads that share that KV head as the
+rows of one small matrix, walks the sequence's blocks through its block table, and keeps an online
+softmax (flash-decoding without the split). K/V bytes are read once: at large batch the decode step is
+bound by reading the KV cache, and the torch fallback (gather into a padded copy, then SDPA) moves
+them three times.
+
+The pure-torch oracle is ``attention.paged_attention_ref``; tests/gpu compares the two. Triton is
+imported lazily: without it (CPU machines, CI) ``available()`` is False and nothing here is touched.
+``FASTGEN_ATTENTION=torch`` turns the kernel off (A/B timing).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    if os.environ.get("FASTGEN_ATTENTION", "") in ("torch", "reference"):
+        return False
+    try:
+        _kernel()
+    except Exception:  # ImportError, or a Triton too old for the kernel: the torch path takes over
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _paged_decode(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seqs_ptr, rows_ptr, ctx_ptr,
+                      scale, window, stride_table, stride_q, stride_o, G, D,
+                      HK: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+        i = tl.program_id(0)          # decode row index
+        h = tl.program_id(1)          # KV head
+        seq = tl.load(seqs_ptr + i)
+        row = tl.load(rows_ptr + i)
+        ctx = tl.load(ctx_ptr + seq)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, BLOCK_N)
+        g_ok = offs_g < G
+        d_ok = offs_d < D
+        qh = h * G + offs_g                                         # query heads of this KV head
+        q = tl.load(q_ptr + row * stride_q + qh[:, None] * D + offs_d[None, :],
+                    mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+        m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
+        l = tl.zeros((BLOCK_G,), tl.float32)
+        acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
+        # sliding window: skip whole tiles before the window (no window is passed as a huge one)
+        lo = tl.maximum(ctx - window, 0) // BLOCK_N * BLOCK_N
+        for n0 in range(lo, ctx, BLOCK_N):
+            tok = n0 + offs_n
+            ok = (tok < ctx) & (tok >= ctx - window)
+            blk = tl.load(tables_ptr + seq * stride_table + tok // BLOCK_SIZE, mask=tok < ctx, other=0)
+            slot = blk * BLOCK_SIZE + tok % BLOCK_SIZE
+            kv_off = slot[:, None] * (HK * D) + h * D + offs_d[None, :]
+            kv_mask = ok[:, None] & d_ok[None, :]
+            k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+            if IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))
+            s = s * scale
+            s = tl.where(ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l = l * alpha + tl.sum(p, 1)
+            v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+            if IEEE:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        o = acc / l[:, None]
+        tl.store(out_ptr + row * stride_o + qh[:, None] * D + offs_d[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=g_ok[:, None] & d_ok[None, :])
+
+    return _paged_decode
+
+
+def _pow2(x: int, lo: int) -> int:
+    return max(lo, 1 << (x - 1).bit_length())
+
+
+def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
+                 sliding_window: int | None, out: torch.Tensor) -> None:
+    """Write attention for the decode rows of ``q`` [T, Hq, D] into ``out`` (same shape)."""
+    hq, d = q.shape[1:]
+    hk = k_cache.shape[-2]
+    g = hq // hk
+    sd = meta.decode_rows.numel()
+    tables = meta.block_tables
+    block_n = max(meta.block_size, 32) if meta.block_size <= 64 else meta.block_size
+    _kernel()[(sd, hk)](
+        q, k_cache, v_cache, out, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
+        float(scale), int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), g, d,
+        HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_G=_pow2(g, 16), BLOCK_D=_pow2(d, 16),
+        BLOCK_N=_pow2(block_n, 16), IEEE=q.dtype == torch.float32, num_warps=4)

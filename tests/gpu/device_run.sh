@@ -1,0 +1,43 @@
+#!/bin/bash
+# One device call: environment, install, GPU tests, benchmarks. Results under $OUT (see docs/performance.md).
+# usage: bash tests/gpu/device_run.sh <stage>   stage: probe | final
+export PYTHONUNBUFFERED=1
+STAGE=${1:-probe}
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm --format=csv | tee $OUT/env.txt
+python3 - <<'PY' 2>&1 | tee -a $OUT/env.txt
+import torch, transformers, inspect
+print("torch", torch.__version__, "transformers", transformers.__version__)
+try:
+    import triton; print("triton", triton.__version__)
+except Exception as e: print("triton missing", e)
+try:
+    import torch.nn.attention.varlen as v; print("varlen_attn", inspect.signature(v.varlen_attn))
+except Exception as e: print("no varlen", e)
+PY
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING
+for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e $p 2>&1 | grep -v WARNING; done
+python3 -m fastgen_core.cli plugins | tee -a $OUT/env.txt
+python3 -m pytest -q -rs ${PYTEST_ARGS:-tests/gpu} -p no:cacheprovider 2>&1 | tee $OUT/gpu_tests.log | tail -40
+B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl"
+if [ "$STAGE" = probe ]; then
+  $B --preset llama-2-7b --num-layers 8 --num-requests 32 --prompt-mean 512 --gen-mean 64 --online 1,8 \
+     --peer static,continuous --peer-batch-size 32 --tag probe --plot $OUT/llama8L.png 2>&1 | tail -14
+  FASTGEN_ATTENTION=torch $B --preset llama-2-7b --num-layers 8 --num-requests 32 --prompt-mean 512 --gen-mean 64 \
+     --peer none --tag probe-torch-attention 2>&1 | tail -4
+  timeout 200 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 --peer none --tag probe 2>&1 | tail -4
+fi
+if [ "$STAGE" = profile ]; then
+  python3 tests/gpu/profile_steps.py phi-2 768 32 2>&1 | tee $OUT/profile.txt | head -30
+  python3 tests/gpu/profile_steps.py phi-2 2048 32 2>&1 | head -1 | tee -a $OUT/profile.txt
+  for b in 768 2048; do
+    timeout 100 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 --peer none \
+      --max-ragged-batch-size $b --tag profile 2>&1 | tail -2
+  done
+fi
+if [ "$STAGE" = final ]; then
+  timeout 330 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
+     --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
+  timeout 200 $B --preset mixtral-small --num-requests 64 --prompt-mean 1200 --gen-mean 60 \
+     --peer static,continuous --peer-batch-size 64 --plot $OUT/mixtral.png 2>&1 | tail -8
+fi
