@@ -53,18 +53,37 @@ class RouterBackend:
                 raise APIError(503, f"no healthy replica to serve the request ({details})")
             r.outstanding += 1
             try:
-                upstream = await r.client.send(r.client.build_request("POST", path, json=payload), stream=True)
+                upstream = await self._send(request, r, path, payload)
             except httpx.TransportError as e:          # died since the last health check: try another
                 r.outstanding -= 1
                 r.healthy, r.detail = False, f"unreachable: {type(e).__name__}: {e}"
                 tried.add(r)
                 continue
+            except BaseException:
+                r.outstanding -= 1
+                raise
             break
         r.routed += 1
         self._routed.labels(str(r.index)).inc()
         headers = {k: v for k, v in upstream.headers.items() if k.lower() in RELAYED_HEADERS}
         return StreamingResponse(self._relay(request, upstream, r), status_code=upstream.status_code,
                                  headers=headers)
+
+    @staticmethod
+    async def _send(request, r: Replica, path: str, payload: dict) -> httpx.Response:
+        """Send upstream and wait for the answer's headers, unless the client leaves first: a JSON answer
+        only starts when generation ends, so the disconnect must be noticed while waiting for it."""
+        send = asyncio.ensure_future(r.client.send(r.client.build_request("POST", path, json=payload), stream=True))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({send, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not send.done():
+                send.cancel()          # drops the upstream connection: the replica aborts the request
+        if send.cancelled():
+            raise APIError(499, "the client closed the connection before the answer was ready")
+        return send.result()
 
     async def _relay(self, request, upstream: httpx.Response, replica: Replica):
         chunks: asyncio.Queue = asyncio.Queue()
@@ -79,8 +98,7 @@ class RouterBackend:
                 chunks.put_nowait(None)
 
         async def watch():
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
+            await _disconnected(request)
             chunks.put_nowait(None)
 
         tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(watch())]
@@ -140,3 +158,9 @@ class RouterBackend:
     def deployment(self) -> dict:
         return {"name": self.name, "model": self.model, "url": self.url, "pid": os.getpid(),
                 "replicas": [{"replica": r.index, "pid": r.pid, "device": r.device} for r in self.replicas]}
+
+
+async def _disconnected(request) -> None:
+    """Returns when the client has closed its connection."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -158,7 +158,7 @@ def test_api_key_is_required(cli_server):
 
 def test_openapi_schema_is_published(cli_server):
     schema = httpx.get(cli_server["url"] + "/openapi.json").json()
-    for path in ("/v1/completions", "/v1/chat/completions", "/v1/models", f"/mii/{{deployment_name}}", "/generate",
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/models", "/mii/{deployment_name}", "/generate",
                  "/health", "/metrics"):
         assert path in schema["paths"], path
     props = schema["components"]["schemas"]["CompletionRequest"]["properties"]

@@ -75,3 +75,21 @@ def test_200_streams_with_a_fifth_disconnecting(cli_server):
     assert counter(after, "fastgen_kv_cache_usage_ratio") == 0.0
     assert counter(after, "fastgen_time_to_first_token_seconds_count") >= N_CLIENTS
     assert counter(after, "fastgen_num_requests_running") == 0
+
+
+def test_non_streaming_client_that_gives_up_is_aborted(cli_server):
+    http = cli_server["http"]
+    before = counter(http.get("/metrics").text, "fastgen_requests_total", finish_reason="abort")
+    n = 100                                     # one request, a batch of long prompts: seconds of work
+    body = {"prompt": [f"wait {i}" for i in range(n)], "max_tokens": 240, "temperature": 0, "ignore_eos": True}
+    try:
+        httpx.post(cli_server["url"] + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.5),
+                   headers={"Authorization": f"Bearer {cli_server['key']}"})
+    except httpx.ReadTimeout:
+        pass                                    # the client hangs up before the answer is ready
+    deadline = time.monotonic() + 30
+    while counter(http.get("/metrics").text, "fastgen_requests_total", finish_reason="abort") != before + n:
+        assert time.monotonic() < deadline, "the abandoned request was not aborted"
+        time.sleep(0.1)
+    engine = http.get("/fastgen/stats").json()["replicas"][0]["stats"]["engine"]
+    assert engine["kv_blocks_used"] == 0 and engine["running"] == 0
