@@ -4,7 +4,7 @@ from safetensors.torch import save_file
 from transformers import MixtralConfig
 
 import fastgen_mixtral.plugin
-from fastgen_core import FamilyRegistry, pipeline
+from fastgen_core import FamilyRegistry, WeightLoadError, pipeline
 from fastgen_core.plugins import get_plugin_set
 from fastgen_core.testing import check_family, hf_greedy, hf_last_logits, random_prompts, save_tiny_model
 
@@ -19,14 +19,14 @@ def tiny_mixtral(**kw):
 @pytest.mark.parametrize("experts,top_k", [(4, 1), (4, 2), (8, 1), (8, 2)])
 def test_mixtral_matches_transformers(tmp_path, experts, top_k):
     report = check_family(tiny_mixtral(num_local_experts=experts, num_experts_per_tok=top_k), tmp_path,
-                          init_std=0.1)
+                          num_prompts=12, init_std=0.1)
     assert report.preemptions > 0
 
 
 def test_mixtral_sliding_window(tmp_path):
     # Prompts run up to 200 tokens, far past the 24-token window, so the window decides the attention.
     cfg = tiny_mixtral(num_local_experts=8, num_experts_per_tok=2, sliding_window=24, num_key_value_heads=1)
-    check_family(cfg, tmp_path, init_std=0.1)
+    check_family(cfg, tmp_path, num_prompts=12, init_std=0.1)
 
 
 def test_mixtral_family_is_registered():
@@ -69,6 +69,10 @@ def test_mixtral_weight_layouts_load(tmp_path, layout):
     """Checkpoints written by hand in the hub per-expert layout and in the stacked transformers-5 layout."""
     cfg = tiny_mixtral(num_local_experts=4, num_experts_per_tok=2)
     ref = save_tiny_model(cfg, tmp_path, init_std=0.1)        # config.json (and a checkpoint we replace)
+    with torch.no_grad():       # RMSNorm weights start at 1, where swapping two of them would go unnoticed
+        for p in ref.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.3)
     for f in tmp_path.glob("*.safetensors"):
         f.unlink()
     tensors = layout(ref.state_dict(), cfg)
@@ -83,3 +87,13 @@ def test_mixtral_weight_layouts_load(tmp_path, layout):
         assert o.token_ids == hf_greedy(ref, p, 6)
         assert (o.logits[0] - hf_last_logits(ref, p)).abs().max().item() <= 1e-4
     pipe.destroy()
+
+
+def test_mixtral_missing_expert_tensor_is_named(tmp_path):
+    cfg = tiny_mixtral(num_local_experts=4, num_experts_per_tok=2, num_hidden_layers=1)
+    ref = save_tiny_model(cfg, tmp_path)
+    tensors = _per_expert_hub_layout(ref.state_dict(), cfg)
+    del tensors["model.layers.0.block_sparse_moe.experts.2.w3.weight"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightLoadError, match=r"layers\.0\.mlp\.experts\.gate_up_proj.*experts\.2\.w3"):
+        pipeline(str(tmp_path), device="cpu", dtype="float32")
