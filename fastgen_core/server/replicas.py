@@ -74,6 +74,7 @@ class Replica:
     outstanding: int = 0
     routed: int = 0
     healthy: bool = False
+    slow: bool = False             # alive but its health answer timed out (busy, or stopped)
     detail: str = "starting"
     extra: dict = field(default_factory=dict)
 
@@ -88,16 +89,19 @@ class Replica:
         """Ask the replica's /health; a dead process, no answer in time, or a 503 all mean unhealthy."""
         rc = self.exited()
         if rc is not None:
-            self.healthy, self.detail = False, f"replica process {self.pid} exited with code {rc}"
+            self.healthy, self.slow, self.detail = False, False, f"replica process {self.pid} exited with code {rc}"
             return False
         try:
             r = await self.client.get("/health", timeout=timeout)
-            self.healthy = r.status_code == 200
+            self.healthy, self.slow = r.status_code == 200, False
             self.detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith(
                 "application/json") else r.text
+        except httpx.TimeoutException:
+            self.healthy, self.slow = False, True
+            self.detail = f"no health answer from the replica within {timeout}s"
         except (httpx.HTTPError, ValueError) as e:
-            self.healthy = False
-            self.detail = f"no answer from replica within {timeout}s ({type(e).__name__})"
+            self.healthy, self.slow = False, False
+            self.detail = f"replica unreachable: {type(e).__name__}: {e}"
         return self.healthy
 
 

@@ -36,6 +36,8 @@ class RouterBackend:
 
     def pick(self, exclude: set) -> Replica | None:
         candidates = [r for r in self.replicas if r.healthy and r not in exclude]
+        if not candidates:       # only slow ones (a late health answer under load): better slow than 503
+            candidates = [r for r in self.replicas if r.slow and r not in exclude]
         if not candidates:
             return None
         least = min(r.outstanding for r in candidates)
@@ -56,7 +58,7 @@ class RouterBackend:
                 upstream = await self._send(request, r, path, payload)
             except httpx.TransportError as e:          # died since the last health check: try another
                 r.outstanding -= 1
-                r.healthy, r.detail = False, f"unreachable: {type(e).__name__}: {e}"
+                r.healthy, r.slow, r.detail = False, False, f"unreachable: {type(e).__name__}: {e}"
                 tried.add(r)
                 continue
             except BaseException:
