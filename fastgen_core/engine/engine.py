@@ -63,6 +63,7 @@ class _Request:
     generator: torch.Generator | None
     emitted: int = 0                # chars of detok.text already streamed
     stop_hit: str | None = None
+    final_text: str = ""
     logits: list = field(default_factory=list)
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None
@@ -269,30 +270,33 @@ class LLMEngine:
                     break
         if reason is None and n >= seq.max_new_tokens:
             reason = "length"
-        text = req.detok.text
         if reason is None:
-            hold = max(map(len, p.stop)) - 1 if p.stop else 0
+            text = req.detok.text
+            hold = max(map(len, p.stop)) - 1 if p.stop else 0      # a stop string may still be forming
             upto = max(req.emitted, len(text) - hold)
-        else:
-            upto = len(self._final_text(req))
-        delta = text[req.emitted:upto] if upto > req.emitted else ""
-        req.emitted = max(req.emitted, upto)
-        if reason is None:
+            delta = text[req.emitted:upto]
+            req.emitted = upto
             return RequestOutput(seq.request_id, [tok], delta, False)
         self.scheduler.finish(seq, reason)
         self.requests.pop(seq.request_id, None)
         self.counters["finished"] += 1
-        return RequestOutput(seq.request_id, [tok], delta, True, reason, self._response(req))
+        response = self._response(req)
+        delta = req.final_text[req.emitted:]
+        return RequestOutput(seq.request_id, [tok], delta, True, reason, response)
 
     def _final_text(self, req: _Request) -> str:
-        text = req.detok.text
+        """The whole output decoded at once (the incremental text may hold back an incomplete character),
+        cut at the stop string that ended it."""
+        if self.tokenizer is None:
+            return ""
+        text = self.tokenizer.decode(req.seq.output_token_ids, skip_special_tokens=True)
         if req.stop_hit is not None:
             text = text[:text.find(req.stop_hit)]
         return text
 
     def _response(self, req: _Request) -> Response:
         seq, p = req.seq, req.params
-        text = self._final_text(req)
+        text = req.final_text = self._final_text(req)
         if p.return_full_text and req.prompt_text is not None:
             text = req.prompt_text + text
         return Response(text, list(seq.output_token_ids), len(seq.prompt_token_ids), len(seq.output_token_ids),
