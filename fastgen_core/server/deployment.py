@@ -83,7 +83,7 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
                            f"use fastgen_core.client({s.deployment_name!r}) or another deployment_name")
     records_dir().mkdir(parents=True, exist_ok=True)
     log_path = records_dir() / f"{s.deployment_name}.log"
-    with open(log_path, "ab") as log:
+    with open(log_path, "wb") as log:
         # a session of its own: the deployment outlives this process and a Ctrl-C here does not reach it
         proc = subprocess.Popen([sys.executable, "-m", "fastgen_core.cli", "serve", *s.argv()], env=s.env(),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

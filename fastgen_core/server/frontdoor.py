@@ -48,6 +48,7 @@ def run_frontdoor(s: ServeSettings) -> int:
     if old is not None:
         raise ConfigError(f"deployment {s.deployment_name!r} is already running at {old['url']} (pid {old['pid']}); "
                           "terminate it or choose another --deployment-name")
+    _check_model(s)
     devices = plan_devices(s.device, s.device_map, s.replicas)
     sock = _bind(s.host, s.port)
     port = sock.getsockname()[1]
@@ -81,11 +82,24 @@ def run_frontdoor(s: ServeSettings) -> int:
     config = uvicorn.Config(app, log_level=s.log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=s.drain_timeout_s)
     server = server_box["server"] = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:            # uvicorn exits this way when start-up fails; say why below
+        pass
     if failure:
         print(f"error: {failure[0]}", file=sys.stderr)
         return 2
     return 0 if server.started else 1
+
+
+def _check_model(s: ServeSettings) -> None:
+    """Refuse a model no installed family can run here, with the registry's message, before any replica."""
+    from pathlib import Path
+
+    from ..loader import read_hf_config
+    from ..registry import FamilyRegistry
+    path = Path(s.model)
+    FamilyRegistry().resolve(read_hf_config(path), path, s.engine_options.get("family"))
 
 
 async def _announce(server_box, s: ServeSettings, url: str, replicas: ReplicaSet) -> None:

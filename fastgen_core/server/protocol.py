@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 __all__ = ["CompletionRequest", "ChatCompletionRequest", "ChatMessage", "GenerateRequest", "MIIRequest",
            "StreamOptions", "ValidationError"]
 
+INT64_MAX = 2 ** 63 - 1
 TokenIds = list[int]
 # OpenAI's completions prompt: a string, a batch of strings, one token-id list or a batch of them
 Prompt = Union[str, list[str], TokenIds, list[TokenIds]]
@@ -39,7 +40,7 @@ class _OpenAISampling(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=INT64_MAX)
     user: str | None = Field(None, description="accepted and ignored")
     presence_penalty: float | None = Field(None, description="only 0 is supported")
     frequency_penalty: float | None = Field(None, description="only 0 is supported")
@@ -95,7 +96,7 @@ class _Generate(_Strict):
     temperature: float = Field(1.0, ge=0)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=INT64_MAX)
     stop: str | list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False

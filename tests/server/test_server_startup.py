@@ -1,0 +1,46 @@
+"""Start-up refusals say what is wrong, before or instead of a half-started deployment."""
+import json
+
+import pytest
+
+import fastgen_core as fg
+from fastgen_core.server.replicas import plan_devices
+
+
+def test_serve_reports_a_model_no_plugin_supports(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGEN_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "nope"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["NopeForCausalLM"], "model_type": "nope"}))
+    with pytest.raises(fg.FastgenError, match="NopeForCausalLM"):
+        fg.serve(str(model), port=0, device="cpu", startup_timeout_s=120)
+    assert not list((tmp_path / "cache" / "deployments").glob("*.json"))       # nothing left registered
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(port=70000), "port"),
+    (dict(deployment_name="has space"), "deployment_name"),
+    (dict(replicas=0), "replicas"),
+    (dict(queue_limit=-1), "queue_limit"),
+    (dict(device="tpu"), "device"),
+    (dict(max_ragged_batch_size=0), "max_ragged_batch_size"),
+])
+def test_bad_settings_are_refused_before_anything_starts(tiny_model_dir, kwargs, words):
+    with pytest.raises(fg.FastgenError, match=words):
+        fg.serve(str(tiny_model_dir[0]), **kwargs)
+
+
+def test_missing_model_directory_and_unknown_deployment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGEN_CACHE", str(tmp_path))
+    with pytest.raises(fg.FastgenError, match="config.json"):
+        fg.serve(str(tmp_path / "missing"))
+    with pytest.raises(fg.FastgenError, match="no running deployment named 'ghost'"):
+        fg.client("ghost")
+
+
+def test_device_plan():
+    assert plan_devices("cpu", None, 3) == ["cpu"] * 3
+    assert plan_devices(None, "cuda:0,cuda:1", None) == ["cuda:0", "cuda:1"]
+    assert plan_devices(None, '["cuda:1"]', 2) == ["cuda:1", "cuda:1"]
+    with pytest.raises(fg.FastgenError, match="one device per replica"):
+        plan_devices(None, "cuda:0,cuda:1", 3)
