@@ -55,11 +55,26 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class JSONBodyMiddleware:
+    """Every POST body here is JSON: read it as JSON whatever Content-Type says (``curl -d`` sends
+    application/x-www-form-urlencoded, which FastAPI would not parse)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 def create_app(backend, name: str, model_path: str, api_key: str | None = None, lifespan=None) -> FastAPI:
     app = FastAPI(title="fastgen", version=_version(), lifespan=lifespan,
                   description="OpenAI- and DeepSpeed-MII-compatible text generation (see docs/serving.md).")
     app.state.backend = backend
     served = {name, model_path, os.path.basename(os.path.normpath(model_path))}
+    app.add_middleware(JSONBodyMiddleware)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
 
