@@ -26,15 +26,18 @@ def save_tiny_model(hf_config, path: str | Path, seed: int = 0, shards: int = 1,
 
     ``shards > 1`` writes a sharded checkpoint with its index; ``safe=False`` writes pytorch_model*.bin.
     ``init_std`` widens the random init so that logits are well separated (fewer argmax near-ties).
+    Vectors (biases, norm weights) are always perturbed: transformers initialises them to 0 and 1, and a
+    swapped or dropped bias or norm weight would otherwise load "correctly".
     """
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32).eval()
-    if init_std is not None:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.dim() > 1:
-                    p.normal_(0.0, init_std)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1 and init_std is not None:
+                p.normal_(0.0, init_std)
+            elif p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
     path = Path(path)
     if shards > 1:
         nbytes = sum(p.numel() * 4 for p in model.state_dict().values())
