@@ -5,23 +5,25 @@ Engine parameter names follow transformers where users know them (``embed_tokens
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
+from ..weights import Rule, WeightMap, fused
 from .attention import ForwardContext, PagedAttention
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding
 
 
 class RotaryAttention(nn.Module):
-    """Fused QKV projection -> rotary (full or partial, or none) -> paged attention -> output projection."""
+    """Fused QKV projection -> optional per-head q/k norms -> rotary (full, partial or none) -> paged
+    attention -> output projection."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int,
                  rotary: RotaryEmbedding | None, qkv_bias: bool = False, o_bias: bool = False,
-                 sliding_window: int | None = None, scale: float | None = None):
+                 sliding_window: int | None = None, scale: float | None = None,
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None):
         super().__init__()
+        self.q_norm, self.k_norm = q_norm, k_norm
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
         self.qkv_proj = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
@@ -35,6 +37,10 @@ class RotaryAttention(nn.Module):
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         if self.rotary is not None:
             q, k = self.rotary(ctx.positions, q, k)
         return self.o_proj(self.attn(q, k, v, ctx))
@@ -85,5 +91,35 @@ class CausalLM(nn.Module):
         return self.lm_head(hidden)
 
 
-def build_layers(n: int, make: Callable[[int], nn.Module]) -> list[nn.Module]:
-    return [make(i) for i in range(n)]
+def gated_mlp_rules(bias: bool = False) -> list[Rule]:
+    """HF ``mlp.{gate,up,down}_proj`` -> GatedMLP (gate and up fused into one GEMM)."""
+    L, T = "model.layers.{i}.mlp.", "layers.{i}.mlp."
+    rules = []
+    for kind in ["weight"] + (["bias"] if bias else []):
+        rules += fused([L + f"gate_proj.{kind}", L + f"up_proj.{kind}"], T + "gate_up_proj." + kind)
+        rules.append(Rule(L + f"down_proj.{kind}", T + "down_proj." + kind))
+    return rules
+
+
+def prenorm_decoder_weight_map(mlp_rules: list[Rule], tie_word_embeddings: bool, qkv_bias: bool = False,
+                               o_bias: bool = False) -> WeightMap:
+    """The weight map of a CausalLM of PreNormDecoderLayers over RotaryAttention, from the HF Llama naming
+    (``model.embed_tokens``, ``model.layers.{i}.self_attn.{q,k,v,o}_proj``, ``input_layernorm``,
+    ``post_attention_layernorm``, ``model.norm``, ``lm_head``) plus the family's MLP rules."""
+    L, T = "model.layers.{i}.", "layers.{i}."
+    rules = [Rule("model.embed_tokens.weight", "embed_tokens.weight"),
+             Rule("model.norm.weight", "norm.weight"),
+             Rule(L + "input_layernorm.weight", T + "input_layernorm.weight"),
+             Rule(L + "post_attention_layernorm.weight", T + "post_attention_layernorm.weight"),
+             *mlp_rules]
+    for kind, fused_qkv, o in (("weight", True, True), ("bias", qkv_bias, o_bias)):
+        if fused_qkv:
+            rules += fused([L + f"self_attn.{p}_proj.{kind}" for p in "qkv"], T + "self_attn.qkv_proj." + kind)
+        if o:
+            rules.append(Rule(L + f"self_attn.o_proj.{kind}", T + "self_attn.o_proj." + kind))
+    ignore = [r"rotary_emb\.inv_freq$"]          # recomputed from rope_theta; old checkpoints saved it
+    if tie_word_embeddings:
+        ignore.append(r"^lm_head\.weight$")     # shares embed_tokens' tensor; checkpoints may store a copy
+    else:
+        rules.append(Rule("lm_head.weight", "lm_head.weight"))
+    return WeightMap(rules, ignore)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastgen_core import DecoderConfig, Rule, WeightMap, fused
+from fastgen_core import DecoderConfig, WeightMap
 from fastgen_core.layers import (CausalLM, GatedMLP, PreNormDecoderLayer, RMSNorm, RotaryAttention,
-                                 RotaryEmbedding, rope_from_hf)
+                                 RotaryEmbedding, gated_mlp_rules, prenorm_decoder_weight_map, rope_from_hf)
 
 
 @dataclass
@@ -43,25 +43,5 @@ class LlamaForCausalLM(CausalLM):
 
 
 def weight_map(c: LlamaConfig) -> WeightMap:
-    L = "model.layers.{i}."
-    rules = [Rule("model.embed_tokens.weight", "embed_tokens.weight"),
-             Rule("model.norm.weight", "norm.weight"),
-             Rule(L + "input_layernorm.weight", "layers.{i}.input_layernorm.weight"),
-             Rule(L + "post_attention_layernorm.weight", "layers.{i}.post_attention_layernorm.weight"),
-             Rule(L + "mlp.down_proj.weight", "layers.{i}.mlp.down_proj.weight"),
-             Rule(L + "self_attn.o_proj.weight", "layers.{i}.self_attn.o_proj.weight")]
-    kinds = ["weight"] + (["bias"] if c.attention_bias else [])
-    for kind in kinds:
-        rules += fused([L + f"self_attn.{p}_proj.{kind}" for p in "qkv"], "layers.{i}.self_attn.qkv_proj." + kind)
-    if c.attention_bias:
-        rules.append(Rule(L + "self_attn.o_proj.bias", "layers.{i}.self_attn.o_proj.bias"))
-    for kind in ["weight"] + (["bias"] if c.mlp_bias else []):
-        rules += fused([L + f"mlp.{p}_proj.{kind}" for p in ("gate", "up")], "layers.{i}.mlp.gate_up_proj." + kind)
-    if c.mlp_bias:
-        rules.append(Rule(L + "mlp.down_proj.bias", "layers.{i}.mlp.down_proj.bias"))
-    ignore = [r"rotary_emb\.inv_freq$"]
-    if c.tie_word_embeddings:
-        ignore.append(r"^lm_head\.weight$")
-    else:
-        rules.append(Rule("lm_head.weight", "lm_head.weight"))
-    return WeightMap(rules, ignore)
+    return prenorm_decoder_weight_map(gated_mlp_rules(c.mlp_bias), c.tie_word_embeddings,
+                                      qkv_bias=c.attention_bias, o_bias=c.attention_bias)

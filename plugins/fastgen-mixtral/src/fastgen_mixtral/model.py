@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap, fused
+from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap
 from fastgen_core.layers import (CausalLM, PreNormDecoderLayer, RMSNorm, RotaryAttention, RotaryEmbedding,
-                                 SparseMoE, rope_from_hf)
+                                 SparseMoE, prenorm_decoder_weight_map, rope_from_hf)
 
 
 @dataclass
@@ -80,17 +80,4 @@ def _expert_rules(c: MixtralConfig) -> list[Rule]:
 
 
 def weight_map(c: MixtralConfig) -> WeightMap:
-    L = "model.layers.{i}."
-    rules = [Rule("model.embed_tokens.weight", "embed_tokens.weight"),
-             Rule("model.norm.weight", "norm.weight"),
-             Rule(L + "input_layernorm.weight", "layers.{i}.input_layernorm.weight"),
-             Rule(L + "post_attention_layernorm.weight", "layers.{i}.post_attention_layernorm.weight"),
-             Rule(L + "self_attn.o_proj.weight", "layers.{i}.self_attn.o_proj.weight"),
-             *fused([L + f"self_attn.{p}_proj.weight" for p in "qkv"], "layers.{i}.self_attn.qkv_proj.weight"),
-             *_expert_rules(c)]
-    ignore = [r"rotary_emb\.inv_freq$"]
-    if c.tie_word_embeddings:
-        ignore.append(r"^lm_head\.weight$")
-    else:
-        rules.append(Rule("lm_head.weight", "lm_head.weight"))
-    return WeightMap(rules, ignore)
+    return prenorm_decoder_weight_map(_expert_rules(c), c.tie_word_embeddings)

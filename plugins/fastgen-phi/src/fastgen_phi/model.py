@@ -44,34 +44,17 @@ class PhiConfig(DecoderConfig):
         return c
 
 
-class PhiAttention(RotaryAttention):
-    """RotaryAttention with biases, and optional per-head LayerNorm on q and k before the rotation."""
-
-    def __init__(self, c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding):
-        super().__init__(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, layer_idx,
-                         rotary, qkv_bias=True, o_bias=True, sliding_window=c.sliding_window)
-        self.q_layernorm = nn.LayerNorm(c.head_dim, eps=c.layer_norm_eps) if c.qk_layernorm else None
-        self.k_layernorm = nn.LayerNorm(c.head_dim, eps=c.layer_norm_eps) if c.qk_layernorm else None
-
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(t, self.num_heads, self.head_dim)
-        k = k.view(t, self.num_kv_heads, self.head_dim)
-        v = v.view(t, self.num_kv_heads, self.head_dim)
-        if self.q_layernorm is not None:
-            q, k = self.q_layernorm(q), self.k_layernorm(k)
-        q, k = self.rotary(ctx.positions, q, k)
-        return self.o_proj(self.attn(q, k, v, ctx))
-
-
 class PhiDecoderLayer(nn.Module):
     """x + attn(ln(x)) + mlp(ln(x)): attention and MLP read the same normalised input."""
 
     def __init__(self, c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding):
         super().__init__()
         self.input_layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.self_attn = PhiAttention(c, layer_idx, rotary)
+        # optional per-head LayerNorm on q and k before the rotation
+        qk_norm = [nn.LayerNorm(c.head_dim, eps=c.layer_norm_eps) if c.qk_layernorm else None for _ in "qk"]
+        self.self_attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                                         layer_idx, rotary, qkv_bias=True, o_bias=True,
+                                         sliding_window=c.sliding_window, q_norm=qk_norm[0], k_norm=qk_norm[1])
         self.mlp = MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -98,7 +81,7 @@ def weight_map(c: PhiConfig) -> WeightMap:
                   Rule(L + "mlp.fc2." + kind, T + "mlp.fc2." + kind),
                   *fused([L + f"self_attn.{p}_proj.{kind}" for p in "qkv"], T + "self_attn.qkv_proj." + kind)]
         if c.qk_layernorm:
-            rules += [Rule(L + f"self_attn.{p}_layernorm.{kind}", T + f"self_attn.{p}_layernorm.{kind}") for p in "qk"]
+            rules += [Rule(L + f"self_attn.{p}_layernorm.{kind}", T + f"self_attn.{p}_norm.{kind}") for p in "qk"]
     ignore = [r"rotary_emb\.inv_freq$"]
     if c.tie_word_embeddings:
         ignore.append(r"^lm_head\.weight$")    # the bias stays its own tensor
