@@ -18,7 +18,7 @@ PY
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING
 for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e $p 2>&1 | grep -v WARNING; done
 python3 -m fastgen_core.cli plugins | tee -a $OUT/env.txt
-[ "$STAGE" = mixtral ] || timeout 150 python3 -m pytest -q -rs tests/gpu -p no:cacheprovider 2>&1 | tee $OUT/gpu_tests.log | tail -40
+[ "$STAGE" = sweep ] || timeout 110 python3 -m pytest -q -rs -s tests/gpu -p no:cacheprovider 2>&1 | tee $OUT/gpu_tests.log | tail -40
 B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl"
 if [ "$STAGE" = probe ]; then
   $B --preset llama-2-7b --num-layers 8 --num-requests 32 --prompt-mean 512 --gen-mean 64 --online 1,8 \
@@ -35,6 +35,16 @@ if [ "$STAGE" = profile ]; then
       --max-ragged-batch-size $b --tag profile 2>&1 | tail -2
   done
 fi
+if [ "$STAGE" = sweep ]; then
+  (cd tests/gpu && timeout 300 python3 agreement_sweep.py 2>&1 | grep SWEEP | tee $OUT/sweep.txt)
+fi
+if [ "$STAGE" = confirm ]; then
+  grep AGREEMENT $OUT/gpu_tests.log | cut -c1-400
+  for m in falcon-7b llama-2-7b; do
+    timeout 100 $B --preset $m --num-requests 64 --prompt-mean 1200 --gen-mean 60 --peer none \
+      --max-ragged-batch-size 2048 2>&1 | tail -2
+  done
+fi
 if [ "$STAGE" = phi2 ]; then
   timeout 400 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
@@ -44,6 +54,4 @@ if [ "$STAGE" = mixtral ]; then
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/mixtral.png 2>&1 | tail -12
   timeout 100 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 --peer none --tag budget-768 \
      2>&1 | tail -2
-  timeout 120 $B --preset llama-2-7b --num-requests 64 --prompt-mean 1200 --gen-mean 60 --peer none \
-     --max-ragged-batch-size 2048 2>&1 | tail -2
 fi

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 def _configs():
     import transformers as t
-    common = dict(vocab_size=2048, hidden_size=512, num_hidden_layers=3, num_attention_heads=8,
+    common = dict(vocab_size=2048, hidden_size=512, num_hidden_layers=2, num_attention_heads=8,
                   max_position_embeddings=1024)
     return {
         "llama-gqa": lambda: t.LlamaConfig(**common, intermediate_size=1024, num_key_value_heads=2),
@@ -26,13 +26,13 @@ def _configs():
                                    partial_rotary_factor=0.4),
         "mixtral": lambda: t.MixtralConfig(**common, intermediate_size=512, num_key_value_heads=2,
                                            num_local_experts=8, num_experts_per_tok=2),
-        "falcon-7b-style": lambda: t.FalconConfig(vocab_size=2048, hidden_size=512, num_hidden_layers=3,
+        "falcon-7b-style": lambda: t.FalconConfig(vocab_size=2048, hidden_size=512, num_hidden_layers=2,
                                                   num_attention_heads=8, multi_query=True, parallel_attn=True,
                                                   bias=False, new_decoder_architecture=False, alibi=False),
-        "falcon-40b-style": lambda: t.FalconConfig(vocab_size=2048, hidden_size=512, num_hidden_layers=3,
+        "falcon-40b-style": lambda: t.FalconConfig(vocab_size=2048, hidden_size=512, num_hidden_layers=2,
                                                    num_attention_heads=8, num_kv_heads=2,
                                                    new_decoder_architecture=True, bias=False, alibi=False),
-        "opt": lambda: t.OPTConfig(vocab_size=2048, hidden_size=512, num_hidden_layers=3, num_attention_heads=8,
+        "opt": lambda: t.OPTConfig(vocab_size=2048, hidden_size=512, num_hidden_layers=2, num_attention_heads=8,
                                    ffn_dim=1024, word_embed_proj_dim=512, max_position_embeddings=1024),
     }
 
@@ -40,21 +40,26 @@ def _configs():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name", list(_configs()))
 def test_teacher_forced_agreement(name, dtype, tmp_path):
+    """Random weights give flat logits: transformers' own bf16 run agrees with its float32 run on only
+    95-98% of positions (tests/gpu/agreement_sweep.py, docs/bench-results/agreement-sweep-h200.txt), so
+    plain agreement between two correct bf16 implementations sits near 99% by rounding alone. Asserted:
+    >= 99% on the positions where bf16 rounding does not flip transformers' own answer, >= 98% on all
+    (a real bug lands far below: a wrong layer, rotary or cache read gives ~0-50%), and we are no further
+    from the float32 answer than transformers' own half-precision run."""
     cfg = _configs()[name]()
     reg = FamilyRegistry()
     if cfg.model_type not in {mt for rf in reg.families for mt in rf.family.model_types}:
         pytest.skip(f"no installed family plugin serves model_type {cfg.model_type!r}")
-    # MoE: a narrower init and a sharper router; routing near-ties flip experts under bf16 rounding in
-    # transformers itself (its bf16 top-1 agrees with its own fp32 on only ~90% at init 0.05)
-    model = save_tiny_model(cfg, tmp_path, init_std=0.02 if name == "mixtral" else 0.05)
+    model = save_tiny_model(cfg, tmp_path, init_std=0.02)
     if name == "mixtral":
-        # decisive routing: with near-tied router logits bf16 rounding picks other experts in both engines
-        # alike-but-differently, which is a property of MoE in bf16, not of our kernels
+        # a sharper router: near-tied router logits make bf16 rounding pick other experts
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n.endswith("mlp.gate.weight"):
                     p.mul_(16.0)
         model.save_pretrained(tmp_path)
-    r = agreement(tmp_path, cfg, "cuda", dtype, num_seqs=8)
-    print(name, dtype, r)
-    assert r["ours_vs_hf"] >= 0.99, f"{name} {dtype}: top-1 agreement {r}"
+    r = agreement(tmp_path, cfg, "cuda", dtype, num_seqs=16)
+    print(f"AGREEMENT {name} {dtype} {r}")
+    assert r["ours_vs_hf_on_stable"] >= 0.99, f"{name} {dtype}: top-1 agreement {r}"
+    assert r["ours_vs_hf"] >= 0.98, f"{name} {dtype}: top-1 agreement {r}"
+    assert r["ours_vs_hf_fp32"] >= r["hf_vs_hf_fp32"] - 0.01, f"{name} {dtype}: {r}"

@@ -1,0 +1,82 @@
+"""`fastgen bench` end to end on CPU with a tiny model (what CI can run), plus its pure helpers."""
+import json
+
+import pytest
+
+from fastgen_core.bench import roofline
+from fastgen_core.bench.online import percentile
+from fastgen_core.bench.workload import make_workload, write_preset
+from fastgen_core.cli import main
+
+
+def test_bench_cli_writes_offline_online_floor_and_peer_records(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    rc = main(["bench", "--preset", "tiny-llama", "--device", "cpu", "--num-requests", "5", "--prompt-mean", "20",
+               "--gen-mean", "5", "--online", "1,3", "--peer", "static", "--peer-batch-size", "4",
+               "--max-ragged-batch-size", "32", "--output", str(out)])
+    assert rc == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    kinds = [r["kind"] for r in recs]
+    assert kinds.count("ceilings") == 1 and kinds.count("model") == 1
+    ours = [r for r in recs if r["kind"] == "offline" and r["engine"] == "fastgen"]
+    peer = [r for r in recs if r["kind"] == "offline" and r["engine"] == "transformers-static"]
+    assert len(ours) == 1 and len(peer) == 1
+    w = make_workload(5, 20, 5, 0, 512, 1024)
+    assert ours[0]["gen_tokens"] == w.gen_tokens == peer[0]["gen_tokens"]
+    assert ours[0]["prompt_tokens"] == w.prompt_tokens
+    assert ours[0]["floor_s"] > 0 and ours[0]["achieved_over_floor"] == pytest.approx(
+        ours[0]["wall_s"] / ours[0]["floor_s"], rel=0.01)
+    assert peer[0]["ours_over_theirs"] == pytest.approx(ours[0]["gen_tok_s"] / peer[0]["gen_tok_s"], rel=0.01)
+    online = [r for r in recs if r["kind"] == "online"]
+    assert [r["clients"] for r in online] == [1, 3]
+    for r in online:
+        assert r["requests"] == 5
+        for m in ("ttft_s", "tpot_s", "e2e_s"):
+            assert 0 <= r[f"{m}_p50"] <= r[f"{m}_p90"] <= r[f"{m}_p95"]
+        assert 0 <= r["served_frac_sla6"] <= r["served_frac_sla4"] <= r["served_frac_sla2"] <= 1
+    assert "fastgen" in capsys.readouterr().out          # the summary table
+
+
+def test_python_entry_point_returns_records(tmp_path):
+    from fastgen_core.bench import run_bench
+    recs = run_bench(preset="tiny-llama", device="cpu", num_requests=3, prompt_mean=12, gen_mean=[4, 6],
+                     peer=[], output=str(tmp_path / "x.jsonl"))
+    offline = [r for r in recs if r["kind"] == "offline"]
+    assert [r["mean_gen"] for r in offline] == [4, 6]
+
+
+def test_workload_is_deterministic_and_fits_the_context():
+    a = make_workload(50, 1200, 60, seed=3, vocab_size=51200, max_context=2048)
+    b = make_workload(50, 1200, 60, seed=3, vocab_size=51200, max_context=2048)
+    assert a.prompts == b.prompts and a.gen_lens == b.gen_lens
+    assert all(len(p) + g < 2048 for p, g in zip(a.prompts, a.gen_lens))
+    assert all(100 <= t < 50000 for p in a.prompts for t in p)
+    assert 900 < a.prompt_tokens / 50 < 1500
+    with pytest.raises(ValueError, match="must be >= 1"):
+        make_workload(0, 10, 10)
+
+
+def test_floor_counts_only_top_k_experts_for_moe(tmp_path):
+    import torch
+    d = write_preset("mixtral-small", tmp_path, num_layers=1)
+    hf = json.loads((d / "config.json").read_text())
+    fake = torch.nn.Linear(1, 10_000_000_000 // 10**6, bias=False)     # count_params only needs numel
+    c = roofline.count_params(fake, hf)
+    expert = 3 * 4096 * 14336
+    assert c["params"] - c["active_params"] == pytest.approx(1 * 8 * expert * (1 - 2 / 8), abs=1)
+    ceil = {"gemm_TFLOPs": 100.0, "copy_TBps": 2.0}
+    f = roofline.floor_seconds(1e9, 2e9, 1000, 100, 50, ceil)
+    assert f == pytest.approx(2 * 1e9 * 1100 / 100e12 + 50 * 2e9 / 2e12)
+
+
+def test_percentile():
+    assert percentile([3, 1, 2, 4], 50) == 2.5
+    assert percentile([5], 95) == 5
+    assert percentile(list(range(101)), 90) == 90
+
+
+def test_unknown_preset_and_bad_peer_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        write_preset("gpt-5", tmp_path)
+    with pytest.raises(SystemExit):
+        main(["bench", "--preset", "tiny-llama", "--peer", "vllm"])
