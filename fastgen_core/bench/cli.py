@@ -151,7 +151,7 @@ def run_bench_args(args) -> list[dict]:
     for scen, w, floor in scenarios:
         r = offline.run_offline(engine, w)
         ours[scen["mean_gen"]] = r
-        emit(kind="offline", engine="fastgen", **scen, floor_s=round(floor, 4),
+        emit(kind="offline", engine="fastgen", **scen, floor_s=float(f"{floor:.4g}"),
              achieved_over_floor=round(r["wall_s"] / floor, 3), **r)
     scen0, w0, _ = scenarios[0]
     for c in args.online:
@@ -171,7 +171,7 @@ def run_bench_args(args) -> list[dict]:
                     extra = {"achieved_over_floor": round(r["wall_s"] / floor, 3),
                              "ours_over_theirs": round(ours[scen["mean_gen"]]["gen_tok_s"] / r["gen_tok_s"], 3)}
                     theirs[(scen["mean_gen"], r["engine"], r.get("batch_size"))] = r
-                emit(kind="offline", **scen, floor_s=round(floor, 4), **r, **extra)
+                emit(kind="offline", **scen, floor_s=float(f"{floor:.4g}"), **r, **extra)
         del m
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -27,7 +27,8 @@ def plot(records: list[dict], path: str | Path, title: str = "") -> Path | None:
             continue
         y = r.get("mean_e2e_s", r["wall_s"])
         ax.scatter([r["gen_tok_s"]], [y], marker="s" if r["engine"] == "fastgen" else "^",
-                   label=f"{r['engine']} offline" + (f" bs{r['batch_size']}" if r.get("batch_size") else ""))
+                   label=f"{r['engine']} offline gen {r.get('mean_gen', '?')}"
+                   + (f" bs{r['batch_size']}" if r.get("batch_size") else ""))
     ax.set_xlabel("generated tokens / s")
     ax.set_ylabel("latency (s)")
     ax.set_yscale("log")

@@ -13,8 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 
 @dataclass
 class Workload:
@@ -39,6 +37,7 @@ def make_workload(n: int, mean_prompt: int, mean_gen: int, seed: int = 0, vocab_
     if n < 1 or mean_prompt < 1 or mean_gen < 1:
         raise ValueError(f"num_requests, prompt mean and generation mean must be >= 1, got {n}, {mean_prompt}, "
                          f"{mean_gen}")
+    import torch   # here, not at import: `fastgen --help` builds this parser and should stay quick
     g = torch.Generator().manual_seed(seed)
     ps = (torch.randn(n, generator=g) * 0.3 * mean_prompt + mean_prompt).round().clamp(min=8).long().tolist()
     gs = (torch.randn(n, generator=g) * 0.3 * mean_gen + mean_gen).round().clamp(min=4).long().tolist()
