@@ -1,6 +1,5 @@
 """The pipeline API as a user sees it: text in, text out, options honoured, bad input refused cleanly."""
 import pytest
-import torch
 
 import fastgen_core as fg
 from fastgen_core.testing import hf_greedy
