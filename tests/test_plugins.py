@@ -157,3 +157,12 @@ def test_model_family_validates_itself():
         fg.ModelFamily(name="x", config="a:b", model="a:b", weights="a:b")
     with pytest.raises(ValueError, match="must be a 'module:attr' string"):
         fg.ModelFamily(name="x", architectures=("X",), config="a.b", model="a:b", weights="a:b")
+
+
+def test_fastgen_plugins_lists_all_six_families_with_their_packages():
+    out = subprocess.run([sys.executable, "-m", "fastgen_core.cli", "plugins", "--json"], capture_output=True,
+                         text=True, check=True).stdout
+    got = {f["family"]: f["distribution"] for f in json.loads(out)["families"]}
+    want = {"llama": "fastgen-llama", "mixtral": "fastgen-mixtral", "falcon": "fastgen-falcon", "phi": "fastgen-phi",
+            "opt": "fastgen-opt", "qwen2": "fastgen-qwen2"}
+    assert {k: got.get(k) for k in want} == want
