@@ -118,9 +118,9 @@ class Client:
         if self._process is not None:
             self._process.wait(timeout)
         local = urlparse(self.url).hostname in ("127.0.0.1", "localhost", "::1")
-        while local and any(_alive(p) for p in pids):
+        while local and any(pid_alive(p) for p in pids):
             if time.monotonic() > deadline:
-                raise ServerError(504, f"processes {[p for p in pids if _alive(p)]} still run after {timeout}s")
+                raise ServerError(504, f"processes {[p for p in pids if pid_alive(p)]} still run after {timeout}s")
             time.sleep(0.05)
 
     def close(self) -> None:
@@ -133,7 +133,7 @@ class Client:
         self.close()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while the process runs (a zombie, exited but not yet reaped by its parent, counts as gone)."""
     try:
         os.kill(pid, 0)

@@ -16,21 +16,12 @@ import time
 from pathlib import Path
 
 from ..errors import FastgenError
+from .client import pid_alive
 
 
 def records_dir() -> Path:
     from ..default_model import cache_dir
     return cache_dir() / "deployments"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_record(name: str) -> dict | None:
@@ -40,7 +31,7 @@ def read_record(name: str) -> dict | None:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return rec if _alive(rec.get("pid", -1)) else None
+    return rec if pid_alive(rec.get("pid", -1)) else None
 
 
 def write_record(name: str, record: dict) -> None:
