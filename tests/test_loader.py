@@ -59,3 +59,15 @@ def test_dummy_weights_from_config_alone(ckpt):
     w = pipe.engine.model.layers[0].self_attn.qkv_proj.weight
     assert 0.01 < w.std().item() < 0.03          # N(0, 0.02), not zeros or garbage
     assert torch.equal(pipe.engine.model.norm.weight, torch.ones(64))
+
+
+def test_config_missing_a_key_the_family_needs_is_named(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    del cfg["intermediate_size"]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(fg.ConfigError, match=r"lacks 'intermediate_size', which the 'llama' family \(fastgen-llama\)"):
+        fg.pipeline(str(ckpt), device="cpu")
+    cfg["intermediate_size"] = "big"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(fg.ConfigError, match="cannot build a model from these values"):
+        fg.pipeline(str(ckpt), device="cpu")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import EngineConfig
-from ..errors import InvalidRequestError
+from ..errors import ConfigError, FastgenError, InvalidRequestError
 from ..loader import checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config
 from ..registry import FamilyRegistry
 from ..sampling import Sampler, SamplingParams, SamplingRow
@@ -88,14 +88,20 @@ class LLMEngine:
         self.hf_config = read_hf_config(path)
         self.registry = registry if registry is not None else FamilyRegistry()
         self.family = self.registry.resolve(self.hf_config, path, config.family)
-        self.model_config = self.family.family.load_config_class().from_hf(self.hf_config)
+        self.model_config = self._parse_config(path)
         mc = self.model_config
         self.device = config.torch_device()
         self.dtype = config.torch_dtype(mc.dtype)
         self.max_context = min(config.max_context or mc.max_position_embeddings, mc.max_position_embeddings)
         model_cls = self.family.family.load_model_class()
         with torch.device(self.device), _default_dtype(self.dtype):
-            self.model = model_cls(mc)
+            try:
+                self.model = model_cls(mc)
+            except (TypeError, ValueError) as e:
+                if isinstance(e, FastgenError):
+                    raise
+                raise ConfigError(f"{path / 'config.json'}: the {self.family.family.name!r} family cannot build a "
+                                  f"model from these values: {e}") from None
         self.model.eval()
         if config.load_format == "dummy":
             init_dummy_weights(self.model, config.seed)
@@ -116,6 +122,19 @@ class LLMEngine:
         self.counters = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "finished": 0}
 
     # ---- set-up helpers --------------------------------------------------------------------
+    def _parse_config(self, path: Path):
+        name = self.family.family.name
+        try:
+            return self.family.family.load_config_class().from_hf(self.hf_config)
+        except KeyError as e:
+            raise ConfigError(f"{path / 'config.json'} lacks {e.args[0]!r}, which the {name!r} family "
+                              f"({self.family.dist}) needs") from None
+        except (TypeError, ValueError) as e:
+            if isinstance(e, FastgenError):
+                raise
+            raise ConfigError(f"{path / 'config.json'} has a value the {name!r} family ({self.family.dist}) "
+                              f"cannot use: {e}") from None
+
     def _eos_ids(self, path: Path) -> set[int]:
         ids = set(self.model_config.eos_token_id)
         gen = path / "generation_config.json"
