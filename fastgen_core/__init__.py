@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it (imported when the name is first used)
 _LAZY = {
     "EngineConfig": ".config",
-    "LLMEngine": ".engine.engine", "RequestOutput": ".engine.engine", "Response": ".engine.engine",
+    "LLMEngine": ".engine.engine", "RequestOutput": ".engine.outputs", "Response": ".engine.outputs",
     "Pipeline": ".pipeline", "pipeline": ".pipeline",
     "SamplingParams": ".sampling",
     "Rule": ".weights", "WeightMap": ".weights", "fused": ".weights",
