@@ -78,6 +78,29 @@ def hf_last_logits(model, prompt: list[int]) -> torch.Tensor:
     return model(torch.tensor([prompt])).logits[0, -1].float()
 
 
+def check_registration(plugin_module, name: str, architectures, model_types, dist: str = "<local>",
+                       model_class=None, config_class=None):
+    """Register ``plugin_module`` alone (no entry points) and assert that every architecture and model_type
+    it should claim resolves to family ``name``, attributed to ``dist``, with the given classes.
+    Returns the RegisteredFamily."""
+    from .plugins import get_plugin_set
+    from .registry import FamilyRegistry
+    ps = get_plugin_set(autoload=False)
+    ps.register(plugin_module, name=name, dist=dist)
+    reg = FamilyRegistry(ps)
+    assert reg.errors == [], reg.errors
+    found = [reg.resolve({"architectures": [a]}) for a in architectures] + \
+            [reg.resolve({"model_type": t}) for t in model_types]
+    for rf in found:
+        assert rf.family.name == name and rf.dist == dist, (rf.family.name, rf.dist)
+    rf = found[0]
+    if model_class is not None:
+        assert rf.family.load_model_class() is model_class
+    if config_class is not None:
+        assert rf.family.load_config_class() is config_class
+    return rf
+
+
 @dataclass
 class ConformanceReport:
     runs: list[dict]

@@ -4,9 +4,8 @@ import pytest
 import torch
 from transformers import FalconConfig
 
-from fastgen_core import FamilyRegistry, UnsupportedModelError, pipeline
-from fastgen_core.plugins import get_plugin_set
-from fastgen_core.testing import check_family, hf_greedy, hf_last_logits, random_prompts, save_tiny_model
+from fastgen_core import UnsupportedModelError, pipeline
+from fastgen_core.testing import check_family, check_registration, hf_greedy, hf_last_logits, random_prompts, save_tiny_model
 
 
 def tiny_falcon(**kw):
@@ -127,14 +126,5 @@ def test_plugin_registers_architectures_and_model_types():
     import fastgen_falcon.plugin
     from fastgen_falcon.config import FalconConfig as Ours
     from fastgen_falcon.model import FalconForCausalLM
-    ps = get_plugin_set(autoload=False)
-    ps.register(fastgen_falcon.plugin, "falcon")
-    reg = FamilyRegistry(ps)
-    assert reg.errors == []
-    for arch in ("FalconForCausalLM", "RWForCausalLM"):
-        assert reg.resolve({"architectures": [arch]}).family.name == "falcon"
-    for model_type in ("falcon", "RefinedWeb", "RefinedWebModel"):
-        rf = reg.resolve({"model_type": model_type})
-        assert rf.family.name == "falcon"
-    assert rf.family.load_config_class() is Ours
-    assert rf.family.load_model_class() is FalconForCausalLM
+    check_registration(fastgen_falcon.plugin, "falcon", ["FalconForCausalLM", "RWForCausalLM"],
+                       ["falcon", "RefinedWeb", "RefinedWebModel"], model_class=FalconForCausalLM, config_class=Ours)

@@ -4,9 +4,8 @@ from safetensors.torch import save_file
 from transformers import MixtralConfig
 
 import fastgen_mixtral.plugin
-from fastgen_core import FamilyRegistry, WeightLoadError, pipeline
-from fastgen_core.plugins import get_plugin_set
-from fastgen_core.testing import check_family, hf_greedy, hf_last_logits, random_prompts, save_tiny_model
+from fastgen_core import WeightLoadError, pipeline
+from fastgen_core.testing import check_family, check_registration, hf_greedy, hf_last_logits, random_prompts, save_tiny_model
 
 
 def tiny_mixtral(**kw):
@@ -30,15 +29,9 @@ def test_mixtral_sliding_window(tmp_path):
 
 
 def test_mixtral_family_is_registered():
-    ps = get_plugin_set(autoload=False)
-    ps.register(fastgen_mixtral.plugin, name="mixtral", dist="fastgen-mixtral")
-    reg = FamilyRegistry(ps)
-    assert not reg.errors
-    by_arch = reg.resolve({"architectures": ["MixtralForCausalLM"]})
-    by_type = reg.resolve({"model_type": "mixtral"})
-    assert by_arch.family.name == by_type.family.name == "mixtral"
-    assert by_arch.dist == "fastgen-mixtral"
-    assert by_arch.family.load_model_class().__name__ == "MixtralForCausalLM"
+    from fastgen_mixtral.model import MixtralForCausalLM
+    check_registration(fastgen_mixtral.plugin, "mixtral", ["MixtralForCausalLM"], ["mixtral"], dist="fastgen-mixtral",
+                       model_class=MixtralForCausalLM)
 
 
 def _per_expert_hub_layout(state: dict, cfg) -> dict:

@@ -4,9 +4,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 from transformers import OPTConfig
 
-from fastgen_core import FamilyRegistry, UnsupportedModelError, WeightLoadError, pipeline
-from fastgen_core.plugins import get_plugin_set
-from fastgen_core.testing import check_family, hf_greedy, random_prompts, save_tiny_model
+from fastgen_core import UnsupportedModelError, WeightLoadError, pipeline
+from fastgen_core.testing import check_family, check_registration, hf_greedy, random_prompts, save_tiny_model
 
 
 def tiny_opt(**kw):
@@ -66,12 +65,5 @@ def test_unknown_activation_is_refused(tmp_path):
 def test_plugin_registers_architecture_and_model_type():
     import fastgen_opt.plugin
     from fastgen_opt.model import OPTConfig as Ours, OPTForCausalLM
-    ps = get_plugin_set(autoload=False)
-    ps.register(fastgen_opt.plugin, "opt")
-    reg = FamilyRegistry(ps)
-    assert reg.errors == []
-    assert reg.resolve({"architectures": ["OPTForCausalLM"]}).family.name == "opt"
-    rf = reg.resolve({"model_type": "opt"})
-    assert rf.family.name == "opt"
-    assert rf.family.load_config_class() is Ours
-    assert rf.family.load_model_class() is OPTForCausalLM
+    check_registration(fastgen_opt.plugin, "opt", ["OPTForCausalLM"], ["opt"], model_class=OPTForCausalLM,
+                       config_class=Ours)

@@ -5,9 +5,8 @@ import torch
 from transformers import PhiConfig
 
 import fastgen_phi.plugin
-from fastgen_core import FamilyRegistry, UnsupportedModelError, pipeline
-from fastgen_core.plugins import get_plugin_set
-from fastgen_core.testing import check_family, hf_greedy, hf_last_logits, random_prompts, save_tiny_model
+from fastgen_core import UnsupportedModelError, pipeline
+from fastgen_core.testing import check_family, check_registration, hf_greedy, hf_last_logits, random_prompts, save_tiny_model
 
 
 def tiny_phi(**kw):
@@ -49,15 +48,9 @@ def test_phi_biases_and_layernorms_load(tmp_path, qk_layernorm):
 
 
 def test_phi_family_is_registered():
-    ps = get_plugin_set(autoload=False)
-    ps.register(fastgen_phi.plugin, name="phi", dist="fastgen-phi")
-    reg = FamilyRegistry(ps)
-    assert not reg.errors
-    by_arch = reg.resolve({"architectures": ["PhiForCausalLM"]})
-    by_type = reg.resolve({"model_type": "phi"})
-    assert by_arch.family.name == by_type.family.name == "phi"
-    assert by_arch.dist == "fastgen-phi"
-    assert by_arch.family.load_model_class().__name__ == "PhiForCausalLM"
+    from fastgen_phi.model import PhiForCausalLM
+    check_registration(fastgen_phi.plugin, "phi", ["PhiForCausalLM"], ["phi"], dist="fastgen-phi",
+                       model_class=PhiForCausalLM)
 
 
 def test_phi_odd_rotary_dim_is_refused(tmp_path):
