@@ -31,15 +31,13 @@ class Pipeline:
             allowed = sorted(SamplingParams.__dataclass_fields__)
             raise InvalidRequestError(f"{e}; allowed generate options: {allowed}") from None
         eng = self.engine
-        checked = []
+        prepared = []
         for i, p in enumerate(prompts):
             try:
-                ids, _ = eng.validate_prompt(p)
-                params = eng.resolve_params(SamplingParams(**{**base.__dict__}), len(ids))
+                prepared.append(eng.prepare_request(p, SamplingParams(**{**base.__dict__})))
             except InvalidRequestError as e:
                 raise InvalidRequestError(f"prompt {i}: {e}") from None
-            checked.append((p, params))
-        rids = [eng.add_request(p, params) for p, params in checked]
+        rids = [eng.add_prepared(r) for r in prepared]
         pending = set(rids)
         results: dict[str, Response] = {}
         try:

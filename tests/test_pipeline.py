@@ -137,4 +137,8 @@ def test_request_too_big_for_the_kv_cache_is_refused(tiny_model_dir):
     p = fg.pipeline(str(tiny_model_dir[0]), device="cpu", num_kv_blocks=2, kv_block_size=8)
     with pytest.raises(fg.InvalidRequestError, match="KV blocks"):
         p([[1] * 10], max_new_tokens=20)
+    # a batch whose second prompt can never fit queues none of them
+    with pytest.raises(fg.InvalidRequestError, match="prompt 1: request needs 3 KV blocks"):
+        p([[1] * 4, [1] * 10], max_new_tokens=8)
+    assert not p.engine.has_unfinished() and p.engine.stats()["kv_blocks_used"] == 0
     assert p([[1] * 4], max_new_tokens=4, ignore_eos=True)[0].generated_length == 4

@@ -42,6 +42,15 @@ class _Request:
     last_token: float | None = None
 
 
+@dataclass
+class PreparedRequest:
+    """A request that passed every check (see LLMEngine.prepare_request)."""
+
+    token_ids: list[int]
+    text: str | None
+    params: SamplingParams
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype):
     old = torch.get_default_dtype()
@@ -175,25 +184,35 @@ class LLMEngine:
                                       "(use stop_token_ids)")
         return params
 
-    def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
-        """Queue a request; raises InvalidRequestError (nothing queued) if it is unacceptable."""
+    def prepare_request(self, prompt, params: SamplingParams | None = None) -> PreparedRequest:
+        """Every check a request must pass, without queuing it (raises InvalidRequestError). Callers that
+        submit several prompts at once prepare them all first, so a bad one leaves nothing queued."""
         params = params or SamplingParams()
         ids, text = self.validate_prompt(prompt)
         params = self.resolve_params(params, len(ids))
+        need = self.allocator.blocks_for(len(ids) + max(params.max_new_tokens - 1, 0))
+        if need > self.allocator.num_blocks:
+            raise InvalidRequestError(
+                f"request needs {need} KV blocks (prompt {len(ids)} + max_new_tokens {params.max_new_tokens}) "
+                f"but the whole cache has {self.allocator.num_blocks}")
+        return PreparedRequest(ids, text, params)
+
+    def add_prepared(self, prepared: PreparedRequest, request_id: str | None = None) -> str:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise InvalidRequestError(f"request id {rid!r} is already in flight")
-        seq = Sequence(next(self._ids), rid, ids, params.max_new_tokens, params)
-        if not self.scheduler.can_ever_fit(seq):
-            raise InvalidRequestError(
-                f"request needs {self.allocator.blocks_for(seq.max_total_tokens)} KV blocks (prompt {len(ids)} + "
-                f"max_new_tokens {params.max_new_tokens}) but the whole cache has {self.allocator.num_blocks}")
+        params = prepared.params
+        seq = Sequence(next(self._ids), rid, prepared.token_ids, params.max_new_tokens, params)
         gen = None
         if params.seed is not None and not params.greedy:
             gen = torch.Generator(device=self.device).manual_seed(params.seed)
-        self.requests[rid] = _Request(seq, params, text, IncrementalDetokenizer(self.tokenizer), gen)
+        self.requests[rid] = _Request(seq, params, prepared.text, IncrementalDetokenizer(self.tokenizer), gen)
         self.scheduler.add(seq)
         return rid
+
+    def add_request(self, prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
+        """Queue a request; raises InvalidRequestError (nothing queued) if it is unacceptable."""
+        return self.add_prepared(self.prepare_request(prompt, params), request_id)
 
     def abort(self, request_id: str) -> bool:
         """Drop a request and free its KV blocks. False if it was not in flight."""

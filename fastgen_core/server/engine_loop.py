@@ -133,23 +133,20 @@ class EngineLoop:
         return True, bool(items)
 
     def _add(self, sub: Submission) -> None:
-        rids: list[str] = []
         try:
             pairs = sub.prepare(self.engine)
+            prepared = []       # all checked before any is queued: a batch with one bad prompt queues none
             for i, (prompt, params) in enumerate(pairs):
-                rid = f"{self._prefix}-{next(self._ids)}"
                 try:
-                    self.engine.add_request(prompt, params, rid)
+                    prepared.append(self.engine.prepare_request(prompt, params))
                 except InvalidRequestError as e:
                     raise InvalidRequestError(f"prompt {i}: {e}" if len(pairs) > 1 else str(e)) from None
-                rids.append(rid)
         except Exception as e:      # noqa: BLE001 - a bad request must not kill the loop
-            for rid in rids:        # all or nothing: a batch with one bad prompt queues none
-                self.engine.abort(rid)
             if not isinstance(e, InvalidRequestError):
                 log.exception("preparing a request failed")
             self._deliver([(sub, ("rejected", e))])
             return
+        rids = [self.engine.add_prepared(r, f"{self._prefix}-{next(self._ids)}") for r in prepared]
         sub.request_ids = rids
         for rid in rids:
             self.tracks[rid] = _Track(sub)
