@@ -24,8 +24,9 @@ def test_bench_cli_writes_offline_online_floor_and_peer_records(tmp_path, capsys
     w = make_workload(5, 20, 5, 0, 512, 1024)
     assert ours[0]["gen_tokens"] == w.gen_tokens == peer[0]["gen_tokens"]
     assert ours[0]["prompt_tokens"] == w.prompt_tokens
-    assert ours[0]["floor_s"] > 0 and ours[0]["achieved_over_floor"] == pytest.approx(
-        ours[0]["wall_s"] / ours[0]["floor_s"], rel=0.01)
+    assert ours[0]["floor_s"] > 0 and ours[0]["floor_fraction"] == pytest.approx(
+        ours[0]["floor_s"] / ours[0]["wall_s"], rel=0.01)
+    assert ours[0]["wall_over_floor"] == pytest.approx(1 / ours[0]["floor_fraction"], rel=0.01)
     assert peer[0]["ours_over_theirs"] == pytest.approx(ours[0]["gen_tok_s"] / peer[0]["gen_tok_s"], rel=0.01)
     online = [r for r in recs if r["kind"] == "online"]
     assert [r["clients"] for r in online] == [1, 3]

@@ -37,35 +37,60 @@ def _expert_ffn(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act:
     return F.linear(act(gate) * up, down)
 
 
+def grouped_mm_supported(x: torch.Tensor) -> bool:
+    """Whether ``torch.nn.functional.grouped_mm`` runs on ``x``'s device and dtype: one kernel over every
+    expert, reading the per-expert row counts from the device (no host sync), so the MoE layer can be
+    captured in a CUDA graph. CUDA needs SM80+ and bf16 or fp16 (both equal per-expert matmuls bit for bit
+    on an H200, torch 2.11); the CPU kernel takes any float dtype."""
+    if not hasattr(F, "grouped_mm"):
+        return False
+    if x.device.type == "cuda":
+        return x.dtype in (torch.bfloat16, torch.float16) and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return x.device.type == "cpu"
+
+
+def _grouped_linear_loop(xs: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Fallback for ``F.grouped_mm``: one GEMM per expert with rows (one host sync for the run lengths)."""
+    out = xs.new_empty(xs.shape[0], weight.shape[1])
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            out[start:start + n] = F.linear(xs[start:start + n], weight[e])
+            start += n
+    return out
+
+
 def grouped_experts_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
-                        topk_weights: torch.Tensor, topk_ids: torch.Tensor, act: Callable) -> torch.Tensor:
+                        topk_weights: torch.Tensor, topk_ids: torch.Tensor, act: Callable,
+                        use_grouped_mm: bool | None = None) -> torch.Tensor:
     """sum_k w[t, k] * expert_{ids[t, k]}(x[t]) -> [T, H], computing each expert only on its own tokens.
 
-    The (token, slot) pairs are sorted by expert (stable, so each expert's rows keep token order), each
-    expert's contiguous run goes through its two GEMMs, and the weighted rows are scattered back with one
-    index_add. Weights stay float32 until the product, then cast to ``x.dtype`` (transformers' order).
+    The (token, slot) pairs are sorted by expert (stable, so each expert's rows keep token order) and each
+    expert's contiguous run goes through its two GEMMs: ``F.grouped_mm`` where it runs (no host sync),
+    else a per-expert loop. Each expert output (in ``x.dtype``) is weighted in float32 and the ``k``
+    contributions of a token are summed in float32 and rounded once, as transformers' default
+    (``grouped_mm``) experts do. Rounding each contribution to bf16 before adding, as its eager loop does,
+    differs by an ulp on most rows, and after a layer that flips routing decisions.
     """
     t, k = topk_ids.shape
     num_experts = gate_up_proj.shape[0]
     flat_ids = topk_ids.reshape(-1)
     order = torch.argsort(flat_ids, stable=True)
-    token_of = order // k                                       # source token of each sorted pair
-    weight_of = topk_weights.reshape(-1).index_select(0, order)
-    # One host sync for the run lengths: the per-expert loop needs them as Python ints.
-    counts = torch.bincount(flat_ids, minlength=num_experts).tolist()
-    xs = x.index_select(0, token_of)
-    ys = torch.empty_like(xs)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        rows = slice(start, start + n)
-        y = _expert_ffn(xs[rows], gate_up_proj[e], down_proj[e], act)
-        ys[rows] = (y * weight_of[rows, None]).to(ys.dtype)
-        start += n
-    out = torch.zeros_like(x)
-    out.index_add_(0, token_of, ys)
-    return out
+    xs = x.index_select(0, order // k)                          # rows sorted by expert
+    counts = torch.zeros(num_experts, dtype=torch.int32, device=x.device)
+    counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids, dtype=torch.int32))   # exact in any order
+    if use_grouped_mm is None:
+        use_grouped_mm = grouped_mm_supported(x)
+    if use_grouped_mm:
+        offs = counts.cumsum(0, dtype=torch.int32)
+        gate, up = F.grouped_mm(xs, gate_up_proj.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
+        ys = F.grouped_mm(act(gate) * up, down_proj.transpose(-2, -1), offs=offs)
+    else:
+        gate, up = _grouped_linear_loop(xs, gate_up_proj, counts).chunk(2, dim=-1)
+        ys = _grouped_linear_loop(act(gate) * up, down_proj, counts)
+    weighted = torch.empty(t * k, ys.shape[1], dtype=torch.float32, device=x.device)
+    weighted[order] = ys * topk_weights.reshape(-1).index_select(0, order).float()[:, None]
+    return weighted.view(t, k, -1).sum(dim=1).to(x.dtype)
 
 
 def moe_dense_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor,

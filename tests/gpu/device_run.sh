@@ -49,9 +49,25 @@ if [ "$STAGE" = phi2 ]; then
   timeout 400 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
 fi
-if [ "$STAGE" = mixtral ]; then
+if [ "$STAGE" = moe ]; then
+  grep AGREEMENT $OUT/gpu_tests.log | cut -c1-300
+  (cd tests/gpu && timeout 150 python3 moe_agreement_probe.py cuda 2>&1 | grep MOEPROBE | tee $OUT/moe_probe.txt)
+  python3 - <<'PY'
+import torch, torch.nn.functional as F
+for dt in (torch.bfloat16, torch.float16):
+    x = torch.randn(40, 64, dtype=dt, device="cuda"); w = torch.randn(3, 32, 64, dtype=dt, device="cuda")
+    offs = torch.tensor([3, 3, 40], dtype=torch.int32, device="cuda")
+    try:
+        y = F.grouped_mm(x, w.transpose(-2, -1), offs=offs)
+        ref = torch.cat([x[:3] @ w[0].T, x[3:] @ w[2].T]); print("grouped_mm", dt, "ok", torch.equal(y, ref))
+    except Exception as e: print("grouped_mm", dt, "ERR", str(e)[:200])
+PY
+fi
+if [ "$STAGE" = mixtral ] || [ "$STAGE" = moe ]; then
   timeout 200 $B --preset mixtral-small --num-requests 64 --prompt-mean 1200 --gen-mean 60 --online 1,8,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/mixtral.png 2>&1 | tail -12
-  timeout 100 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 --peer none --tag budget-768 \
-     2>&1 | tail -2
+  if [ "$STAGE" = mixtral ]; then
+    timeout 100 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 --peer none --tag budget-768 \
+      2>&1 | tail -2
+  fi
 fi
