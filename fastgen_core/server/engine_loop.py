@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..engine.engine import PreparedRequest
 from ..errors import InvalidRequestError
 
 log = logging.getLogger("fastgen.server")
@@ -32,7 +33,7 @@ IDLE_WAIT_S = 0.05        # how long an idle loop blocks on its inbox (also its 
 
 @dataclass(eq=False)
 class Submission:
-    prepare: Callable[[Any], list]              # engine -> [(prompt, SamplingParams)], run on the loop thread
+    prepare: Callable[[Any], list]      # engine -> [(prompt, SamplingParams) or PreparedRequest], on the loop thread
     events: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     arrival: float = field(default_factory=time.monotonic)
@@ -136,7 +137,11 @@ class EngineLoop:
         try:
             pairs = sub.prepare(self.engine)
             prepared = []       # all checked before any is queued: a batch with one bad prompt queues none
-            for i, (prompt, params) in enumerate(pairs):
+            for i, item in enumerate(pairs):
+                if isinstance(item, PreparedRequest):      # checked by prepare already (options.py)
+                    prepared.append(item)
+                    continue
+                prompt, params = item
                 try:
                     prepared.append(self.engine.prepare_request(prompt, params))
                 except InvalidRequestError as e:

@@ -1,7 +1,9 @@
 """From HTTP request bodies to engine work: prompts + SamplingParams, with OpenAI's and MII's semantics.
 
 Each builder returns a ``prepare(engine)`` function. It runs on the engine loop's thread (the only thread
-that touches the engine or its tokenizer) and returns the ``(prompt, SamplingParams)`` pairs to queue.
+that touches the engine or its tokenizer) and returns what to queue: ``(prompt, SamplingParams)`` pairs,
+or requests it already prepared with ``engine.prepare_request`` (when it had to tokenize the prompt itself,
+so the prompt is tokenized once).
 
 OpenAI semantics (decided as vLLM does): ``temperature`` absent means 1.0, i.e. sampling, as on OpenAI's
 API; ``temperature: 0`` is greedy. ``max_tokens`` defaults to 16 for completions (OpenAI's default) and
@@ -124,16 +126,24 @@ def mii_prepare(body) -> tuple[list[str], Prepare]:
                           return_full_text=body.return_full_text)
 
     def prepare(engine):
+        if body.max_length is None:
+            return [(p, dataclasses.replace(base)) for p in prompts]
         out = []
-        for p in prompts:
-            params = dataclasses.replace(base)
-            if body.max_length is not None:
-                ids, _ = engine.validate_prompt(p)
-                room = body.max_length - len(ids)
-                if room < 1:
-                    raise InvalidRequestError(f"max_length ({body.max_length}) must be larger than the prompt "
-                                              f"({len(ids)} tokens)")
-                params.max_new_tokens = min(params.max_new_tokens or room, room)
-            out.append((p, params))
+        for i, p in enumerate(prompts):
+            try:
+                out.append(_fit_max_length(engine, p, dataclasses.replace(base), body.max_length))
+            except InvalidRequestError as e:
+                raise InvalidRequestError(f"prompt {i}: {e}" if len(prompts) > 1 else str(e)) from None
         return out
     return prompts, prepare
+
+
+def _fit_max_length(engine, prompt, params: SamplingParams, max_length: int):
+    """max_new_tokens = max_length - prompt tokens. The prompt is tokenized here, once: the engine is
+    given its token ids (checked without tokenizing again) and the text is kept for return_full_text."""
+    ids, text = engine.validate_prompt(prompt)
+    room = max_length - len(ids)
+    if room < 1:
+        raise InvalidRequestError(f"max_length ({max_length}) must be larger than the prompt ({len(ids)} tokens)")
+    params.max_new_tokens = min(params.max_new_tokens or room, room)
+    return dataclasses.replace(engine.prepare_request(ids, params), text=text)
