@@ -20,6 +20,8 @@ class EngineConfig:
     max_ragged_sequence_count: sequences per forward pass.
     kv_block_size: tokens per KV block (None: 32). num_kv_blocks: None sizes the cache from free memory
     (``gpu_memory_fraction`` of the GPU, or ``cpu_kv_cache_bytes`` on CPU).
+    cuda_graphs: on CUDA, serve decode-only steps of up to ``cuda_graph_max_batch`` sequences from CUDA
+    graphs captured at start-up (False: always eager, like vLLM's ``enforce_eager``).
     """
 
     model: str
@@ -35,9 +37,13 @@ class EngineConfig:
     gpu_memory_fraction: float = 0.9
     cpu_kv_cache_bytes: int = 1 << 30
     seed: int = 0
+    cuda_graphs: bool = True
+    cuda_graph_max_batch: int = 256
 
     def __post_init__(self):
-        for name in ("max_ragged_batch_size", "max_ragged_sequence_count"):
+        if not isinstance(self.cuda_graphs, bool):
+            raise ConfigError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        for name in ("max_ragged_batch_size", "max_ragged_sequence_count", "cuda_graph_max_batch"):
             _positive_int(name, getattr(self, name))
         for name in ("kv_block_size", "num_kv_blocks", "max_context"):
             if getattr(self, name) is not None:

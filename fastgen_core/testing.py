@@ -7,7 +7,8 @@
 It saves a tiny random transformers model, loads it through the installed plugins, and asserts that
 greedy tokens equal transformers' ``generate(do_sample=False)`` token for token, and that the logits of
 the first generated token are within 1e-4, under several token budgets (prompts split across steps) and
-under a KV cache small enough that preemption happens.
+under a KV cache small enough that preemption happens. Every other run serves its decode-only steps of up
+to ``decode_graph_batch`` sequences through the CUDA-graph path's padded static buffers (without capture).
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ class ConformanceReport:
 def check_family(hf_config, tmp_path: str | Path, num_prompts: int = 16, max_new_tokens: int = 8,
                  budgets=(7, 64, 768), min_len: int = 1, max_len: int = 200, kv_block_size: int = 4,
                  shards: int = 1, safe: bool = True, atol: float = 1e-4, seed: int = 0,
-                 init_std: float | None = None, registry=None) -> ConformanceReport:
+                 init_std: float | None = None, registry=None, decode_graph_batch: int = 6) -> ConformanceReport:
     """Assert equivalence with transformers for a tiny config of a family (see module docstring)."""
     tmp_path = Path(tmp_path) / f"model-{shards}-{int(safe)}"
     ref = save_tiny_model(hf_config, tmp_path, seed=seed, shards=shards, safe=safe, init_std=init_std)
@@ -128,9 +129,15 @@ def check_family(hf_config, tmp_path: str | Path, num_prompts: int = 16, max_new
     settings = [dict(max_ragged_batch_size=b) for b in budgets]
     settings.append(dict(max_ragged_batch_size=budgets[min(1, len(budgets) - 1)], num_kv_blocks=tight_blocks))
     runs = []
-    for s in settings:
+    for i_s, s in enumerate(settings):
         pipe = pipeline(str(tmp_path), device="cpu", dtype="float32", kv_block_size=kv_block_size,
                         registry=registry, **s)
+        graphs = None
+        if i_s % 2:
+            # the CUDA-graph decode path without capture (static buffers, padded buckets, scratch block);
+            # a small largest bucket so that steps with more decodes still run eagerly
+            graphs = pipe.engine.runner.enable_decode_graphs(decode_graph_batch, pipe.engine.max_context,
+                                                              capture=False)
         outs = pipe(prompts, max_new_tokens=max_new_tokens, ignore_eos=True, return_logits=True)
         for i, (o, want) in enumerate(zip(outs, expected)):
             assert o.token_ids == want, (f"{s}: prompt {i} (len {len(prompts[i])}): fastgen {o.token_ids} != "
@@ -140,7 +147,10 @@ def check_family(hf_config, tmp_path: str | Path, num_prompts: int = 16, max_new
             assert o.finish_reason == "length" and o.generated_length == max_new_tokens
         stats = pipe.engine.stats()
         assert stats["kv_blocks_used"] == 0, f"{s}: KV blocks leaked: {stats}"
-        runs.append({**s, "preemptions": stats["preemptions"], "steps": stats["steps"]})
+        if graphs is not None:
+            assert graphs.replays > 0, f"{s}: no step took the decode-graph path"
+        runs.append({**s, "preemptions": stats["preemptions"], "steps": stats["steps"],
+                     "graph_steps": graphs.replays if graphs is not None else 0})
         pipe.destroy()
     report = ConformanceReport(runs)
     assert runs[-1]["preemptions"] > 0, f"the tight-KV run did not preempt ({runs[-1]}); the test would prove nothing"

@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-block-size", type=int, default=None)
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--gpu-memory-fraction", type=float, default=0.9)
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="run decode steps eagerly (default: CUDA graphs on CUDA)")
     p.add_argument("--online", type=_int_list, default=[], help="client counts for the closed-loop run, e.g. 1,2,4,8,16,32")
     p.add_argument("--online-requests", type=int, default=None, help="requests per client count (default max(8, 2C))")
     p.add_argument("--peer", type=_peer_modes, default=["static", "continuous"], help="none | static,continuous")
@@ -76,7 +78,9 @@ def run_bench(**options) -> list[dict]:
     argv = []
     for k, v in options.items():
         flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
+        if k == "cuda_graphs":
+            argv += [] if v else ["--no-cuda-graphs"]
+        elif isinstance(v, bool):
             argv += [flag] if v else []
         elif isinstance(v, (list, tuple)) and k == "gen_mean":
             argv += [flag] + [str(x) for x in v]
@@ -113,13 +117,15 @@ def run_bench_args(args) -> list[dict]:
     cfg = EngineConfig(str(model_dir), device=args.device, dtype=args.dtype, load_format=load_format,
                        max_ragged_batch_size=args.max_ragged_batch_size, kv_block_size=args.kv_block_size,
                        max_ragged_sequence_count=args.max_ragged_sequence_count, num_kv_blocks=args.num_kv_blocks,
-                       gpu_memory_fraction=args.gpu_memory_fraction, seed=args.seed)
+                       gpu_memory_fraction=args.gpu_memory_fraction, seed=args.seed,
+                       cuda_graphs=args.cuda_graphs)
     device = cfg.torch_device()
     if cfg.dtype is None:
         cfg.dtype = "bfloat16" if device.type == "cuda" else "float32"
     run_id = time.strftime("%Y%m%dT%H%M%S")
     base = {"run": run_id, "model": name, "tag": args.tag, **_env(device), "dtype": str(cfg.dtype),
-            "max_ragged_batch_size": args.max_ragged_batch_size}
+            "max_ragged_batch_size": args.max_ragged_batch_size,
+            "cuda_graphs": bool(args.cuda_graphs and device.type == "cuda")}
     records: list[dict] = []
     out_path = Path(args.output)
 

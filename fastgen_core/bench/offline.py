@@ -55,4 +55,5 @@ def run_offline(engine, workload: Workload) -> dict:
     return {"wall_s": round(wall, 4), "gen_tokens": got, "prompt_tokens": workload.prompt_tokens,
             "gen_tok_s": round(got / wall, 2), "total_tok_s": round((got + workload.prompt_tokens) / wall, 2),
             "mean_ttft_s": round(sum(first.values()) / len(first), 4), "mean_e2e_s": round(sum(e2e) / len(e2e), 4),
-            "steps": stats["steps"] - stats0["steps"], "preemptions": stats["preemptions"] - stats0["preemptions"]}
+            "steps": stats["steps"] - stats0["steps"], "preemptions": stats["preemptions"] - stats0["preemptions"],
+            "graph_steps": stats["graph_steps"] - stats0["graph_steps"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .scheduler import Scheduler
 from .sequence import Sequence
 
 DEFAULT_BLOCK_SIZE = 32
+log = logging.getLogger("fastgen.engine")
 
 
 @dataclass
@@ -95,6 +97,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
                                   num_blocks, block_size, self.device, self.dtype)
         self.allocator = BlockAllocator(num_blocks, block_size)
+        if self.device.type == "cuda" and config.cuda_graphs:
+            self._enable_graphs()
         self.scheduler = Scheduler(self.allocator, config.max_ragged_batch_size, config.max_ragged_sequence_count)
         self.sampler = Sampler()
         self.requests: dict[str, _Request] = {}
@@ -125,6 +129,15 @@ class LLMEngine:
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
+    def _enable_graphs(self) -> None:
+        from ..layers import paged_decode
+        if not paged_decode.available():      # the torch decode fallback sizes its tensors on the host
+            log.warning("CUDA graphs off: the Triton paged-decode kernel is not available here")
+            return
+        c = self.config
+        self.runner.enable_decode_graphs(min(c.cuda_graph_max_batch, c.max_ragged_sequence_count,
+                                             c.max_ragged_batch_size), self.max_context)
+
     def _auto_num_blocks(self, block_size: int) -> int:
         mc = self.model_config
         per_block = ModelRunner.kv_bytes_per_block(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
@@ -138,7 +151,7 @@ class LLMEngine:
             budget = free - (1 - self.config.gpu_memory_fraction) * total - act
         else:
             budget = self.config.cpu_kv_cache_bytes
-        blocks = int(budget // per_block)
+        blocks = int(budget // per_block) - 1          # the runner adds one scratch block
         need_one = -(-self.max_context // block_size)
         if blocks < need_one:
             raise InvalidRequestError(f"not enough memory for the KV cache: {blocks} blocks fit, one full-context "
@@ -315,7 +328,8 @@ class LLMEngine:
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_total": self.allocator.num_blocks, "kv_blocks_used": self.allocator.num_used,
-                "kv_usage": self.allocator.usage, "preemptions": self.scheduler.num_preemptions, **self.counters}
+                "kv_usage": self.allocator.usage, "preemptions": self.scheduler.num_preemptions,
+                "graph_steps": self.runner.graphs.replays if self.runner.graphs is not None else 0, **self.counters}
 
     def request_timing(self, request_id: str) -> dict | None:
         req = self.requests.get(request_id)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .batch import prepare_batch
+from .graphs import DecodeGraphs, is_decode_only
 from .scheduler import ScheduledBatch
 
 
@@ -16,17 +17,30 @@ class ModelRunner:
         self.dtype = dtype
         self.block_size = block_size
         self.num_blocks = num_blocks
-        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+        # one block more than the allocator hands out: the scratch block padded graph rows write into
+        self.scratch_block = num_blocks
+        shape = (num_blocks + 1, block_size, num_kv_heads, head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
                           for _ in range(num_layers)]
+        self.graphs: DecodeGraphs | None = None
 
     @staticmethod
     def kv_bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> int:
         return 2 * num_layers * block_size * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
+    def enable_decode_graphs(self, max_batch: int, max_context: int, capture: bool | None = None) -> DecodeGraphs:
+        """Serve decode-only steps of up to ``max_batch`` sequences from CUDA graphs (captured now).
+        ``capture=False`` runs the same padded path without graphs (CPU tests); default: capture on CUDA."""
+        capture = self.device.type == "cuda" if capture is None else capture
+        self.graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, -(-max_context // self.block_size),
+                                   self.scratch_block, max_batch, self.device, capture)
+        return self.graphs
+
     @torch.inference_mode()
     def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
         """Logits [n_sampled, vocab] (float32) for the chunks that sample, and those chunks' indices."""
+        if self.graphs is not None and len(batch.chunks) <= self.graphs.max_batch and is_decode_only(batch):
+            return self.graphs.run(batch), list(range(len(batch.chunks)))
         pb = prepare_batch(batch, self.block_size, self.kv_caches, self.device)
         hidden = self.model(pb.input_ids, pb.ctx)
         if not pb.sampled_chunks:

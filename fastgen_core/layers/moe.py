@@ -85,6 +85,13 @@ def grouped_experts_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: 
         offs = counts.cumsum(0, dtype=torch.int32)
         gate, up = F.grouped_mm(xs, gate_up_proj.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
         ys = F.grouped_mm(act(gate) * up, down_proj.transpose(-2, -1), offs=offs)
+    elif x.is_cuda and torch.cuda.is_current_stream_capturing():
+        # no grouped_mm (float32 on CUDA) inside a CUDA graph, where no host sync is allowed: every expert
+        # runs over every row and each row keeps its own expert's output (E x the FLOPs; decode batches only)
+        sorted_ids = flat_ids.index_select(0, order)[:, None]
+        ys = torch.zeros(xs.shape[0], down_proj.shape[1], dtype=x.dtype, device=x.device)
+        for e in range(num_experts):
+            ys = torch.where(sorted_ids == e, _expert_ffn(xs, gate_up_proj[e], down_proj[e], act), ys)
     else:
         gate, up = _grouped_linear_loop(xs, gate_up_proj, counts).chunk(2, dim=-1)
         ys = _grouped_linear_loop(act(gate) * up, down_proj, counts)

@@ -49,6 +49,15 @@ if [ "$STAGE" = phi2 ]; then
   timeout 400 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
 fi
+if [ "$STAGE" = graphs ]; then
+  grep -E "passed|failed|Error" $OUT/gpu_tests.log | tail -5
+  for g in "" "--no-cuda-graphs"; do
+    timeout 100 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 --online 8,32 --peer none \
+      --max-ragged-batch-size 2048 --tag "graphs-ab $g" $g 2>&1 | tail -4
+    timeout 100 $B --preset mixtral-small --num-requests 64 --prompt-mean 1200 --gen-mean 60 --online 32 \
+      --peer none --max-ragged-batch-size 2048 --tag "graphs-ab $g" $g 2>&1 | tail -3
+  done
+fi
 if [ "$STAGE" = moe ]; then
   grep AGREEMENT $OUT/gpu_tests.log | cut -c1-300
   (cd tests/gpu && timeout 150 python3 moe_agreement_probe.py cuda 2>&1 | grep MOEPROBE | tee $OUT/moe_probe.txt)

@@ -1,0 +1,55 @@
+"""The CUDA-graph decode path's host side: buckets, the scratch block, config checks, and the padded
+static-buffer forward (run without capture on CPU; tests/gpu captures it). Every family's check_family
+also serves half of its runs through this path."""
+import pytest
+
+from fastgen_core import pipeline
+from fastgen_core.config import EngineConfig
+from fastgen_core.engine.graphs import bucket_sizes
+from fastgen_core.errors import ConfigError
+from fastgen_core.testing import hf_greedy, random_prompts
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 8, 50, 64, 100, 256])
+def test_buckets_cover_every_batch_size(max_batch):
+    sizes = bucket_sizes(max_batch)
+    assert sizes == sorted(set(sizes)) and sizes[0] == 1 and sizes[-1] == max_batch
+    assert all(8 <= b <= 64 and b % 8 == 0 or b in (1, 2, 4) or b % 32 == 0 or b == max_batch for b in sizes)
+    # padding never more than doubles a batch, and past 64 costs at most 31 rows
+    for n in range(1, max_batch + 1):
+        b = min(s for s in sizes if s >= n)
+        assert b < 2 * n or n <= 4 or b - n < 8, (n, b)
+        assert b - n < 32
+
+
+@pytest.mark.parametrize("kw,match", [(dict(cuda_graphs="yes"), "cuda_graphs must be true or false"),
+                                      (dict(cuda_graph_max_batch=0), "cuda_graph_max_batch must be a positive"),
+                                      (dict(cuda_graph_max_batch=2.5), "cuda_graph_max_batch must be a positive")])
+def test_bad_graph_options_are_named(tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        EngineConfig(str(tmp_path), **kw)
+
+
+def test_scratch_block_is_outside_the_allocator(tiny_model_dir):
+    p = pipeline(str(tiny_model_dir[0]), device="cpu", num_kv_blocks=10, kv_block_size=8)
+    e = p.engine
+    assert e.allocator.num_blocks == 10 == e.runner.scratch_block
+    assert all(k.shape[0] == 11 and v.shape[0] == 11 for k, v in e.runner.kv_caches)
+    assert e.runner.graphs is None            # CPU: no CUDA graphs unless asked for
+    p.destroy()
+
+
+def test_padded_decode_path_matches_transformers_and_leaves_other_rows_alone(tiny_model_dir):
+    """Batches of 1..9 decodes through buckets of up to 8 (pad rows write only the scratch block), with
+    preemption: tokens equal transformers', and steps past the largest bucket run eagerly."""
+    path, ref = tiny_model_dir
+    prompts = random_prompts(9, 128, 1, 60, seed=3)
+    want = [hf_greedy(ref, q, 10) for q in prompts]
+    p = pipeline(str(path), device="cpu", max_ragged_batch_size=40, kv_block_size=4, num_kv_blocks=40)
+    graphs = p.engine.runner.enable_decode_graphs(8, p.engine.max_context, capture=False)
+    outs = p(prompts, max_new_tokens=10, ignore_eos=True)
+    assert [o.token_ids for o in outs] == want
+    stats = p.engine.stats()
+    assert stats["graph_steps"] == graphs.replays > 0 and stats["preemptions"] > 0
+    assert stats["steps"] > stats["graph_steps"] and stats["kv_blocks_used"] == 0
+    p.destroy()
