@@ -62,6 +62,7 @@ class Pipeline:
         for rid in list(eng.requests):
             eng.abort(rid)
         self.engine = None
+        eng.close()
         del eng
         gc.collect()
         if torch.cuda.is_available():

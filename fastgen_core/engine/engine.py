@@ -324,6 +324,14 @@ class LLMEngine:
         return Response(text, list(seq.output_token_ids), len(seq.prompt_token_ids), len(seq.output_token_ids),
                         seq.finish_reason, seq.request_id, req.logits if p.return_logits else None)
 
+    def close(self) -> None:
+        """Release GPU memory held outside the model's parameters (CUDA graphs, the KV cache); the engine
+        cannot step afterwards."""
+        if self.runner.graphs is not None:
+            self.runner.graphs.close()
+            self.runner.graphs = None
+        self.runner.kv_caches.clear()
+
     # ---- observability ---------------------------------------------------------------------
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),

@@ -37,6 +37,12 @@ def bucket_sizes(max_batch: int) -> list[int]:
     return sorted(set(sizes))
 
 
+def _drop_memos(model) -> None:
+    for m in model.modules():
+        if getattr(m, "_memo", None) is not None:
+            m._memo = None
+
+
 def is_decode_only(batch: ScheduledBatch) -> bool:
     return bool(batch.chunks) and all(c.length == 1 and c.sample for c in batch.chunks)
 
@@ -105,6 +111,15 @@ class DecodeGraphs:
         self.replays += 1
         return out[:n]
 
+    def close(self) -> None:
+        """Drop the graphs and their memory pool (the engine's ``close``)."""
+        for g in self.graphs.values():
+            g.reset()
+        self.graphs.clear()
+        self.outputs.clear()
+        _drop_memos(self.model)
+        self.model = self.kv_caches = None
+
     # ---- capture ---------------------------------------------------------------------------
     def _forward(self, b: int, max_context: int) -> torch.Tensor:
         ids, pos, slots, ctx = self.inputs[:, :b]
@@ -138,5 +153,6 @@ class DecodeGraphs:
                 self.graphs[b] = g
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
+        _drop_memos(self.model)         # per-step memos made during capture point into the graphs' pool
         log.info("captured %d decode CUDA graphs (batch 1..%d) in %.2f s", len(self.sizes), self.max_batch,
                  time.perf_counter() - t0)

@@ -40,12 +40,13 @@ def _expert_ffn(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act:
 def grouped_mm_supported(x: torch.Tensor) -> bool:
     """Whether ``torch.nn.functional.grouped_mm`` runs on ``x``'s device and dtype: one kernel over every
     expert, reading the per-expert row counts from the device (no host sync), so the MoE layer can be
-    captured in a CUDA graph. CUDA needs SM80+ and bf16 or fp16 (both equal per-expert matmuls bit for bit
-    on an H200, torch 2.11); the CPU kernel takes any float dtype."""
+    captured in a CUDA graph. CUDA: bf16 on SM80+ (fp16 runs too, but through a path that copies to the
+    host, which a CUDA graph cannot capture: measured on an H200, torch 2.11); the CPU kernel takes any
+    float dtype."""
     if not hasattr(F, "grouped_mm"):
         return False
     if x.device.type == "cuda":
-        return x.dtype in (torch.bfloat16, torch.float16) and torch.cuda.get_device_capability(x.device) >= (8, 0)
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
     return x.device.type == "cpu"
 
 
@@ -86,7 +87,7 @@ def grouped_experts_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: 
         gate, up = F.grouped_mm(xs, gate_up_proj.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
         ys = F.grouped_mm(act(gate) * up, down_proj.transpose(-2, -1), offs=offs)
     elif x.is_cuda and torch.cuda.is_current_stream_capturing():
-        # no grouped_mm (float32 on CUDA) inside a CUDA graph, where no host sync is allowed: every expert
+        # no grouped_mm (float32 or fp16 on CUDA) inside a CUDA graph, where no host sync is allowed: every expert
         # runs over every row and each row keeps its own expert's output (E x the FLOPs; decode batches only)
         sorted_ids = flat_ids.index_select(0, order)[:, None]
         ys = torch.zeros(xs.shape[0], down_proj.shape[1], dtype=x.dtype, device=x.device)

@@ -49,6 +49,11 @@ if [ "$STAGE" = phi2 ]; then
   timeout 400 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
 fi
+if [ "$STAGE" = graphab ]; then
+  grep -E "passed|failed|Error" $OUT/gpu_tests.log | tail -5
+  timeout 150 python3 tests/gpu/graph_ab.py phi-2 64 2>&1 | grep -E "^AB|Error" | tee $OUT/graph_ab.txt
+  timeout 150 python3 tests/gpu/graph_ab.py mixtral-small 64 2>&1 | grep -E "^AB|Error" | tee -a $OUT/graph_ab.txt
+fi
 if [ "$STAGE" = graphs ]; then
   grep -E "passed|failed|Error" $OUT/gpu_tests.log | tail -5
   for g in "" "--no-cuda-graphs"; do

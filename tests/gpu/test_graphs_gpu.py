@@ -55,3 +55,15 @@ def test_graph_decode_bf16_matches_eager(name, tmp_path):
     # a padded bucket can pick another GEMM kernel (bf16 rounding), so a near-tie may flip late tokens;
     # a wrong cache slot or table would break nearly every sequence
     assert same >= 0.9 * len(prompts), f"{same}/{len(prompts)} sequences identical"
+
+
+def test_destroy_frees_graphs_and_cache(tmp_path):
+    save_tiny_model(_cfg("llama"), tmp_path)
+    torch.cuda.synchronize()
+    free0 = torch.cuda.mem_get_info()[0]
+    pipe = pipeline(str(tmp_path), device="cuda", dtype="bfloat16", gpu_memory_fraction=0.5)
+    assert pipe.engine.runner.graphs is not None
+    pipe(random_prompts(4, 512, 5, 50), max_new_tokens=4)
+    assert torch.cuda.mem_get_info()[0] < free0 - (20 << 30)      # the KV cache took about half the card
+    pipe.destroy()
+    assert torch.cuda.mem_get_info()[0] > free0 - (1 << 30)
