@@ -34,7 +34,9 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # the block-table stride is the step's widest table (eager steps): left unspecialised, or every new
+    # divisibility class of it would compile the kernel again in the middle of serving
+    @triton.jit(do_not_specialize=["stride_table"])
     def _paged_decode(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seqs_ptr, rows_ptr, ctx_ptr,
                       scale, window, stride_table, stride_q, stride_o, G, D,
                       HK: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,

@@ -49,6 +49,15 @@ if [ "$STAGE" = phi2 ]; then
   timeout 400 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
 fi
+if [ "$STAGE" = final2 ]; then
+  grep -E "passed|failed|Error" $OUT/gpu_tests.log | tail -3
+  timeout 330 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
+     --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -12
+  timeout 150 $B --preset mixtral-small --num-requests 64 --prompt-mean 1200 --gen-mean 60 --online 1,8,32 \
+     --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/mixtral.png 2>&1 | tail -8
+  timeout 60 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 --peer none \
+     --max-ragged-batch-size 2048 --no-cuda-graphs --tag eager 2>&1 | tail -2
+fi
 if [ "$STAGE" = graphab ]; then
   grep -E "passed|failed|Error" $OUT/gpu_tests.log | tail -5
   timeout 150 python3 tests/gpu/graph_ab.py phi-2 64 2>&1 | grep -E "^AB|Error" | tee $OUT/graph_ab.txt
