@@ -26,6 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-timeout", type=float, default=120.0,
                    help="an engine step longer than this makes /health answer 503")
     p.add_argument("--health-timeout", type=float, default=5.0, help="seconds to wait for a replica's /health")
+    p.add_argument("--max-restarts", type=int, default=5,
+                   help="restart a replica whose process dies at most this many times per --restart-window "
+                        "(0: never)")
+    p.add_argument("--restart-window", type=float, default=600.0,
+                   help="seconds over which --max-restarts counts a replica's restarts")
     p.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads per CPU replica (default: (cores - 1) / CPU replicas, at least 1)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -53,7 +58,7 @@ def settings_from_args(args):
                          deployment_name=args.deployment_name, queue_limit=args.queue_limit,
                          drain_timeout_s=args.drain_timeout, stall_timeout_s=args.stall_timeout,
                          health_timeout_s=args.health_timeout, log_level=args.log_level, cpu_threads=args.cpu_threads,
-                         engine_options=engine)
+                         max_restarts=args.max_restarts, restart_window_s=args.restart_window, engine_options=engine)
 
 
 def run(args) -> int:

@@ -3,7 +3,8 @@
 Start-up: replicas first (the front door answers nothing until every replica is healthy), then the
 deployment record is written so ``fastgen_core.client(name)`` can find it. SIGTERM/SIGINT (or POST
 /fastgen/terminate): uvicorn stops accepting, waits for in-flight requests to finish, then the replicas
-get SIGTERM and are waited for, and the record is removed.
+get SIGTERM and are waited for, and the record is removed. A replica whose process dies is restarted
+(replicas.ReplicaSet.monitor); the record's replica pids follow.
 """
 from __future__ import annotations
 
@@ -53,8 +54,16 @@ def run_frontdoor(s: ServeSettings) -> int:
     sock = _bind(s.host, s.port)
     port = sock.getsockname()[1]
     url = f"http://{'[' + s.host + ']' if ':' in s.host else s.host}:{port}"
+    record: dict = {}
+
+    def rewrite_record(_replica=None) -> None:       # a restarted replica has a new pid
+        if record:
+            record["replica_pids"] = [r.pid for r in replicas]
+            write_record(s.deployment_name, record)
+
     replicas = ReplicaSet(s.model, s.deployment_name, devices, s.engine_options, s.queue_limit, s.stall_timeout_s,
-                          s.drain_timeout_s, s.health_timeout_s, s.log_level, s.cpu_threads)
+                          s.drain_timeout_s, s.health_timeout_s, s.log_level, s.cpu_threads,
+                          max_restarts=s.max_restarts, restart_window_s=s.restart_window_s, on_restart=rewrite_record)
     backend = RouterBackend(replicas, s.deployment_name, s.model)
     backend.url = url
     failure: list[str] = []
@@ -69,7 +78,7 @@ def run_frontdoor(s: ServeSettings) -> int:
             await replicas.stop()
             raise
         monitor = asyncio.ensure_future(replicas.monitor())
-        announce = asyncio.ensure_future(_announce(server_box, s, url, replicas))
+        announce = asyncio.ensure_future(_announce(server_box, s, url, replicas, record))
         try:
             yield
         finally:
@@ -102,12 +111,13 @@ def _check_model(s: ServeSettings) -> None:
     FamilyRegistry().resolve(read_hf_config(path), path, s.engine_options.get("family"))
 
 
-async def _announce(server_box, s: ServeSettings, url: str, replicas: ReplicaSet) -> None:
+async def _announce(server_box, s: ServeSettings, url: str, replicas: ReplicaSet, record: dict) -> None:
     """Write the deployment record once uvicorn is accepting connections."""
     server = server_box["server"]
     while not server.started:
         await asyncio.sleep(0.02)
-    write_record(s.deployment_name, {"name": s.deployment_name, "url": url, "pid": os.getpid(), "model": s.model,
-                                     "replica_pids": [r.pid for r in replicas], "started": time.time()})
+    record.update({"name": s.deployment_name, "url": url, "pid": os.getpid(), "model": s.model,
+                   "replica_pids": [r.pid for r in replicas], "started": time.time()})
+    write_record(s.deployment_name, record)
     print(f"fastgen: deployment {s.deployment_name!r} serving {s.model} at {url} with {len(replicas.replicas)} "
           f"replica(s) on {[r.device for r in replicas]}", file=sys.stderr, flush=True)

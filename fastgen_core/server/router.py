@@ -3,20 +3,27 @@ requests (ties rotate), relay its answer byte for byte, and aggregate health, st
 
 A client that disconnects has its upstream connection closed at once; the replica sees the disconnect and
 aborts the request in its engine, freeing the KV blocks.
+
+A request is sent to another replica only if it cannot have run: the connection to its replica failed, or
+broke while that replica stays alive (it aborts what it got). Requests in flight on a replica whose process
+dies are lost (a request may be what killed it): a JSON answer is a 503 saying so, a stream ends with an
+in-band error event. The replica is restarted by ReplicaSet.monitor.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
 from starlette.responses import StreamingResponse
 
 from .errors import APIError
 from .metrics import merge_expositions
-from .replicas import Replica, ReplicaSet
+from .replicas import Replica, ReplicaSet, exit_reason
 
 log = logging.getLogger("fastgen.server")
 RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
@@ -33,6 +40,7 @@ class RouterBackend:
                                ["replica"], registry=self.registry)
         self._up = Gauge("fastgen_replica_healthy", "1 if the replica's engine loop is alive and stepping.",
                          ["replica"], registry=self.registry)
+        self.registry.register(_RestartCollector(replicas))
 
     def pick(self, exclude: set) -> Replica | None:
         candidates = [r for r in self.replicas if r.healthy and r not in exclude]
@@ -56,11 +64,18 @@ class RouterBackend:
             r.outstanding += 1
             try:
                 upstream = await self._send(request, r, path, payload)
-            except httpx.TransportError as e:          # died since the last health check: try another
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:     # never reached it: try another
                 r.outstanding -= 1
                 r.healthy, r.slow, r.detail = False, False, f"unreachable: {type(e).__name__}: {e}"
                 tried.add(r)
                 continue
+            except httpx.TransportError as e:          # the connection broke after the request was sent
+                r.outstanding -= 1
+                lost = await self._lost(r, e, "while serving this request")
+                if lost is None:                       # the replica lives (and aborted it): try another
+                    tried.add(r)
+                    continue
+                raise APIError(503, lost) from None
             except BaseException:
                 r.outstanding -= 1
                 raise
@@ -89,29 +104,57 @@ class RouterBackend:
 
     async def _relay(self, request, upstream: httpx.Response, replica: Replica):
         chunks: asyncio.Queue = asyncio.Queue()
+        broken: list = []
+        gone = object()
 
         async def pump():
             try:
                 async for chunk in upstream.aiter_raw():
                     chunks.put_nowait(chunk)
             except httpx.HTTPError as e:
-                log.warning("replica %d broke off a response: %s", replica.index, e)
+                broken.append(e)
             finally:
                 chunks.put_nowait(None)
 
         async def watch():
             await _disconnected(request)
-            chunks.put_nowait(None)
+            chunks.put_nowait(gone)
 
         tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(watch())]
         try:
-            while (chunk := await chunks.get()) is not None:
+            last = b"\n\n"
+            while (chunk := await chunks.get()) not in (None, gone):
+                last = chunk or last
                 yield chunk
+            if chunk is None and broken:
+                what = "while streaming this response"
+                message = await self._lost(replica, broken[0], what) or \
+                    f"{replica.name} broke off the response {what}: {type(broken[0]).__name__}: {broken[0]}"
+                log.warning("%s", message)
+                if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                    # in-band, as the replica reports its own errors once a stream has started
+                    event = json.dumps(APIError(503, message).body(), separators=(",", ":"), ensure_ascii=False)
+                    yield (b"" if last.endswith(b"\n\n") else b"\n\n") + f"data: {event}\n\n".encode()
         finally:
             for t in tasks:
                 t.cancel()
             await upstream.aclose()       # unfinished: closes the connection, so the replica aborts
             replica.outstanding -= 1
+
+    async def _lost(self, r: Replica, error: Exception, what: str) -> str | None:
+        """A connection to r broke: if r's process has exited (within a second), mark it down and return the
+        message for the requests it took with it; None if it is still alive."""
+        for _ in range(20):
+            rc = r.exited()
+            if rc is not None:
+                r.healthy, r.slow = False, False
+                r.detail = f"replica process {r.pid} exited: {exit_reason(rc)}"
+                return (f"{r.name} died {what} (its process {r.pid} exited: {exit_reason(rc)}); the request is "
+                        "lost and was not retried: send it again")
+            await asyncio.sleep(0.05)
+        log.warning("the connection to %s broke %s (%s: %s) but its process lives", r.name, what,
+                    type(error).__name__, error)
+        return None
 
     async def _gather_json(self, path: str) -> list:
         async def one(r: Replica):
@@ -127,15 +170,20 @@ class RouterBackend:
     async def health(self):
         await self.replicas.check_all()
         ok = all(r.healthy for r in self.replicas)
-        return ok, {"status": "ok" if ok else "unhealthy",
-                    "replicas": [{"replica": r.index, "pid": r.pid, "healthy": r.healthy, "detail": r.detail}
-                                 for r in self.replicas]}
+        answer = {"status": "ok" if ok else "unhealthy",
+                  "replicas": [{"replica": r.index, "pid": r.pid, "device": r.device, "healthy": r.healthy,
+                                "state": r.state, "restarts": r.restarts, "detail": r.detail}
+                               for r in self.replicas]}
+        if not ok:
+            answer["detail"] = "; ".join(f"{r.name}: {r.detail}" for r in self.replicas if not r.healthy)
+        return ok, answer
 
     async def stats(self) -> dict:
         per = await self._gather_json("/fastgen/stats")
         return {"name": self.name, "replicas": [
-            {"replica": r.index, "pid": r.pid, "device": r.device, "healthy": r.healthy, "detail": r.detail,
-             "outstanding": r.outstanding, "routed": r.routed, "stats": s} for r, s in zip(self.replicas, per)]}
+            {"replica": r.index, "pid": r.pid, "device": r.device, "healthy": r.healthy, "state": r.state,
+             "restarts": r.restarts, "detail": r.detail, "outstanding": r.outstanding, "routed": r.routed,
+             "stats": s} for r, s in zip(self.replicas, per)]}
 
     async def models(self) -> dict:
         for answer in await self._gather_json("/v1/models"):
@@ -159,7 +207,22 @@ class RouterBackend:
 
     def deployment(self) -> dict:
         return {"name": self.name, "model": self.model, "url": self.url, "pid": os.getpid(),
-                "replicas": [{"replica": r.index, "pid": r.pid, "device": r.device} for r in self.replicas]}
+                "replicas": [{"replica": r.index, "pid": r.pid, "device": r.device, "state": r.state,
+                              "restarts": r.restarts} for r in self.replicas]}
+
+
+class _RestartCollector:
+    """fastgen_replica_restarts_total: processes started to replace a dead one, per replica."""
+
+    def __init__(self, replicas: ReplicaSet):
+        self.replicas = replicas
+
+    def collect(self):
+        c = CounterMetricFamily("fastgen_replica_restarts", "Times the replica's process was restarted after it "
+                                "died.", labels=["replica"])
+        for r in self.replicas:
+            c.add_metric([str(r.index)], r.restarts)
+        yield c
 
 
 async def _disconnected(request) -> None:

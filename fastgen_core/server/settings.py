@@ -20,7 +20,8 @@ class ServeSettings:
     drain_timeout_s: how long SIGTERM waits for in-flight requests. stall_timeout_s: a step longer than
     this marks the engine loop stuck (/health 503). health_timeout_s: how long the front door waits for a
     replica's /health answer. cpu_threads: torch threads of each CPU replica (None: the cores left after
-    one for the HTTP processes, shared among the CPU replicas).
+    one for the HTTP processes, shared among the CPU replicas). max_restarts / restart_window_s: a replica
+    whose process dies is restarted, at most max_restarts times within restart_window_s seconds (0: never).
     """
 
     model: str | None = None
@@ -37,6 +38,8 @@ class ServeSettings:
     health_timeout_s: float = 5.0
     log_level: str = "warning"
     cpu_threads: int | None = None
+    max_restarts: int = 5
+    restart_window_s: float = 600.0
     engine_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -53,7 +56,10 @@ class ServeSettings:
             raise ConfigError(f"replicas must be a positive integer, got {self.replicas!r}")
         if isinstance(self.queue_limit, bool) or not isinstance(self.queue_limit, int) or self.queue_limit < 0:
             raise ConfigError(f"queue_limit must be an integer >= 0, got {self.queue_limit!r}")
-        for name in ("drain_timeout_s", "stall_timeout_s", "health_timeout_s"):
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be an integer >= 0 (restarts of a dead replica within "
+                              f"restart_window_s; 0: never restart), got {self.max_restarts!r}")
+        for name in ("drain_timeout_s", "stall_timeout_s", "health_timeout_s", "restart_window_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
@@ -75,7 +81,8 @@ class ServeSettings:
         args = ["--model", self.model, "--host", self.host, "--port", str(self.port),
                 "--deployment-name", self.deployment_name, "--queue-limit", str(self.queue_limit),
                 "--drain-timeout", str(self.drain_timeout_s), "--stall-timeout", str(self.stall_timeout_s),
-                "--health-timeout", str(self.health_timeout_s), "--log-level", self.log_level]
+                "--health-timeout", str(self.health_timeout_s), "--max-restarts", str(self.max_restarts),
+                "--restart-window", str(self.restart_window_s), "--log-level", self.log_level]
         if self.device is not None:
             args += ["--device", self.device]
         if self.device_map is not None:

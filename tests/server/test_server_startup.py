@@ -23,6 +23,11 @@ def test_serve_reports_a_model_no_plugin_supports(tmp_path, monkeypatch):
     (dict(replicas=0), "replicas"),
     (dict(queue_limit=-1), "queue_limit"),
     (dict(device="tpu"), "device"),
+    (dict(max_restarts=-1), "max_restarts must be an integer >= 0"),
+    (dict(max_restarts=1.5), "max_restarts"),
+    (dict(max_restarts=True), "max_restarts"),
+    (dict(restart_window_s=0), "restart_window_s must be a positive number of seconds"),
+    (dict(restart_window_s="60"), "restart_window_s"),
     (dict(max_ragged_batch_size=0), "max_ragged_batch_size"),
 ])
 def test_bad_settings_are_refused_before_anything_starts(tiny_model_dir, kwargs, words):
