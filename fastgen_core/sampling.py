@@ -107,11 +107,15 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         logits = logits.float()
         n, vocab = logits.shape
-        if any(r.banned for r in rows):
+        ban_rows = [i for i, r in enumerate(rows) for _ in r.banned]
+        if ban_rows:                     # one indexed write for every row (min_new_tokens bans EOS on most)
+            ban_cols = [t for r in rows for t in r.banned]
+            idx = torch.tensor([ban_rows, ban_cols], dtype=torch.long)
+            if logits.is_cuda:
+                idx = idx.pin_memory()
+            idx = idx.to(logits.device, non_blocking=True)
             logits = logits.clone()      # the caller may keep the raw logits (return_logits)
-        for i, r in enumerate(rows):
-            if r.banned:
-                logits[i, r.banned] = float("-inf")
+            logits[idx[0], idx[1]] = float("-inf")
         greedy = [r.params.greedy for r in rows]
         out = logits.argmax(dim=-1)
         if all(greedy):
