@@ -168,6 +168,7 @@ def run_bench_args(args) -> list[dict]:
     for c in args.online:
         n = args.online_requests or max(8, 2 * c)
         emit(kind="online", engine="fastgen", **scen0, **online.run_online(engine, w0, c, n))
+    engine.close()              # graphs and KV cache: the peer needs the memory
     del engine
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -198,7 +199,7 @@ def run_bench_args(args) -> list[dict]:
 def _vs_floor(wall_s: float, floor_s: float) -> dict:
     """``floor_fraction``: floor time / measured time, the share of the roofline achieved (1.0 = at the
     floor; the number docs/performance.md gives as a percentage). ``wall_over_floor`` is its inverse."""
-    return {"floor_fraction": round(floor_s / wall_s, 4), "wall_over_floor": round(wall_s / floor_s, 3)}
+    return {"floor_fraction": float(f"{floor_s / wall_s:.4g}"), "wall_over_floor": float(f"{wall_s / floor_s:.4g}")}
 
 
 def _table(records: list[dict]) -> None:
