@@ -18,7 +18,7 @@ PY
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING
 for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e $p 2>&1 | grep -v WARNING; done
 python3 -m fastgen_core.cli plugins | tee -a $OUT/env.txt
-[ "$STAGE" = sweep ] || timeout 110 python3 -m pytest -q -rs -s tests/gpu -p no:cacheprovider 2>&1 | tee $OUT/gpu_tests.log | tail -40
+case "$STAGE" in sweep|llama7b) ;; *) timeout 110 python3 -m pytest -q -rs -s tests/gpu -p no:cacheprovider 2>&1 | tee $OUT/gpu_tests.log | tail -40 ;; esac
 B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl"
 if [ "$STAGE" = probe ]; then
   $B --preset llama-2-7b --num-layers 8 --num-requests 32 --prompt-mean 512 --gen-mean 64 --online 1,8 \
@@ -48,6 +48,11 @@ fi
 if [ "$STAGE" = phi2 ]; then
   timeout 400 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
+fi
+if [ "$STAGE" = llama7b ]; then
+  timeout 60 python3 -m pytest -q tests/gpu/test_graphs_gpu.py tests/gpu/test_engine_gpu.py -p no:cacheprovider 2>&1 | tail -2
+  timeout 240 $B --preset llama-2-7b --num-requests 64 --prompt-mean 1200 --gen-mean 60 --max-ragged-batch-size 2048 \
+     --peer static,continuous --peer-batch-size 64 2>&1 | tail -5
 fi
 if [ "$STAGE" = final2 ]; then
   grep -E "passed|failed|Error" $OUT/gpu_tests.log | tail -3
