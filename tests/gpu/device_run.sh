@@ -18,7 +18,7 @@ PY
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING
 for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e $p 2>&1 | grep -v WARNING; done
 python3 -m fastgen_core.cli plugins | tee -a $OUT/env.txt
-case "$STAGE" in sweep|llama7b) ;; *) timeout 110 python3 -m pytest -q -rs -s tests/gpu -p no:cacheprovider 2>&1 | tee $OUT/gpu_tests.log | tail -40 ;; esac
+case "$STAGE" in sweep|llama7b|server) ;; *) timeout 110 python3 -m pytest -q -rs -s tests/gpu -p no:cacheprovider 2>&1 | tee $OUT/gpu_tests.log | tail -40 ;; esac
 B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl"
 if [ "$STAGE" = probe ]; then
   $B --preset llama-2-7b --num-layers 8 --num-requests 32 --prompt-mean 512 --gen-mean 64 --online 1,8 \
@@ -48,6 +48,9 @@ fi
 if [ "$STAGE" = phi2 ]; then
   timeout 400 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
+fi
+if [ "$STAGE" = server ]; then
+  timeout 200 python3 -m pytest -q -s tests/gpu/test_server_gpu.py -p no:cacheprovider 2>&1 | tee $OUT/server_gpu.log | tail -15
 fi
 if [ "$STAGE" = llama7b ]; then
   timeout 60 python3 -m pytest -q tests/gpu/test_graphs_gpu.py tests/gpu/test_engine_gpu.py -p no:cacheprovider 2>&1 | tail -2
