@@ -15,6 +15,12 @@ try:
     import torch.nn.attention.varlen as v; print("varlen_attn", inspect.signature(v.varlen_attn))
 except Exception as e: print("no varlen", e)
 PY
+# wheels carried in .whl/ (ignored by git; name it in the device call's carry), e.g. the server extras that
+# the GPU machine lacks: fastapi starlette uvicorn pydantic pydantic-core annotated-types typing-inspection
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING
 for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e $p 2>&1 | grep -v WARNING; done
 python3 -m fastgen_core.cli plugins | tee -a $OUT/env.txt
