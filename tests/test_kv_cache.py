@@ -61,3 +61,21 @@ def test_bookkeeping_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", BOOKKEEPING_PROBE, str(root)], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_gpu_kv_budget_is_this_process_share_of_the_card():
+    """gpu_memory_fraction is the share of the card one engine may use (weights and activations included),
+    so replicas sharing a GPU each get theirs; a share others already hold is refused, naming the numbers."""
+    import pytest
+    from fastgen_core.engine.kv_cache import GIB, gpu_kv_budget
+    total, weights, act = 80 * GIB, 14 * GIB, 2 * GIB
+    # one engine on an empty card (0.5 GiB of CUDA context outside torch)
+    assert gpu_kv_budget(total, total - GIB // 2 - weights, weights, 0.9, act) == int(0.9 * total) - weights - act
+    # two replicas on one GPU at 0.45: the second sees the first's 36 GiB gone and still gets its own share
+    first = gpu_kv_budget(total, total - GIB // 2 - weights, weights, 0.45, act)
+    free_for_second = total - GIB - 36 * GIB - weights
+    second = gpu_kv_budget(total, free_for_second, weights, 0.45, act)
+    assert first == second == int(0.45 * total) - weights - act > 0
+    with pytest.raises(ValueError, match=r"gpu_memory_fraction=0.9 asks for 72.0 GiB of cuda:0's 80.0 GiB, but only "
+                                         r"43.0 GiB are free.*other processes hold 37.0 GiB.*0.45 for each of two"):
+        gpu_kv_budget(total, free_for_second, weights, 0.9, act, "cuda:0")

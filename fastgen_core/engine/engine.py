@@ -17,7 +17,7 @@ from ..loader import checkpoint_files, init_dummy_weights, iter_tensors, load_we
 from ..registry import FamilyRegistry
 from ..sampling import Sampler, SamplingParams, SamplingRow
 from ..tokenizer import IncrementalDetokenizer, load_tokenizer
-from .kv_cache import BlockAllocator
+from .kv_cache import BlockAllocator, gpu_kv_budget
 from .outputs import RequestOutput, Response
 from .runner import ModelRunner
 from .scheduler import Scheduler
@@ -146,9 +146,13 @@ class LLMEngine:
         cap = -(-self.config.max_ragged_sequence_count * self.max_context // block_size)
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
-            # leave (1 - fraction) of the card, plus room for activations of a full ragged batch
+            # room for activations of a full ragged batch, the CUDA context and the decode graphs
             act = self.config.max_ragged_batch_size * (mc.hidden_size * 40 + mc.vocab_size * 8) + (512 << 20)
-            budget = free - (1 - self.config.gpu_memory_fraction) * total - act
+            try:
+                budget = gpu_kv_budget(total, free, torch.cuda.memory_reserved(self.device),
+                                       self.config.gpu_memory_fraction, act, str(self.device))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         else:
             budget = self.config.cpu_kv_cache_bytes
         blocks = int(budget // per_block) - 1          # the runner adds one scratch block

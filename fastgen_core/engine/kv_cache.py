@@ -12,6 +12,25 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+GIB = 1 << 30
+
+
+def gpu_kv_budget(total: int, free: int, own: int, fraction: float, activations: int, device: str = "cuda") -> int:
+    """Bytes for the KV cache on a GPU: this process may use ``fraction`` of the card in all (vLLM's
+    ``gpu_memory_utilization`` meaning), of which ``own`` (weights already loaded, allocator cache) and
+    ``activations`` are not KV. So two replicas on one GPU at 0.45 each both fit. Raises ValueError naming
+    the numbers when others already hold so much that the fraction cannot be had.
+    """
+    want = fraction * total
+    if free + own < want:
+        raise ValueError(
+            f"gpu_memory_fraction={fraction} asks for {want / GIB:.1f} GiB of {device}'s {total / GIB:.1f} GiB, but "
+            f"only {(free + own) / GIB:.1f} GiB are free to this process (other processes hold "
+            f"{(total - free - own) / GIB:.1f} GiB); lower gpu_memory_fraction (it is this process's share of the "
+            f"card: e.g. 0.45 for each of two replicas on one GPU)")
+    return int(want - own - activations)
+
+
 class BlockAllocator:
     def __init__(self, num_blocks: int, block_size: int):
         if num_blocks < 1:
