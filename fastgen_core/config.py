@@ -22,6 +22,8 @@ class EngineConfig:
     (``gpu_memory_fraction`` of the GPU, or ``cpu_kv_cache_bytes`` on CPU).
     cuda_graphs: on CUDA, serve decode-only steps of up to ``cuda_graph_max_batch`` sequences from CUDA
     graphs captured at start-up (False: always eager, like vLLM's ``enforce_eager``).
+    enable_prefix_caching: keep the K/V of full blocks after their sequence ends, and start a new sequence
+    whose tokens begin with cached blocks after them (shared system prompts, multi-turn chats, retries).
     """
 
     model: str
@@ -39,10 +41,12 @@ class EngineConfig:
     seed: int = 0
     cuda_graphs: bool = True
     cuda_graph_max_batch: int = 256
+    enable_prefix_caching: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.cuda_graphs, bool):
-            raise ConfigError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        for name in ("cuda_graphs", "enable_prefix_caching"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("max_ragged_batch_size", "max_ragged_sequence_count", "cuda_graph_max_batch"):
             _positive_int(name, getattr(self, name))
         for name in ("kv_block_size", "num_kv_blocks", "max_context"):

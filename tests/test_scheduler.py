@@ -12,12 +12,22 @@ def fake_token(seq: Sequence) -> int:
     return (hash(seq.request_id) + len(seq.output_token_ids)) % 1000
 
 
-def run_schedule(requests, block_size, num_blocks, budget, cap, max_steps=20000):
-    alloc = BlockAllocator(num_blocks, block_size)
+def run_schedule(requests, block_size, num_blocks, budget, cap, max_steps=20000, prefix_caching=False):
+    alloc = BlockAllocator(num_blocks, block_size, prefix_caching)
     sched = Scheduler(alloc, budget, cap)
     seqs = []
     pending = sorted(requests, key=lambda r: r[0])
     step = 0
+    # simulated K/V: a slot holds a hash of the whole prefix up to its token, so reading a slot that was
+    # never written, or written for another prefix, is caught whatever the model
+    slots: dict[tuple[int, int], int] = {}
+    prefix_hashes: dict[int, list[int]] = {}
+
+    def kv(seq, pos):
+        hs = prefix_hashes.setdefault(seq.seq_id, [])
+        while len(hs) <= pos:
+            hs.append(hash((hs[-1] if hs else None, seq.token_at(len(hs)))))
+        return hs[pos]
     while pending or sched.has_unfinished():
         assert step < max_steps, "did not finish: starvation or livelock"
         while pending and pending[0][0] <= step:
@@ -42,8 +52,17 @@ def run_schedule(requests, block_size, num_blocks, budget, cap, max_steps=20000)
             assert c.start + c.length <= s.num_tokens
             assert len(s.block_table) * block_size >= c.start + c.length, "chunk has no KV slots"
             assert c.sample == (c.start + c.length == s.num_tokens)
+            for pos in range(c.start):           # the context this chunk attends to
+                b = s.block_table[pos // block_size]
+                assert slots.get((b, pos % block_size)) == kv(s, pos), f"{s.request_id} reads a wrong slot at {pos}"
+        for c in batch.chunks:                   # the forward writes this step's K/V
+            for pos in range(c.start, c.start + c.length):
+                slots[(c.seq.block_table[pos // block_size], pos % block_size)] = kv(c.seq, pos)
         for p in batch.preempted:
-            assert p.status is SequenceStatus.WAITING and not p.block_table and p.num_computed_tokens == 0
+            if p.seq_id in ids:       # with prefix caching, re-admitted at once onto its cached blocks
+                assert prefix_caching and p.status is SequenceStatus.RUNNING
+            else:
+                assert p.status is SequenceStatus.WAITING and not p.block_table and p.num_computed_tokens == 0
         sched.postprocess(batch)
         for c in batch.chunks:
             if c.sample:
@@ -51,8 +70,16 @@ def run_schedule(requests, block_size, num_blocks, budget, cap, max_steps=20000)
                 if len(c.seq.output_token_ids) >= c.seq.max_new_tokens:
                     sched.finish(c.seq, "length")
         held = [b for s in sched.running for b in s.block_table]
-        assert len(held) == len(set(held)), "a KV block is held twice"
-        assert len(held) == alloc.num_used, "blocks leaked or lost"
+        if prefix_caching:        # shared prefix blocks: one reference per holder, nothing else
+            assert all(alloc.refcount(b) == held.count(b) for b in set(held)), "reference counts drifted"
+            for s in sched.running:
+                # a shared block is always a full block of the same tokens in every holder
+                for i, b in enumerate(s.block_table[:len(s.block_keys)]):
+                    if held.count(b) > 1:
+                        assert i < s.num_computed_tokens // block_size
+        else:
+            assert len(held) == len(set(held)), "a KV block is held twice"
+        assert len(set(held)) == alloc.num_used, "blocks leaked or lost"
         assert all(not s.block_table for s in sched.waiting)
     assert alloc.num_used == 0 and alloc.num_free == num_blocks
     for s in seqs:
@@ -71,6 +98,57 @@ request_lists = st.lists(st.tuples(st.integers(0, 30), st.integers(1, 120), st.i
 def test_random_schedules_finish_without_leaks(requests, block_size, budget, cap, slack):
     need = max(blocks_for(p + m - 1, block_size) for _, p, m in requests)
     run_schedule(requests, block_size, need + slack, budget, cap)
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests=request_lists, block_size=st.integers(1, 16), budget=st.integers(1, 96), cap=st.integers(1, 12),
+       slack=st.integers(0, 40))
+def test_random_schedules_with_prefix_caching(requests, block_size, budget, cap, slack):
+    """Every prompt is 0..n-1, so prompts share their leading blocks: the same guarantees hold (progress,
+    budget, no leak, same tokens) with blocks shared, evicted and revived, under preemption too."""
+    need = max(blocks_for(p + m - 1, block_size) for _, p, m in requests)
+    run_schedule(requests, block_size, need + slack, budget, cap, prefix_caching=True)
+
+
+def test_prefix_cache_hit_skips_the_cached_blocks_and_keeps_one_token():
+    alloc = BlockAllocator(20, 4, prefix_caching=True)
+    sched = Scheduler(alloc, 64, 8)
+    a = Sequence(0, "a", list(range(10)), 3)
+    sched.add(a)
+    sched.postprocess(sched.schedule())           # 10 tokens: blocks 0-1 full and registered
+    assert alloc.num_cached == 2
+    b = Sequence(1, "b", list(range(8)) + [99, 98, 97], 3)     # same first 8 tokens
+    c = Sequence(2, "c", list(range(8)), 3)                    # exactly two blocks: the last must be computed
+    sched.add(b)
+    sched.add(c)
+    batch = sched.schedule()
+    chunks = {ch.seq.request_id: (ch.start, ch.length) for ch in batch.chunks}
+    assert chunks["b"] == (8, 3) and b.block_table[:2] == a.block_table[:2]
+    assert chunks["c"] == (4, 4) and c.block_table[:1] == a.block_table[:1]
+    assert sched.num_cached_tokens == 12
+    assert alloc.refcount(a.block_table[0]) == 3 and alloc.refcount(a.block_table[1]) == 2
+
+
+def test_released_cached_blocks_are_evicted_least_recent_first_and_revived():
+    alloc = BlockAllocator(4, 2, prefix_caching=True)
+    t1, t2 = alloc.allocate(2), alloc.allocate(2)
+    keys1, keys2 = [], []
+    from fastgen_core.engine.kv_cache import extend_block_keys
+    extend_block_keys(keys1, [1, 2, 3, 4], 2, 2)
+    extend_block_keys(keys2, [5, 6, 7, 8], 2, 2)
+    for b, k in zip(t1 + t2, keys1 + keys2):
+        alloc.register(b, k)
+    alloc.free(t1)
+    alloc.free(t2)
+    assert alloc.num_free == 4 and alloc.num_used == 0 and alloc.num_cached == 4
+    assert alloc.match(keys1) == t1
+    other = []                                    # the same tokens (7, 8) after another prefix: no match
+    extend_block_keys(other, [9, 9, 7, 8], 2, 2)
+    assert alloc.match(other) == [] and other[1][1] == keys2[1][1]
+    alloc.acquire(alloc.match(keys2))                                     # revived: no longer evictable
+    assert alloc.num_free == 2
+    new = alloc.allocate(2)                                               # evicts t1 (released first)
+    assert sorted(new) == sorted(t1) and alloc.match(keys1) == [] and alloc.match(keys2) == t2
 
 
 def test_tight_cache_preempts_and_still_finishes():

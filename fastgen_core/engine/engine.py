@@ -96,7 +96,7 @@ class LLMEngine:
         num_blocks = config.num_kv_blocks or self._auto_num_blocks(block_size)
         self.runner = ModelRunner(self.model, mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
                                   num_blocks, block_size, self.device, self.dtype)
-        self.allocator = BlockAllocator(num_blocks, block_size)
+        self.allocator = BlockAllocator(num_blocks, block_size, config.enable_prefix_caching)
         if self.device.type == "cuda" and config.cuda_graphs:
             self._enable_graphs()
         self.scheduler = Scheduler(self.allocator, config.max_ragged_batch_size, config.max_ragged_sequence_count)
@@ -341,7 +341,9 @@ class LLMEngine:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_total": self.allocator.num_blocks, "kv_blocks_used": self.allocator.num_used,
                 "kv_usage": self.allocator.usage, "preemptions": self.scheduler.num_preemptions,
-                "graph_steps": self.runner.graphs.replays if self.runner.graphs is not None else 0, **self.counters}
+                "graph_steps": self.runner.graphs.replays if self.runner.graphs is not None else 0,
+                "prefix_cache_hit_tokens": self.scheduler.num_cached_tokens,
+                "prefix_cache_blocks": self.allocator.num_cached, **self.counters}
 
     def request_timing(self, request_id: str) -> dict | None:
         req = self.requests.get(request_id)

@@ -19,7 +19,7 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
-from .kv_cache import BlockAllocator
+from .kv_cache import BlockAllocator, extend_block_keys
 from .sequence import Sequence, SequenceStatus
 
 
@@ -58,6 +58,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []          # kept sorted by seq_id (arrival)
         self.num_preemptions = 0
+        self.num_cached_tokens = 0                  # prompt/recompute tokens served from the prefix cache
 
     # ---- queue management -------------------------------------------------------------------
     def can_ever_fit(self, seq: Sequence) -> bool:
@@ -131,23 +132,57 @@ class Scheduler:
             batch.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n, end == seq.num_tokens))
             scheduled.add(seq.seq_id)
             budget -= n
+        alloc = self.allocator
         while self.waiting and budget > 0 and len(batch.chunks) < self.max_ragged_sequence_count:
             seq = self.waiting[0]
-            need = self.allocator.blocks_for(seq.num_tokens)
-            margin = min(len(self.running), int(self.admission_margin * self.allocator.num_blocks)) if self.running else 0
-            if not self.allocator.can_allocate(need + margin):
+            hits = self._cached_prefix(seq)
+            need = alloc.blocks_for(seq.num_tokens) - len(hits)
+            margin = min(len(self.running), int(self.admission_margin * alloc.num_blocks)) if self.running else 0
+            # cached blocks nobody holds count as free until taken
+            if not alloc.can_allocate(need + margin + alloc.num_evictable(hits)):
                 break
             self.waiting.popleft()
-            seq.block_table = self.allocator.allocate(need)
+            alloc.acquire(hits)
+            seq.block_table = hits + alloc.allocate(need)
+            seq.num_computed_tokens = len(hits) * alloc.block_size
+            self.num_cached_tokens += seq.num_computed_tokens
             seq.status = SequenceStatus.RUNNING
             bisect.insort(self.running, seq, key=lambda s: s.seq_id)
             n = min(seq.num_uncomputed, budget)
-            batch.chunks.append(ScheduledChunk(seq, 0, n, n == seq.num_tokens))
+            start = seq.num_computed_tokens
+            batch.chunks.append(ScheduledChunk(seq, start, n, start + n == seq.num_tokens))
             scheduled.add(seq.seq_id)
             budget -= n
         return batch
 
+    def _cached_prefix(self, seq: Sequence) -> list[int]:
+        """Cached blocks holding the start of seq's known tokens; at least one token is left to compute,
+        since its forward pass gives the logits to sample from."""
+        if not self.allocator.prefix_caching:
+            return []
+        full = (seq.num_tokens - 1) // self.allocator.block_size
+        extend_block_keys(seq.block_keys, _Tokens(seq), self.allocator.block_size, full)
+        return self.allocator.match(seq.block_keys[:full])
+
     def postprocess(self, batch: ScheduledBatch) -> None:
-        """Record that the scheduled tokens now have K/V in the cache (sampling appends tokens after)."""
+        """Record that the scheduled tokens now have K/V in the cache (sampling appends tokens after), and
+        with prefix caching register the blocks this step filled."""
+        bs = self.allocator.block_size
         for c in batch.chunks:
-            c.seq.num_computed_tokens = c.start + c.length
+            seq = c.seq
+            seq.num_computed_tokens = c.start + c.length
+            if self.allocator.prefix_caching:
+                full = seq.num_computed_tokens // bs
+                extend_block_keys(seq.block_keys, _Tokens(seq), bs, full)
+                for i in range(c.start // bs, full):
+                    self.allocator.register(seq.block_table[i], seq.block_keys[i])
+
+
+class _Tokens:
+    """A sequence's known tokens, sliceable without concatenating prompt and output."""
+
+    def __init__(self, seq: Sequence):
+        self.seq = seq
+
+    def __getitem__(self, s: slice) -> list[int]:
+        return self.seq.token_slice(s.start, s.stop)

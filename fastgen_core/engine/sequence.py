@@ -28,6 +28,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     num_preemptions: int = 0
+    block_keys: list = field(default_factory=list)   # prefix-cache keys of its full blocks (kv_cache)
     extra: dict = field(default_factory=dict)   # engine-side state (detokenizer, generator, timings)
 
     @property
