@@ -1,4 +1,4 @@
-"""fastgen generate | plugins | serve | bench."""
+"""fastgen generate | plugins | snapshot | serve | bench."""
 from __future__ import annotations
 
 import argparse
@@ -85,11 +85,30 @@ def _plugins(args) -> int:
     return 0
 
 
+def _snapshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output", help="directory to write the snapshot to")
+    p.add_argument("--model", default=None, help="HF model directory (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default=None, help="dtype to store (default: the engine's: checkpoint's on GPU, "
+                                                   "float32 on CPU)")
+    p.add_argument("--load-format", default="auto")
+
+
+def _snapshot(args) -> int:
+    import fastgen_core as fg
+    pipe = fg.pipeline(args.model, device="cpu", dtype=args.dtype, load_format=args.load_format, num_kv_blocks=1,
+                       max_context=1)
+    out = pipe.engine.save_snapshot(args.output)
+    print(f"snapshot of {pipe.engine.family.family.name!r} ({pipe.engine.dtype}) written to {out}; load it with "
+          f"fastgen_core.pipeline({str(out)!r})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: Dynamic SplitFuse LLM inference")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_args(sub.add_parser("generate", help="generate a continuation of a prompt"))
     _plugins_args(sub.add_parser("plugins", help="list installed family plugins (and failed ones)"))
+    _snapshot_args(sub.add_parser("snapshot", help="save a model in the engine's layout for fast reloads"))
     for name, (module, help_text) in EXTERNAL_COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         try:
@@ -110,6 +129,8 @@ def main(argv=None) -> int:
             return _generate(args)
         if args.command == "plugins":
             return _plugins(args)
+        if args.command == "snapshot":
+            return _snapshot(args)
         return importlib.import_module(EXTERNAL_COMMANDS[args.command][0]).run(args)
     except FastgenError as e:
         print(f"error: {e}", file=sys.stderr)

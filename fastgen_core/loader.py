@@ -11,7 +11,7 @@ from torch import nn
 from .errors import ConfigError, WeightLoadError
 from .weights import WeightMap
 
-LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "snapshot")
 
 
 def read_hf_config(model_dir: str | Path) -> dict:

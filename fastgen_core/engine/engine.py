@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import snapshot
 from ..config import EngineConfig
 from ..errors import ConfigError, FastgenError, InvalidRequestError
 from ..loader import checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config
@@ -69,11 +70,20 @@ class LLMEngine:
         path = Path(config.model)
         self.hf_config = read_hf_config(path)
         self.registry = registry if registry is not None else FamilyRegistry()
-        self.family = self.registry.resolve(self.hf_config, path, config.family)
+        self.snapshot = snapshot.read_meta(path) if config.load_format in ("auto", "snapshot") else None
+        if config.load_format == "snapshot" and self.snapshot is None:
+            raise ConfigError(f"load_format='snapshot' but {path} is not a fastgen snapshot (no {snapshot.META}); "
+                              "make one with engine.save_snapshot(dir) or `fastgen snapshot`")
+        family = config.family
+        if self.snapshot is not None:
+            if family is not None and family != self.snapshot["family"]:
+                raise ConfigError(f"{path} is a snapshot of a {self.snapshot['family']!r} model, not {family!r}")
+            family = self.snapshot["family"]
+        self.family = self.registry.resolve(self.hf_config, path, family)
         self.model_config = self._parse_config(path)
         mc = self.model_config
         self.device = config.torch_device()
-        self.dtype = config.torch_dtype(mc.dtype)
+        self.dtype = config.torch_dtype(self.snapshot["dtype"] if self.snapshot is not None else mc.dtype)
         self.max_context = min(config.max_context or mc.max_position_embeddings, mc.max_position_embeddings)
         model_cls = self.family.family.load_model_class()
         with torch.device(self.device), _default_dtype(self.dtype):
@@ -87,6 +97,8 @@ class LLMEngine:
         self.model.eval()
         if config.load_format == "dummy":
             init_dummy_weights(self.model, config.seed)
+        elif self.snapshot is not None:
+            snapshot.load(self.model, path, self.snapshot)
         else:
             kind, files = checkpoint_files(path, config.load_format)
             load_weights(self.model, self.family.family.load_weight_map(mc), iter_tensors(kind, files))
@@ -327,6 +339,12 @@ class LLMEngine:
             text = req.prompt_text + text
         return Response(text, list(seq.output_token_ids), len(seq.prompt_token_ids), len(seq.output_token_ids),
                         seq.finish_reason, seq.request_id, req.logits if p.return_logits else None)
+
+    def save_snapshot(self, out_dir) -> Path:
+        """Save the loaded model in the engine's layout (see fastgen_core.snapshot); load it back with
+        ``pipeline(out_dir)``. Engine options (budgets, KV size, device) are not part of it."""
+        return snapshot.save(self.model, self.hf_config, self.family.family.name, self.family.dist, self.dtype,
+                             Path(self.config.model), out_dir)
 
     def close(self) -> None:
         """Release GPU memory held outside the model's parameters (CUDA graphs, the KV cache); the engine
