@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(0: never)")
     p.add_argument("--restart-window", type=float, default=600.0,
                    help="seconds over which --max-restarts counts a replica's restarts")
+    p.add_argument("--unhealthy-restart", type=float, default=60.0,
+                   help="restart a replica whose process lives but whose health has been 503 (engine loop dead "
+                        "or stuck) or unanswered for this many seconds (0: never)")
     p.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads per CPU replica (default: (cores - 1) / CPU replicas, at least 1)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -58,7 +61,8 @@ def settings_from_args(args):
                          deployment_name=args.deployment_name, queue_limit=args.queue_limit,
                          drain_timeout_s=args.drain_timeout, stall_timeout_s=args.stall_timeout,
                          health_timeout_s=args.health_timeout, log_level=args.log_level, cpu_threads=args.cpu_threads,
-                         max_restarts=args.max_restarts, restart_window_s=args.restart_window, engine_options=engine)
+                         max_restarts=args.max_restarts, restart_window_s=args.restart_window,
+                         unhealthy_restart_s=args.unhealthy_restart, engine_options=engine)
 
 
 def run(args) -> int:

@@ -56,13 +56,14 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
           api_key: str | None = None, queue_limit: int = 1024, drain_timeout_s: float = 300.0,
           stall_timeout_s: float = 120.0, health_timeout_s: float = 5.0, startup_timeout_s: float = 900.0,
           log_level: str = "warning", cpu_threads: int | None = None, max_restarts: int = 5,
-          restart_window_s: float = 600.0, **engine_options):
+          restart_window_s: float = 600.0, unhealthy_restart_s: float = 60.0, **engine_options):
     """Start a deployment (front door + ``replicas`` engine processes) and return a connected Client.
 
     ``engine_options`` are the pipeline's (max_ragged_batch_size, num_kv_blocks, kv_block_size, dtype, ...).
     ``port=0`` picks a free port. A replica whose process dies is restarted, at most ``max_restarts`` times
-    within ``restart_window_s`` seconds (0: never). Raises FastgenError (with the end of the log) if
-    start-up fails.
+    within ``restart_window_s`` seconds (0: never); so is one whose process lives but whose health has been
+    503 (engine loop dead or stuck) or unanswered for ``unhealthy_restart_s`` seconds (0: never). Raises
+    FastgenError (with the end of the log) if start-up fails.
     """
     from .client import Client
     from .settings import ServeSettings
@@ -70,7 +71,8 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
                       api_key=api_key, deployment_name=deployment_name, queue_limit=queue_limit,
                       drain_timeout_s=drain_timeout_s, stall_timeout_s=stall_timeout_s,
                       health_timeout_s=health_timeout_s, log_level=log_level, cpu_threads=cpu_threads,
-                      max_restarts=max_restarts, restart_window_s=restart_window_s, engine_options=engine_options)
+                      max_restarts=max_restarts, restart_window_s=restart_window_s,
+                      unhealthy_restart_s=unhealthy_restart_s, engine_options=engine_options)
     old = read_record(s.deployment_name)
     if old is not None:
         raise FastgenError(f"deployment {s.deployment_name!r} is already running at {old['url']} (pid {old['pid']}); "

@@ -78,6 +78,11 @@ class EngineLoop:
         """Abort whatever of ``sub`` is still running and free its KV blocks (client went away)."""
         self.inbox.put(("cancel", sub))
 
+    @property
+    def thread_id(self) -> int | None:
+        """The loop thread's native id (as py-spy, top -H and gdb show threads), once it runs."""
+        return self._thread.native_id
+
     def health(self) -> tuple[bool, str]:
         if self.error is not None:
             return False, f"engine loop died: {self.error}"

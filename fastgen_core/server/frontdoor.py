@@ -3,8 +3,9 @@
 Start-up: replicas first (the front door answers nothing until every replica is healthy), then the
 deployment record is written so ``fastgen_core.client(name)`` can find it. SIGTERM/SIGINT (or POST
 /fastgen/terminate): uvicorn stops accepting, waits for in-flight requests to finish, then the replicas
-get SIGTERM and are waited for, and the record is removed. A replica whose process dies is restarted
-(replicas.ReplicaSet.monitor); the record's replica pids follow.
+get SIGTERM and are waited for, and the record is removed. A replica whose process dies, or that stays
+unhealthy for unhealthy_restart_s, is restarted (replicas.ReplicaSet.monitor); the record's replica pids
+follow.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def run_frontdoor(s: ServeSettings) -> int:
 
     replicas = ReplicaSet(s.model, s.deployment_name, devices, s.engine_options, s.queue_limit, s.stall_timeout_s,
                           s.drain_timeout_s, s.health_timeout_s, s.log_level, s.cpu_threads,
-                          max_restarts=s.max_restarts, restart_window_s=s.restart_window_s, on_restart=rewrite_record)
+                          max_restarts=s.max_restarts, restart_window_s=s.restart_window_s, on_restart=rewrite_record,
+                          unhealthy_restart_s=s.unhealthy_restart_s)
     backend = RouterBackend(replicas, s.deployment_name, s.model)
     backend.url = url
     failure: list[str] = []

@@ -153,7 +153,8 @@ class LocalBackend:
 
     def stats(self) -> dict:
         ok, why = self.loop.health()
-        return {"replica": self.replica, "pid": os.getpid(), "healthy": ok, "detail": why,
+        return {"replica": self.replica, "pid": os.getpid(), "engine_loop_tid": self.loop.thread_id,
+                "healthy": ok, "detail": why,
                 "outstanding": self.outstanding, "capacity": self.capacity, "engine": dict(self.loop.snapshot)}
 
     def models(self) -> dict:

@@ -67,6 +67,7 @@ def _child_device_env(device: str) -> tuple[str, dict]:
 RESTART_BACKOFF_S = 1.0          # wait before the first restart of a replica in a window; doubles for each next one
 RESTART_BACKOFF_MAX_S = 30.0
 DELIBERATE_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)    # asked to stop (it drains first): not restarted
+TERM_GRACE_S = 3.0               # an unhealthy replica that still answers gets SIGTERM, then SIGKILL after this
 
 
 def exit_reason(rc: int) -> str:
@@ -90,7 +91,15 @@ class Replica:
     routed: int = 0
     healthy: bool = False
     slow: bool = False             # alive but its health answer timed out (busy, or stopped)
-    detail: str = "starting"
+    detail: str = "starting"       # what /health says about it
+    verdict: str = "starting"      # what its last health check found (detail, without the front door's plans)
+    answered: bool = True          # its last health check got an answer (200 or 503), in time or late
+    unhealthy_since: float | None = None   # while up: when the checks that found it unhealthy began (None: healthy)
+    asking: asyncio.Task | None = None     # a /health request not answered yet (the next check waits for it)
+    asking_since: float = 0.0      # when that request was sent
+    asked_at: float = 0.0          # when the request of the last health check was sent
+    killed_because: str | None = None      # why the front door is ending this live process (to restart it)
+    held_back: bool = False        # logged that it is unhealthy but out of restarts (logged once)
     # "starting" (first start), "up", "restarting" (dead, being replaced), "stopped" (exited on purpose: not
     # restarted), "failed" (dead and out of restarts: stays down)
     state: str = "starting"
@@ -114,32 +123,75 @@ class Replica:
     def exited(self) -> int | None:
         return self.proc.poll() if self.proc else None
 
+    def ended(self, rc: int) -> str:
+        """How its process ended, and why the front door ended it if it did."""
+        how = exit_reason(rc)
+        return f"{how}; the front door stopped it: {self.killed_because}" if self.killed_because else how
+
     async def check(self, timeout: float) -> bool:
         """Ask the replica's /health; a dead process, no answer in time, or a 503 all mean unhealthy."""
         rc = self.exited()
         if rc is not None:
             self.healthy, self.slow = False, False
-            self.detail = f"replica process {self.pid} exited: {exit_reason(rc)}" + (f"; {self.note}" if self.note
-                                                                                      else "")
+            self.detail = f"replica process {self.pid} exited: {self.ended(rc)}" + (f"; {self.note}" if self.note
+                                                                                     else "")
             return False
         if self.state == "restarting":         # a new process loading its model: the restart task asks it
             self.healthy, self.slow, self.detail = False, False, self.note
             return False
-        return await self.probe(timeout)
+        ok = await self.probe(timeout)
+        if ok:
+            self.unhealthy_since, self.held_back = None, False
+        elif self.unhealthy_since is None:
+            self.unhealthy_since = self.asked_at
+        return ok
 
     async def probe(self, timeout: float) -> bool:
+        """Ask /health and wait up to ``timeout`` for the answer. A request not answered in time stays
+        outstanding, and the next probe waits for it rather than sending another: so an answer that comes
+        late (a busy replica) still counts, and a replica that answers nothing is known to have been silent
+        since that request was sent (``asked_at``)."""
+        task = self.asking
+        if task is None:
+            task = self.asking = asyncio.ensure_future(self.client.get("/health"))
+            task.add_done_callback(_consume)
+            self.asking_since = time.monotonic()
+        asked_at = self.asked_at = self.asking_since
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            self.healthy, self.slow, self.answered = False, True, False
+            self.verdict = self.detail = (f"no health answer from the replica for {time.monotonic() - asked_at:.1f}s "
+                                          f"(health_timeout_s={timeout:g})")
+            return False
+        if self.asking is task:
+            self.asking = None
+        self.slow = False
         try:
-            r = await self.client.get("/health", timeout=timeout)
-            self.healthy, self.slow = r.status_code == 200, False
+            r = task.result()
+            self.healthy, self.answered = r.status_code == 200, True
             self.detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith(
                 "application/json") else r.text
-        except httpx.TimeoutException:
-            self.healthy, self.slow = False, True
-            self.detail = f"no health answer from the replica within {timeout}s"
+        except asyncio.CancelledError:              # its client was replaced (a restart)
+            self.healthy, self.answered = False, False
+            self.detail = "its health check was cancelled"
         except (httpx.HTTPError, ValueError) as e:
-            self.healthy, self.slow = False, False
+            self.healthy, self.answered = False, False
             self.detail = f"replica unreachable: {type(e).__name__}: {e}"
+        self.verdict = self.detail
         return self.healthy
+
+    def forget_health(self) -> None:
+        """A new process: drop what was asked of the old one and what was known about it."""
+        if self.asking is not None:
+            self.asking.cancel()
+        self.asking, self.unhealthy_since, self.answered = None, None, True
+        self.killed_because, self.held_back = None, False
+
+
+def _consume(task: asyncio.Task) -> None:
+    """Retrieve a health request's error, so one nobody waits for any more is not logged as unretrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class ReplicaSet:
@@ -147,12 +199,19 @@ class ReplicaSet:
     process died (SIGKILL, a crash, a non-zero exit), with the same arguments and device, after a back-off
     (1 s, doubling per restart within ``restart_window_s``, at most 30 s). A replica restarted
     ``max_restarts`` times within ``restart_window_s`` seconds is left down, and so is one that exited on
-    purpose (exit code 0, SIGTERM or SIGINT: it drained first), or that dies while the set is stopping."""
+    purpose (exit code 0, SIGTERM or SIGINT: it drained first), or that dies while the set is stopping.
+
+    A replica whose process lives but has been unhealthy for ``unhealthy_restart_s`` seconds (0: never) is
+    ended and restarted the same way: unhealthy means its own /health said 503 (engine loop dead or
+    stuck) or nothing at all, and no check in that time got a 200, however late (a busy replica whose
+    answers come after ``health_timeout_s`` is not restarted). One that still answers gets SIGTERM, then
+    SIGKILL after TERM_GRACE_S; one that answers nothing gets SIGKILL. It is left running (out of routing)
+    if it could not be restarted (out of restarts)."""
 
     def __init__(self, model: str, name: str, devices: list[str], engine_options: dict, queue_limit: int,
                  stall_timeout_s: float, drain_timeout_s: float, health_timeout_s: float, log_level: str,
                  cpu_threads: int | None = None, max_restarts: int = 5, restart_window_s: float = 600.0,
-                 startup_timeout_s: float = 900.0, on_restart=None):
+                 startup_timeout_s: float = 900.0, on_restart=None, unhealthy_restart_s: float = 60.0):
         self.model, self.name = model, name
         self.engine_options = engine_options
         self.queue_limit, self.stall_timeout_s = queue_limit, stall_timeout_s
@@ -160,6 +219,8 @@ class ReplicaSet:
         self.log_level = log_level
         self.cpu_threads = cpu_threads
         self.max_restarts, self.restart_window_s = max_restarts, restart_window_s
+        self.unhealthy_restart_s = unhealthy_restart_s
+        self.term_grace_s = TERM_GRACE_S
         self.startup_timeout_s = startup_timeout_s
         self.on_restart = on_restart       # called with the Replica once a restarted process is healthy
         self.stopping = False
@@ -187,6 +248,7 @@ class ReplicaSet:
         except FileNotFoundError:
             pass
         device, env = _child_device_env(r.device)
+        r.forget_health()
         r.proc = subprocess.Popen(self._command(r, device, self.threads), env=env)
         r.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=r.socket), base_url="http://replica",
                                      timeout=None, limits=httpx.Limits(max_connections=None,
@@ -196,25 +258,20 @@ class ReplicaSet:
         timeout_s = self.startup_timeout_s if timeout_s is None else timeout_s
         for r in self.replicas:
             self._spawn(r)
-        deadline = time.monotonic() + timeout_s
-        waiting = list(self.replicas)
-        while waiting:
-            for r in list(waiting):
-                rc = r.exited()
-                if rc is not None:
-                    raise FastgenError(f"{r.name} exited while starting ({exit_reason(rc)}); its error is in the "
-                                       "log above")
-                if os.path.exists(r.socket) and await r.probe(self.health_timeout_s):
-                    r.state = "up"
-                    waiting.remove(r)
-            if waiting and time.monotonic() > deadline:
-                raise FastgenError(f"replicas {[r.index for r in waiting]} did not become healthy in {timeout_s}s")
-            if waiting:
-                await asyncio.sleep(0.2)
+        outcome, which = await self._wait_healthy(self.replicas, time.monotonic() + timeout_s)
+        if outcome == "exited":
+            r = which[0]
+            raise FastgenError(f"{r.name} exited while starting ({exit_reason(r.exited())}); its error is in the "
+                               "log above")
+        if outcome != "up":
+            raise FastgenError(f"replicas {[r.index for r in which]} did not become healthy in {timeout_s}s")
+        for r in self.replicas:
+            r.state = "up"
 
     async def check_all(self) -> None:
         self.revive_dead()
         await asyncio.gather(*(r.check(self.health_timeout_s) for r in self.replicas))
+        self.restart_unhealthy()
 
     async def monitor(self, period_s: float = 1.0) -> None:
         """Keep the routing table's health flags fresh (a dead or stuck replica stops getting traffic) and
@@ -233,8 +290,57 @@ class ReplicaSet:
                 r.healthy = False
                 r.reviver = asyncio.ensure_future(self._revive(r))
 
-    async def _revive(self, r: Replica) -> None:
+    def restart_unhealthy(self) -> None:
+        """End and restart each live replica unhealthy for unhealthy_restart_s (after check(), which
+        keeps ``unhealthy_since``); until then, or if it cannot be restarted, say so in its detail."""
+        limit = self.unhealthy_restart_s
+        if self.stopping or not limit:
+            return
+        now = time.monotonic()
+        for r in self.replicas:
+            if r.state != "up" or r.healthy or r.unhealthy_since is None or r.exited() is not None:
+                continue
+            age = now - r.unhealthy_since
+            if age < limit:
+                r.detail = f"{r.verdict}; unhealthy for {age:.0f}s, the front door restarts it at {limit:g}s " \
+                           "(unhealthy_restart_s)"
+                continue
+            why_not = self._no_restart(r, now)
+            if why_not is not None:
+                r.detail = f"{r.verdict}; unhealthy for {age:.0f}s but not restarted: {why_not}"
+                if not r.held_back:
+                    r.held_back = True
+                    log.error("%s has been unhealthy for %.0fs (%s) but is NOT restarted: %s. It stays out of "
+                              "routing while it is unhealthy.", r.label(r.pid), age, r.verdict, why_not)
+                continue
+            r.killed_because = f"unhealthy for {age:.1f}s (unhealthy_restart_s={limit:g}): {r.verdict}"
+            if r.answered:
+                how = f"SIGTERM, then SIGKILL if it has not exited after {self.term_grace_s:g}s"
+            else:
+                how = "SIGKILL, as it answers nothing"
+            log.error("%s has been unhealthy for %.1fs (unhealthy_restart_s=%g): %s; ending it (%s) to restart "
+                      "it", r.label(r.pid), age, limit, r.verdict, how)
+            r.state, r.healthy, r.slow = "restarting", False, False
+            r.note = f"the front door is ending it to restart it: {r.killed_because}"
+            r.reviver = asyncio.ensure_future(self._revive(r, graceful=r.answered))
+
+    async def _end(self, r: Replica, graceful: bool) -> None:
+        """End a live replica: SIGTERM first if graceful (it drains, then exits), SIGKILL if it has not
+        exited after term_grace_s (or at once if not graceful)."""
+        if graceful:
+            r.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.term_grace_s
+            while r.exited() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        if r.exited() is None:
+            r.proc.kill()
+        await asyncio.to_thread(r.proc.wait)
+
+    async def _revive(self, r: Replica, graceful: bool | None = None) -> None:
+        """Restart r until it is back or left down; end its live process first if graceful is not None."""
         try:
+            if graceful is not None:
+                await self._end(r, graceful)
             while not await self._restart_once(r):
                 pass
         except asyncio.CancelledError:
@@ -246,26 +352,22 @@ class ReplicaSet:
     async def _restart_once(self, r: Replica) -> bool:
         """One restart attempt of a dead replica; True when done (back up, or left down for good)."""
         old_pid, rc = r.pid, r.exited()
-        how = exit_reason(rc)
+        how = r.ended(rc)
         if self.stopping:
             r.state, r.note = "stopped", "the deployment is stopping"
             return True
-        if rc in DELIBERATE_EXITS:
+        if rc in DELIBERATE_EXITS and r.killed_because is None:
             r.state, r.note = "stopped", "it was stopped on purpose, so it is not restarted"
             log.warning("%s stopped (%s); not restarting it", r.label(old_pid), how)
             return True
         now = time.monotonic()
-        r.restart_times = [t for t in r.restart_times if now - t < self.restart_window_s]
-        done = len(r.restart_times)
-        if done >= self.max_restarts:
-            times = "once" if done == 1 else f"{done} times"
-            why = ("restarts are off (max_restarts=0)" if self.max_restarts == 0 else
-                   f"it was restarted {times} within {self.restart_window_s:g}s (max_restarts={self.max_restarts}, "
-                   f"restart_window_s={self.restart_window_s:g})")
+        why = self._no_restart(r, now)
+        if why is not None:
             r.state, r.note = "failed", f"not restarted: {why}; it stays down until the deployment is restarted"
             log.error("%s died (%s) and is NOT restarted: %s. The deployment runs degraded on the other "
                       "replicas.", r.label(old_pid), how, why)
             return True
+        done = len(r.restart_times)
         delay = min(RESTART_BACKOFF_S * 2 ** done, RESTART_BACKOFF_MAX_S)
         attempt = f"restart {done + 1} of at most {self.max_restarts} within {self.restart_window_s:g}s"
         r.note = f"restarting in {delay:g}s ({attempt})"
@@ -282,7 +384,8 @@ class ReplicaSet:
         if old_client is not None:
             await old_client.aclose()
         started = time.monotonic()
-        if await self._wait_healthy(r, started + self.startup_timeout_s):
+        outcome, _ = await self._wait_healthy([r], started + self.startup_timeout_s)
+        if outcome == "up":
             r.state, r.note = "up", ""
             log.warning("%s is back: new process %d healthy after %.1fs (replaces pid %d, %s)", r.name, r.pid,
                         time.monotonic() - started, old_pid, how)
@@ -300,19 +403,45 @@ class ReplicaSet:
         r.healthy = False
         return False
 
-    async def _wait_healthy(self, r: Replica, deadline: float) -> bool:
-        while time.monotonic() < deadline and not self.stopping:
-            if r.exited() is not None:
-                return False
-            if os.path.exists(r.socket) and await r.probe(self.health_timeout_s):
-                return True
+    def _no_restart(self, r: Replica, now: float) -> str | None:
+        """Why r may not be restarted now (out of restarts within the window), or None if it may.
+        Forgets restarts older than the window."""
+        r.restart_times = [t for t in r.restart_times if now - t < self.restart_window_s]
+        done = len(r.restart_times)
+        if done < self.max_restarts:
+            return None
+        if self.max_restarts == 0:
+            return "restarts are off (max_restarts=0)"
+        times = "once" if done == 1 else f"{done} times"
+        return (f"it was restarted {times} within {self.restart_window_s:g}s (max_restarts={self.max_restarts}, "
+                f"restart_window_s={self.restart_window_s:g})")
+
+    async def _wait_healthy(self, replicas: list[Replica], deadline: float) -> tuple[str, list[Replica]]:
+        """Ask each of these starting replicas' /health until it answers 200 (start-up and restarts).
+        Returns ("up", []) once all have; ("exited", [r]) as soon as one's process exits; ("timeout", the
+        ones still starting) after the deadline, or ("stopping", them) once the set is stopping."""
+        waiting = list(replicas)
+        while True:
+            for r in list(waiting):
+                if r.exited() is not None:
+                    return "exited", [r]
+                if os.path.exists(r.socket) and await r.probe(self.health_timeout_s):
+                    waiting.remove(r)
+            if not waiting:
+                return "up", []
+            if self.stopping:
+                return "stopping", waiting
+            if time.monotonic() > deadline:
+                return "timeout", waiting
             await asyncio.sleep(0.2)
-        return False
 
     async def stop(self) -> None:
         """SIGTERM every replica (each drains, then exits), SIGKILL what is left after the drain timeout.
         Nothing is restarted from here on."""
         self.stopping = True
+        for r in self.replicas:
+            if r.asking is not None:
+                r.asking.cancel()
         revivers = [r.reviver for r in self.replicas if r.reviver is not None and not r.reviver.done()]
         for t in revivers:
             t.cancel()

@@ -7,7 +7,8 @@ aborts the request in its engine, freeing the KV blocks.
 A request is sent to another replica only if it cannot have run: the connection to its replica failed, or
 broke while that replica stays alive (it aborts what it got). Requests in flight on a replica whose process
 dies are lost (a request may be what killed it): a JSON answer is a 503 saying so, a stream ends with an
-in-band error event. The replica is restarted by ReplicaSet.monitor.
+in-band error event. The replica is restarted by ReplicaSet.monitor, which also ends and restarts a live
+replica that stays unhealthy (its requests are lost the same way, the message saying why it was ended).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from starlette.responses import StreamingResponse
 
 from .errors import APIError
 from .metrics import merge_expositions
-from .replicas import Replica, ReplicaSet, exit_reason
+from .replicas import Replica, ReplicaSet
 
 log = logging.getLogger("fastgen.server")
 RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
@@ -148,8 +149,8 @@ class RouterBackend:
             rc = r.exited()
             if rc is not None:
                 r.healthy, r.slow = False, False
-                r.detail = f"replica process {r.pid} exited: {exit_reason(rc)}"
-                return (f"{r.name} died {what} (its process {r.pid} exited: {exit_reason(rc)}); the request is "
+                r.detail = f"replica process {r.pid} exited: {r.ended(rc)}"
+                return (f"{r.name} died {what} (its process {r.pid} exited: {r.ended(rc)}); the request is "
                         "lost and was not retried: send it again")
             await asyncio.sleep(0.05)
         log.warning("the connection to %s broke %s (%s: %s) but its process lives", r.name, what,
@@ -212,14 +213,14 @@ class RouterBackend:
 
 
 class _RestartCollector:
-    """fastgen_replica_restarts_total: processes started to replace a dead one, per replica."""
+    """fastgen_replica_restarts_total: processes started to replace a dead (or ended, unhealthy) one."""
 
     def __init__(self, replicas: ReplicaSet):
         self.replicas = replicas
 
     def collect(self):
         c = CounterMetricFamily("fastgen_replica_restarts", "Times the replica's process was restarted after it "
-                                "died.", labels=["replica"])
+                                "died or stayed unhealthy.", labels=["replica"])
         for r in self.replicas:
             c.add_metric([str(r.index)], r.restarts)
         yield c

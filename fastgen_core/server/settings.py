@@ -22,6 +22,9 @@ class ServeSettings:
     replica's /health answer. cpu_threads: torch threads of each CPU replica (None: the cores left after
     one for the HTTP processes, shared among the CPU replicas). max_restarts / restart_window_s: a replica
     whose process dies is restarted, at most max_restarts times within restart_window_s seconds (0: never).
+    unhealthy_restart_s: a replica whose process lives but whose /health has said 503 (engine loop dead or
+    stuck) or nothing at all, with no 200 answer, for this many seconds is ended and restarted the same way
+    (0: never; it then only stays out of routing).
     """
 
     model: str | None = None
@@ -40,6 +43,7 @@ class ServeSettings:
     cpu_threads: int | None = None
     max_restarts: int = 5
     restart_window_s: float = 600.0
+    unhealthy_restart_s: float = 60.0
     engine_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -63,6 +67,10 @@ class ServeSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
+        v = self.unhealthy_restart_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:    # NaN too
+            raise ConfigError(f"unhealthy_restart_s must be a number of seconds >= 0 (restart a live replica "
+                              f"unhealthy that long; 0: never), got {v!r}")
         if self.deployment_name is None:
             self.deployment_name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(self.model).name) or "fastgen"
         if not NAME_RE.match(self.deployment_name):
@@ -82,7 +90,8 @@ class ServeSettings:
                 "--deployment-name", self.deployment_name, "--queue-limit", str(self.queue_limit),
                 "--drain-timeout", str(self.drain_timeout_s), "--stall-timeout", str(self.stall_timeout_s),
                 "--health-timeout", str(self.health_timeout_s), "--max-restarts", str(self.max_restarts),
-                "--restart-window", str(self.restart_window_s), "--log-level", self.log_level]
+                "--restart-window", str(self.restart_window_s), "--unhealthy-restart", str(self.unhealthy_restart_s),
+                "--log-level", self.log_level]
         if self.device is not None:
             args += ["--device", self.device]
         if self.device_map is not None:

@@ -1,9 +1,9 @@
 """A deployment started with fastgen_core.serve: two CPU replicas behind one front door.
 
-The tests run in file order on one deployment: routing, queue limit, a stuck replica seen by /health, a
-killed replica (its in-flight requests fail clearly, the other replica's don't, and it is restarted and
-serves again), a replica stopped on purpose (not restarted), and finally terminate() draining an in-flight
-stream and stopping every process.
+The tests run in file order on one deployment: routing, queue limit, a stuck replica seen by /health (and,
+with unhealthy_restart_s=0, left alone however long it is stuck), a killed replica (its in-flight requests
+fail clearly, the other replica's don't, and it is restarted and serves again), a replica stopped on
+purpose (not restarted), and finally terminate() draining an in-flight stream and stopping every process.
 """
 import asyncio
 import json
@@ -36,7 +36,7 @@ def deployment(tiny_model_dir, tmp_path_factory):
         mp.setenv("FASTGEN_CACHE", str(cache))
         client = fg.serve(str(tiny_model_dir[0]), deployment_name=f"two-{uuid.uuid4().hex[:6]}", port=0,
                           device="cpu", replicas=2, cpu_threads=1, queue_limit=QUEUE_LIMIT, health_timeout_s=1.0,
-                          max_ragged_sequence_count=SLOTS, kv_block_size=8)
+                          unhealthy_restart_s=0, max_ragged_sequence_count=SLOTS, kv_block_size=8)
         info = client.deployment()
         try:
             yield client, info, cache / "deployments"
@@ -91,6 +91,23 @@ def test_health_is_503_while_a_replica_is_stuck(deployment):
         os.kill(victim, signal.SIGCONT)
     _wait_until(lambda: _health(client) == 200, 30, "the replica did not recover from SIGSTOP")
     assert [r["pid"] for r in client.deployment()["replicas"]] == [r["pid"] for r in info["replicas"]]
+
+
+def test_with_unhealthy_restart_off_a_stopped_replica_is_left_alone(deployment):
+    client, info = deployment[:2]
+    victim = info["replicas"][1]["pid"]
+    os.kill(victim, signal.SIGSTOP)                 # answers nothing, for longer than a small unhealthy_restart_s
+    try:
+        time.sleep(3)
+        stuck = _replica_health(client, 1)
+        assert alive(victim) and stuck["pid"] == victim and stuck["state"] == "up" and not stuck["healthy"], stuck
+        assert stuck["detail"].startswith("no health answer from the replica for") and "restart" not in \
+            stuck["detail"], stuck
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    _wait_until(lambda: _health(client) == 200, 30, "the replica did not recover from SIGSTOP")
+    now = client.deployment()["replicas"]
+    assert [r["pid"] for r in now] == [r["pid"] for r in info["replicas"]] and now[1]["restarts"] == 0, now
 
 
 def _wait_until(cond, timeout, what):

@@ -28,6 +28,10 @@ def test_serve_reports_a_model_no_plugin_supports(tmp_path, monkeypatch):
     (dict(max_restarts=True), "max_restarts"),
     (dict(restart_window_s=0), "restart_window_s must be a positive number of seconds"),
     (dict(restart_window_s="60"), "restart_window_s"),
+    (dict(unhealthy_restart_s=-1), r"unhealthy_restart_s must be a number of seconds >= 0 .*0: never"),
+    (dict(unhealthy_restart_s=float("nan")), "unhealthy_restart_s"),
+    (dict(unhealthy_restart_s="60"), "unhealthy_restart_s"),
+    (dict(unhealthy_restart_s=True), "unhealthy_restart_s"),
     (dict(max_ragged_batch_size=0), "max_ragged_batch_size"),
 ])
 def test_bad_settings_are_refused_before_anything_starts(tiny_model_dir, kwargs, words):
