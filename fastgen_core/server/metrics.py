@@ -58,6 +58,8 @@ class _EngineCollector:
                   ("fastgen_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0..1).", s["kv_usage"]),
                   ("fastgen_kv_cache_blocks_used", "KV-cache blocks in use.", s["kv_blocks_used"]),
                   ("fastgen_kv_cache_blocks_total", "KV-cache blocks in all.", s["kv_blocks_total"]),
+                  ("fastgen_prefix_cache_blocks", "KV blocks registered in the prefix cache (held or evictable).",
+                   s["prefix_cache_blocks"]),
                   ("fastgen_engine_loop_alive", "1 while the engine loop thread runs.", int(s["alive"]))]
         for name, doc, value in gauges:
             g = GaugeMetricFamily(name, doc, labels=["replica"])
@@ -66,7 +68,10 @@ class _EngineCollector:
         counters = [("fastgen_num_preemptions", "Sequences preempted for KV space (recomputed).", "preemptions"),
                     ("fastgen_prompt_tokens", "Prompt tokens prefilled.", "prompt_tokens"),
                     ("fastgen_generation_tokens", "Tokens generated.", "generated_tokens"),
-                    ("fastgen_engine_steps", "Engine steps (forward passes).", "steps")]
+                    ("fastgen_engine_steps", "Engine steps (forward passes).", "steps"),
+                    ("fastgen_cuda_graph_steps", "Decode-only steps replayed from CUDA graphs.", "graph_steps"),
+                    ("fastgen_prefix_cache_hit_tokens", "Tokens taken from the prefix cache instead of computed.",
+                     "prefix_cache_hit_tokens")]
         for name, doc, key in counters:
             c = CounterMetricFamily(name, doc, labels=["replica"])
             c.add_metric([self.replica], s[key])
