@@ -12,6 +12,9 @@ KV policy, and why it cannot deadlock:
   sequence is therefore never preempted while another one runs, and on its own it always fits, because a
   request whose prompt + max_new_tokens cannot fit in the whole cache is refused at submission.
 - The waiting queue is kept in arrival order and served strictly FIFO, so nothing starves.
+- With prefix caching, cached blocks nobody holds count as free (any allocation may evict them), and an
+  admission that revives some of them counts those against the free space too, so the arithmetic above
+  is unchanged; a sequence admitted onto cached blocks starts its first chunk after them.
 """
 from __future__ import annotations
 
