@@ -36,17 +36,16 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype = torch.bfloat16) 
     """Copy bandwidth (bytes read + written) and GEMM rate, on random data (not zeros)."""
     cuda = device.type == "cuda"
     n = (2 << 30) // 2 if cuda else (64 << 20) // 4
-    x = torch.empty(n, dtype=dtype if cuda else torch.float32, device=device).normal_()
-    y = torch.empty_like(x)
-    s = _timed(lambda: y.copy_(x), 20 if cuda else 5, device)
-    bw = 2 * x.numel() * x.element_size() / s
-    del x, y
+    bufs = [torch.empty(n, dtype=dtype if cuda else torch.float32, device=device).normal_()]
+    bufs.append(torch.empty_like(bufs[0]))
+    s = _timed(lambda: bufs[1].copy_(bufs[0]), 20 if cuda else 5, device)
+    bw = 2 * bufs[0].numel() * bufs[0].element_size() / s
+    bufs.clear()                                  # free the copy buffers before the GEMM operands
     m = 8192 if cuda else 1024
     gd = dtype if cuda else torch.float32
-    a = torch.randn(m, m, dtype=gd, device=device)
-    b = torch.randn(m, m, dtype=gd, device=device)
-    s = _timed(lambda: a @ b, 10 if cuda else 3, device)
-    del a, b
+    bufs += [torch.randn(m, m, dtype=gd, device=device), torch.randn(m, m, dtype=gd, device=device)]
+    s = _timed(lambda: bufs[0] @ bufs[1], 10 if cuda else 3, device)
+    bufs.clear()
     if cuda:
         torch.cuda.empty_cache()
     return {"copy_TBps": round(bw / 1e12, 3), "gemm_TFLOPs": round(2 * m ** 3 / s / 1e12, 2),
