@@ -17,16 +17,9 @@ import httpx
 import pytest
 
 import fastgen_core as fg
+from fastgen_core.server.client import pid_alive as alive
 
 QUEUE_LIMIT, SLOTS = 2, 4          # per replica: 4 running + 2 waiting, then 429
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

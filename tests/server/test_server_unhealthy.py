@@ -17,16 +17,9 @@ import httpx
 import pytest
 
 import fastgen_core as fg
+from fastgen_core.server.client import pid_alive as alive
 
 UNHEALTHY_RESTART_S, HEALTH_TIMEOUT_S, STALL_TIMEOUT_S = 2.0, 0.5, 1.0
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def wait_until(cond, timeout, what):
