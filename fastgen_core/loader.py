@@ -102,11 +102,7 @@ def load_weights(model: nn.Module, weight_map: WeightMap, tensors: Iterator[tupl
             del pending[target]
         if rule.transform is not None:
             tensor = rule.transform(tensor)
-        p = params[target]
-        if tuple(tensor.shape) != tuple(p.shape):
-            raise WeightLoadError(f"tensor {name!r} has shape {tuple(tensor.shape)} but {target!r} expects "
-                                  f"{tuple(p.shape)}")
-        p.copy_(tensor)
+        copy_checked(params[target], tensor, f"tensor {name!r}", repr(target))
         filled.add(target)
     if pending:
         t, parts = next(iter(pending.items()))
@@ -117,6 +113,13 @@ def load_weights(model: nn.Module, weight_map: WeightMap, tensors: Iterator[tupl
         n = missing[0]
         raise WeightLoadError(f"checkpoint is missing {weight_map.sources_for(n) or [n]} (for parameter {n!r}); "
                               f"{len(missing)} parameter(s) unfilled in all")
+
+
+def copy_checked(param: torch.Tensor, tensor: torch.Tensor, what: str, target: str) -> None:
+    """param <- tensor (cast to param's dtype), or a WeightLoadError naming both when the shapes differ."""
+    if tuple(tensor.shape) != tuple(param.shape):
+        raise WeightLoadError(f"{what} has shape {tuple(tensor.shape)} but {target} expects {tuple(param.shape)}")
+    param.copy_(tensor)
 
 
 def _persistent_buffers(model: nn.Module) -> set[str]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, WeightLoadError
+from .loader import copy_checked
 
 META = "fastgen_snapshot.json"
 TENSORS = "fastgen_model.safetensors"
@@ -91,12 +92,7 @@ def load(model: nn.Module, model_dir: Path, meta: dict) -> None:
             if name not in targets:
                 raise WeightLoadError(f"snapshot tensor {name!r} is not a parameter of this "
                                       f"{meta['family']!r} model (config.json and snapshot disagree?)")
-            t = sf.get_tensor(name)
-            p = targets[name]
-            if tuple(t.shape) != tuple(p.shape):
-                raise WeightLoadError(f"snapshot tensor {name!r} has shape {tuple(t.shape)} but the model "
-                                      f"expects {tuple(p.shape)}")
-            p.copy_(t)
+            copy_checked(targets[name], sf.get_tensor(name), f"snapshot tensor {name!r}", "the model")
             filled.add(name)
     missing = [n for n in targets if n not in filled and n not in aliases]
     if missing:

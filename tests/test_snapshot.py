@@ -79,9 +79,13 @@ def test_bad_snapshots_are_refused_by_name(tiny_model_dir, tmp_path):
     (snap / META).write_text(json.dumps(meta))
     with safe_open(str(snap / TENSORS), framework="pt") as sf:
         tensors = {n: sf.get_tensor(n) for n in sf.keys()}
-    del tensors["layers.1.mlp.down_proj.weight"]
+    down = tensors.pop("layers.1.mlp.down_proj.weight")
     save_file(tensors, str(snap / TENSORS))
     with pytest.raises(WeightLoadError, match=r"missing \['layers.1.mlp.down_proj.weight'\]"):
+        pipeline(str(snap), device="cpu")
+    save_file({**tensors, "layers.1.mlp.down_proj.weight": down[:, :3].contiguous()}, str(snap / TENSORS))
+    with pytest.raises(WeightLoadError, match=r"snapshot tensor 'layers.1.mlp.down_proj.weight' has shape "
+                                              r"\(64, 3\) but the model expects \(64, 128\)"):
         pipeline(str(snap), device="cpu")
     with pytest.raises(ConfigError, match="is the model directory itself"):
         pipeline(str(snap), device="cpu", load_format="dummy").engine.save_snapshot(snap)
