@@ -71,6 +71,8 @@ def test_gpu_kv_budget_is_this_process_share_of_the_card():
     total, weights, act = 80 * GIB, 14 * GIB, 2 * GIB
     # one engine on an empty card (0.5 GiB of CUDA context outside torch)
     assert gpu_kv_budget(total, total - GIB // 2 - weights, weights, 0.9, act) == int(0.9 * total) - weights - act
+    # the whole card: the CUDA context's half GiB comes out of the share instead of failing
+    assert gpu_kv_budget(total, total - GIB // 2 - weights, weights, 1.0, act) == total - GIB // 2 - weights - act
     # two replicas on one GPU at 0.45: the second sees the first's 36 GiB gone and still gets its own share
     first = gpu_kv_budget(total, total - GIB // 2 - weights, weights, 0.45, act)
     free_for_second = total - GIB - 36 * GIB - weights

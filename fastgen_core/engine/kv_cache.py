@@ -33,16 +33,17 @@ def gpu_kv_budget(total: int, free: int, own: int, fraction: float, activations:
     """Bytes for the KV cache on a GPU: this process may use ``fraction`` of the card in all (vLLM's
     ``gpu_memory_utilization`` meaning), of which ``own`` (weights already loaded, allocator cache) and
     ``activations`` are not KV. So two replicas on one GPU at 0.45 each both fit. Raises ValueError naming
-    the numbers when others already hold so much that the fraction cannot be had.
+    the numbers when others already hold so much that the fraction cannot be had (beyond 1 GiB of CUDA
+    context and the like, which is taken from the share: fraction 1.0 works on an otherwise empty card).
     """
     want = fraction * total
-    if free + own < want:
+    if free + own < want - GIB:             # (up to 1 GiB short: CUDA contexts, taken from the share)
         raise ValueError(
             f"gpu_memory_fraction={fraction} asks for {want / GIB:.1f} GiB of {device}'s {total / GIB:.1f} GiB, but "
             f"only {(free + own) / GIB:.1f} GiB are free to this process (other processes hold "
             f"{(total - free - own) / GIB:.1f} GiB); lower gpu_memory_fraction (it is this process's share of the "
             f"card: e.g. 0.45 for each of two replicas on one GPU)")
-    return int(want - own - activations)
+    return int(min(want, free + own) - own - activations)
 
 
 class BlockAllocator:
