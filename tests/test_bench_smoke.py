@@ -81,3 +81,19 @@ def test_unknown_preset_and_bad_peer_are_rejected(tmp_path):
         write_preset("gpt-5", tmp_path)
     with pytest.raises(SystemExit):
         main(["bench", "--preset", "tiny-llama", "--peer", "vllm"])
+
+
+def test_shared_prefix_workload_and_prefix_cached_bench(tmp_path):
+    plain = make_workload(20, 100, 8, seed=2, vocab_size=512, max_context=1024)
+    shared = make_workload(20, 100, 8, seed=2, vocab_size=512, max_context=1024, shared_prefix=64)
+    assert [len(p) for p in plain.prompts] == [len(p) for p in shared.prompts]       # same lengths, same floor
+    assert len({tuple(p[:64]) for p in shared.prompts if len(p) > 64}) == 1
+    assert all(p[-1] == q[-1] for p, q in zip(plain.prompts, shared.prompts))
+    out = tmp_path / "r.jsonl"
+    assert main(["bench", "--preset", "tiny-llama", "--device", "cpu", "--num-requests", "6", "--prompt-mean", "60",
+                 "--gen-mean", "4", "--peer", "none", "--shared-prefix", "48", "--enable-prefix-caching",
+                 "--kv-block-size", "8", "--output", str(out)]) == 0
+    ours = [json.loads(line) for line in out.read_text().splitlines()]
+    ours = [r for r in ours if r["kind"] == "offline"]
+    assert ours[0]["prefix_caching"] and ours[0]["shared_prefix"] == 48
+    assert ours[0]["prefix_cache_hit_tokens"] >= 5 * 40             # every request after the first hits

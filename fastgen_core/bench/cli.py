@@ -55,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-block-size", type=int, default=None)
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--gpu-memory-fraction", type=float, default=0.9)
+    p.add_argument("--shared-prefix", type=int, default=0,
+                   help="tokens every prompt starts with (a system prompt); lengths are unchanged")
+    p.add_argument("--enable-prefix-caching", action="store_true",
+                   help="our engine reuses cached prefix blocks (the floor still counts every prompt token)")
     p.add_argument("--warm-passes", type=int, default=1,
                    help="untimed passes over the first scenario before timing (their wall times are recorded)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
@@ -120,14 +124,15 @@ def run_bench_args(args) -> list[dict]:
                        max_ragged_batch_size=args.max_ragged_batch_size, kv_block_size=args.kv_block_size,
                        max_ragged_sequence_count=args.max_ragged_sequence_count, num_kv_blocks=args.num_kv_blocks,
                        gpu_memory_fraction=args.gpu_memory_fraction, seed=args.seed,
-                       cuda_graphs=args.cuda_graphs)
+                       cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching)
     device = cfg.torch_device()
     if cfg.dtype is None:
         cfg.dtype = "bfloat16" if device.type == "cuda" else "float32"
     run_id = time.strftime("%Y%m%dT%H%M%S")
     base = {"run": run_id, "model": name, "tag": args.tag, **_env(device), "dtype": str(cfg.dtype),
             "max_ragged_batch_size": args.max_ragged_batch_size,
-            "cuda_graphs": bool(args.cuda_graphs and device.type == "cuda")}
+            "cuda_graphs": bool(args.cuda_graphs and device.type == "cuda"), "shared_prefix": args.shared_prefix,
+            "prefix_caching": args.enable_prefix_caching}
     records: list[dict] = []
     out_path = Path(args.output)
 
@@ -149,7 +154,8 @@ def run_bench_args(args) -> list[dict]:
          kv_block_size=engine.allocator.block_size, **counts)
     scenarios = []
     for g in args.gen_mean:
-        w = make_workload(args.num_requests, args.prompt_mean, g, args.seed, mc.vocab_size, engine.max_context)
+        w = make_workload(args.num_requests, args.prompt_mean, g, args.seed, mc.vocab_size, engine.max_context,
+                          args.shared_prefix)
         floor = roofline.floor_seconds(counts["active_params"], counts["weight_bytes"], w.prompt_tokens,
                                        w.gen_tokens, max(w.gen_lens), ceilings)
         scen = {"num_requests": args.num_requests, "mean_prompt": args.prompt_mean, "mean_gen": g}

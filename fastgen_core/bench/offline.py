@@ -56,4 +56,5 @@ def run_offline(engine, workload: Workload) -> dict:
             "gen_tok_s": round(got / wall, 2), "total_tok_s": round((got + workload.prompt_tokens) / wall, 2),
             "mean_ttft_s": round(sum(first.values()) / len(first), 4), "mean_e2e_s": round(sum(e2e) / len(e2e), 4),
             "steps": stats["steps"] - stats0["steps"], "preemptions": stats["preemptions"] - stats0["preemptions"],
-            "graph_steps": stats["graph_steps"] - stats0["graph_steps"]}
+            "graph_steps": stats["graph_steps"] - stats0["graph_steps"],
+            "prefix_cache_hit_tokens": stats["prefix_cache_hit_tokens"] - stats0["prefix_cache_hit_tokens"]}

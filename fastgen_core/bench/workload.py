@@ -32,8 +32,11 @@ class Workload:
 
 
 def make_workload(n: int, mean_prompt: int, mean_gen: int, seed: int = 0, vocab_size: int = 50000,
-                  max_context: int | None = None) -> Workload:
-    """Same draws as hf_baseline.workload for the same arguments (so numbers are comparable)."""
+                  max_context: int | None = None, shared_prefix: int = 0) -> Workload:
+    """Same draws as hf_baseline.workload for the same arguments (so numbers are comparable).
+
+    ``shared_prefix`` > 0: the first ``shared_prefix`` tokens of every prompt (all but its last token, if it
+    is shorter) are one common random prefix, like a system prompt; lengths are unchanged."""
     if n < 1 or mean_prompt < 1 or mean_gen < 1:
         raise ValueError(f"num_requests, prompt mean and generation mean must be >= 1, got {n}, {mean_prompt}, "
                          f"{mean_gen}")
@@ -46,6 +49,12 @@ def make_workload(n: int, mean_prompt: int, mean_gen: int, seed: int = 0, vocab_
         ps = [min(p, max_context - x - 1) for p, x in zip(ps, gs)]
     lo = min(100, vocab_size // 2)
     prompts = [torch.randint(lo, min(50000, vocab_size), (p,), generator=g).tolist() for p in ps]
+    if shared_prefix < 0:
+        raise ValueError(f"shared_prefix must be >= 0, got {shared_prefix}")
+    if shared_prefix:
+        g2 = torch.Generator().manual_seed(seed + 1)
+        prefix = torch.randint(lo, min(50000, vocab_size), (shared_prefix,), generator=g2).tolist()
+        prompts = [prefix[:min(shared_prefix, len(q) - 1)] + q[min(shared_prefix, len(q) - 1):] for q in prompts]
     return Workload(prompts, gs, mean_prompt, mean_gen, seed)
 
 
