@@ -39,6 +39,16 @@ def our_logits(engine: LLMEngine, seqs: list[list[int]], first: int, second: int
     return [torch.cat(o) for o in out]
 
 
+@torch.no_grad()
+def sharpen_router(model, save_dir, scale: float = 16.0) -> None:
+    """Scale a saved MoE model's router weights and save it again: random near-tied router logits make
+    bf16 rounding pick other experts, where a trained router is decisive."""
+    for n, p in model.named_parameters():
+        if n.endswith("mlp.gate.weight"):
+            p.mul_(scale)
+    model.save_pretrained(save_dir)
+
+
 @torch.inference_mode()
 def hf_logits(model, seqs: list[list[int]]) -> list[torch.Tensor]:
     ids = torch.tensor(seqs, device=model.device)

@@ -6,7 +6,7 @@ import tempfile
 import torch
 
 import test_agreement_gpu as T
-from agreement import agreement
+from agreement import agreement, sharpen_router
 from fastgen_core.testing import save_tiny_model
 
 names = sys.argv[1].split(",") if len(sys.argv) > 1 else list(T._configs())
@@ -20,11 +20,7 @@ for name in names:
             d = tempfile.mkdtemp()
             m = save_tiny_model(cfg, d, init_std=std)
             if name == "mixtral":
-                with torch.no_grad():
-                    for n, p in m.named_parameters():
-                        if n.endswith("mlp.gate.weight"):
-                            p.mul_(16.0)
-                m.save_pretrained(d)
+                sharpen_router(m, d)
             r = agreement(d, cfg, "cuda", torch.bfloat16, num_seqs=8)
             print(f"SWEEP {name:<16} std {std:<5} L{layers} ours_vs_hf {r['ours_vs_hf']:.4f} hf_vs_fp32 "
                   f"{r['hf_vs_hf_fp32']:.4f} ours_vs_fp32 {r['ours_vs_hf_fp32']:.4f}", flush=True)

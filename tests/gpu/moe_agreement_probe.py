@@ -6,7 +6,7 @@ import tempfile
 import torch
 
 import test_agreement_gpu as T
-from agreement import agreement
+from agreement import agreement, sharpen_router
 from fastgen_core.testing import save_tiny_model
 
 device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
@@ -16,11 +16,7 @@ for scale in (1.0, 4.0, 16.0):
         d = tempfile.mkdtemp()
         torch.manual_seed(seed)
         m = save_tiny_model(cfg, d, init_std=0.02)
-        with torch.no_grad():
-            for n, p in m.named_parameters():
-                if n.endswith("mlp.gate.weight"):
-                    p.mul_(scale)
-        m.save_pretrained(d)
+        sharpen_router(m, d, scale)
         r = agreement(d, cfg, device, torch.bfloat16, num_seqs=16, seed=seed)
         print(f"MOEPROBE router x{scale:<4} seed {seed} ours_vs_hf {r['ours_vs_hf']:.4f} hf_vs_fp32 "
               f"{r['hf_vs_hf_fp32']:.4f} ours_vs_fp32 {r['ours_vs_hf_fp32']:.4f} "

@@ -8,7 +8,7 @@ bf16 rounding on near-ties (vocab 2048 put two correct bf16 implementations at 9
 import pytest
 import torch
 
-from agreement import agreement
+from agreement import agreement, sharpen_router
 from fastgen_core.registry import FamilyRegistry
 from fastgen_core.testing import save_tiny_model
 
@@ -54,12 +54,7 @@ def test_teacher_forced_agreement(name, dtype, tmp_path):
         pytest.skip(f"no installed family plugin serves model_type {cfg.model_type!r}")
     model = save_tiny_model(cfg, tmp_path, init_std=0.02)
     if name == "mixtral":
-        # a sharper router: near-tied router logits make bf16 rounding pick other experts
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n.endswith("mlp.gate.weight"):
-                    p.mul_(16.0)
-        model.save_pretrained(tmp_path)
+        sharpen_router(model, tmp_path)
     r = agreement(tmp_path, cfg, "cuda", dtype, num_seqs=16)
     print(f"AGREEMENT {name} {dtype} {r}")
     assert r["ours_vs_hf_on_stable"] >= 0.99, f"{name} {dtype}: top-1 agreement {r}"
