@@ -22,6 +22,15 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_long_model_dir(tmp_path_factory):
+    """The tiny Llama's shape with a 4096-token context (requests that run for thousands of tokens)."""
+    path = tmp_path_factory.mktemp("tiny-llama-4k")
+    save_tiny_model(tiny_llama_config(max_position_embeddings=4096), path, tokenizer=make_tiny_tokenizer(VOCAB),
+                    init_std=0.1)
+    return path
+
+
+@pytest.fixture(scope="session")
 def pipe(tiny_model_dir):
     import fastgen_core as fg
     p = fg.pipeline(str(tiny_model_dir[0]), device="cpu", max_ragged_batch_size=32, kv_block_size=8)

@@ -23,15 +23,13 @@ def wait_for_record(cache, name, proc, timeout=180):
     raise AssertionError(f"no deployment record after {timeout}s")
 
 
-@pytest.fixture(scope="session")
-def cli_server(tiny_model_dir, tmp_path_factory):
-    """``fastgen serve`` as a user starts it (one replica, an API key, any free port). Its records live in a
-    temporary FASTGEN_CACHE, given to the server's environment only (tests that look it up by name set it)."""
-    cache = tmp_path_factory.mktemp("fastgen-cache")
+def serve(model_dir, cache, *extra):
+    """``fastgen serve`` as a user starts it (one replica, an API key, any free port) over ``model_dir``; its
+    records live in the temporary FASTGEN_CACHE ``cache``, given to the server's environment only."""
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, "-m", "fastgen_core.cli", "serve", "--model", str(tiny_model_dir[0]), "--port", "0",
+    cmd = [sys.executable, "-m", "fastgen_core.cli", "serve", "--model", str(model_dir), "--port", "0",
            "--deployment-name", name, "--api-key", API_KEY, "--device", "cpu", "--cpu-threads", "1",
-           "--kv-block-size", "8"]
+           "--kv-block-size", "8", *extra]
     proc = subprocess.Popen(cmd, env={**os.environ, "FASTGEN_CACHE": str(cache)})
     try:
         rec = wait_for_record(cache, name, proc)
@@ -42,3 +40,15 @@ def cli_server(tiny_model_dir, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+@pytest.fixture(scope="session")
+def cli_server(tiny_model_dir, tmp_path_factory):
+    """A deployment of the tiny Llama of tests/conftest.py (tests that look it up by name set FASTGEN_CACHE)."""
+    yield from serve(tiny_model_dir[0], tmp_path_factory.mktemp("fastgen-cache"))
+
+
+@pytest.fixture(scope="module")
+def long_server(tiny_long_model_dir, tmp_path_factory):
+    """A deployment of the tiny Llama with a 4096-token context."""
+    yield from serve(tiny_long_model_dir, tmp_path_factory.mktemp("fastgen-cache-4k"))
