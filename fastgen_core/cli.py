@@ -27,6 +27,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--load-format", default="auto")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="shard the model over this many GPUs from --device on (on CPU: processes)")
 
 
 def _generate(args) -> int:
@@ -37,16 +39,20 @@ def _generate(args) -> int:
                    temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, stop=args.stop, ignore_eos=args.ignore_eos)
     fg.SamplingParams(**options)
-    pipe = fg.pipeline(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format)
-    prompt = " ".join(args.prompt)
-    if args.chat:
-        tok = pipe.tokenizer
-        if tok is None or not getattr(tok, "chat_template", None):
-            raise fg.InvalidRequestError("--chat needs a tokenizer with a chat template; this model has none")
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
-        prompt = tok(text, add_special_tokens=False).input_ids
-    print(pipe(prompt, **options)[0].generated_text)
+    pipe = fg.pipeline(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format,
+                       tensor_parallel_size=args.tensor_parallel_size)
+    try:
+        prompt = " ".join(args.prompt)
+        if args.chat:
+            tok = pipe.tokenizer
+            if tok is None or not getattr(tok, "chat_template", None):
+                raise fg.InvalidRequestError("--chat needs a tokenizer with a chat template; this model has none")
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                           add_generation_prompt=True)
+            prompt = tok(text, add_special_tokens=False).input_ids
+        print(pipe(prompt, **options)[0].generated_text)
+    finally:
+        pipe.destroy()          # stops tensor-parallel workers, if any
     return 0
 
 

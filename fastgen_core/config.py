@@ -24,6 +24,8 @@ class EngineConfig:
     graphs captured at start-up (False: always eager, like vLLM's ``enforce_eager``).
     enable_prefix_caching: keep the K/V of full blocks after their sequence ends, and start a new sequence
     whose tokens begin with cached blocks after them (shared system prompts, multi-turn chats, retries).
+    tensor_parallel_size: shard every layer over this many GPUs (``device``'s index and the ones after
+    it) or, on CPU, processes; rank 0 runs in this process, the others in child processes.
     """
 
     model: str
@@ -42,12 +44,14 @@ class EngineConfig:
     cuda_graphs: bool = True
     cuda_graph_max_batch: int = 256
     enable_prefix_caching: bool = False
+    tensor_parallel_size: int = 1
 
     def __post_init__(self):
         for name in ("cuda_graphs", "enable_prefix_caching"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("max_ragged_batch_size", "max_ragged_sequence_count", "cuda_graph_max_batch"):
+        for name in ("max_ragged_batch_size", "max_ragged_sequence_count", "cuda_graph_max_batch",
+                     "tensor_parallel_size"):
             _positive_int(name, getattr(self, name))
         for name in ("kv_block_size", "num_kv_blocks", "max_context"):
             if getattr(self, name) is not None:
@@ -67,6 +71,12 @@ class EngineConfig:
                 raise ConfigError(f"device {self.device!r} requested but CUDA is not available here")
             if dev.type not in ("cpu", "cuda"):
                 raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        dev = self.torch_device()
+        if dev.type == "cuda" and self.tensor_parallel_size > 1:
+            have = torch.cuda.device_count() - (dev.index or 0)
+            if self.tensor_parallel_size > have:
+                raise ConfigError(f"tensor_parallel_size={self.tensor_parallel_size} needs that many GPUs from "
+                                  f"{dev} on, but {have} are there; allowed: 1..{have}")
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> "EngineConfig":

@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from . import parallel
 from .errors import ConfigError, WeightLoadError
 from .weights import WeightMap
 
@@ -116,10 +117,12 @@ def load_weights(model: nn.Module, weight_map: WeightMap, tensors: Iterator[tupl
 
 
 def copy_checked(param: torch.Tensor, tensor: torch.Tensor, what: str, target: str) -> None:
-    """param <- tensor (cast to param's dtype), or a WeightLoadError naming both when the shapes differ."""
-    if tuple(tensor.shape) != tuple(param.shape):
-        raise WeightLoadError(f"{what} has shape {tuple(tensor.shape)} but {target} expects {tuple(param.shape)}")
-    param.copy_(tensor)
+    """param <- tensor (cast to param's dtype), or a WeightLoadError naming both when the shapes differ.
+    ``tensor`` is the whole checkpoint tensor; a tensor-parallel slice takes its own part of it."""
+    want = parallel.full_shape(param)
+    if tuple(tensor.shape) != want:
+        raise WeightLoadError(f"{what} has shape {tuple(tensor.shape)} but {target} expects {want}")
+    param.copy_(parallel.take_slice(param, tensor))
 
 
 def _persistent_buffers(model: nn.Module) -> set[str]:
@@ -136,4 +139,8 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
         else:
             if p.device not in gens:
                 gens[p.device] = torch.Generator(device=p.device).manual_seed(seed)
-            p.normal_(0.0, 0.02, generator=gens[p.device])
+            if hasattr(p, "tp_ranges"):     # drawn whole, then sliced: the same model at every tensor-parallel size
+                full = torch.empty(parallel.full_shape(p), dtype=p.dtype, device=p.device)
+                p.copy_(parallel.take_slice(p, full.normal_(0.0, 0.02, generator=gens[p.device])))
+            else:
+                p.normal_(0.0, 0.02, generator=gens[p.device])

@@ -163,6 +163,49 @@ def check_family(hf_config, tmp_path: str | Path, num_prompts: int = 16, max_new
     return report
 
 
+def check_family_tp(hf_config, tmp_path: str | Path, tensor_parallel_size: int = 2, num_prompts: int = 16,
+                    max_new_tokens: int = 8, budget: int = 64, max_len: int = 200, kv_block_size: int = 4,
+                    atol: float = 1e-4, seed: int = 0, init_std: float | None = None,
+                    decode_graph_batch: int = 6) -> ConformanceReport:
+    """``check_family``'s oracle with the model sharded over ``tensor_parallel_size`` CPU processes (gloo):
+    one engine with a small token budget (prompts split over steps, mixed with decodes), a KV cache for
+    about one long sequence (preemption) and prefix caching on; the prompts run twice, the second time from
+    cached blocks and with decode steps of up to ``decode_graph_batch`` sequences on the CUDA-graph path's
+    padded buffers (without capture) on every rank. Greedy tokens must equal transformers' and first-token
+    logits be within ``atol``."""
+    tmp_path = Path(tmp_path) / f"model-tp{tensor_parallel_size}"
+    ref = save_tiny_model(hf_config, tmp_path, seed=seed, init_std=init_std)
+    max_ctx = getattr(hf_config, "max_position_embeddings", None) or 4096
+    prompts = random_prompts(num_prompts, hf_config.vocab_size, 1, min(max_len, max_ctx - max_new_tokens - 1), seed)
+    expected = [hf_greedy(ref, p, max_new_tokens) for p in prompts]
+    first_logits = [hf_last_logits(ref, p) for p in prompts]
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    pipe = pipeline(str(tmp_path), device="cpu", dtype="float32", kv_block_size=kv_block_size,
+                    max_ragged_batch_size=budget, num_kv_blocks=-(-longest // kv_block_size) + 2,
+                    enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size)
+    try:
+        graphs = None
+        for round_ in range(2):
+            if round_ == 1:
+                graphs = pipe.engine.runner.enable_decode_graphs(decode_graph_batch, pipe.engine.max_context,
+                                                                  capture=False)
+            outs = pipe(prompts, max_new_tokens=max_new_tokens, ignore_eos=True, return_logits=True)
+            for i, (o, want) in enumerate(zip(outs, expected)):
+                assert o.token_ids == want, (f"tp={tensor_parallel_size} round {round_}: prompt {i} (len "
+                                             f"{len(prompts[i])}): fastgen {o.token_ids} != transformers {want}")
+                diff = (o.logits[0] - first_logits[i]).abs().max().item()
+                assert diff <= atol, f"tp={tensor_parallel_size}: prompt {i}: first-token logits differ by {diff}"
+        stats = pipe.engine.stats()
+    finally:
+        pipe.destroy()
+    assert stats["kv_blocks_used"] == 0, f"KV blocks leaked: {stats}"
+    assert stats["preemptions"] > 0, f"the tight KV cache never preempted ({stats}); the test would prove less"
+    assert stats["prefix_cache_hit_tokens"] > 0, f"the prefix cache was never hit ({stats})"
+    assert stats["graph_steps"] > 0, f"no step took the decode-graph path ({stats})"
+    return ConformanceReport([{"tensor_parallel_size": tensor_parallel_size, "preemptions": stats["preemptions"],
+                               "steps": stats["steps"], "graph_steps": stats["graph_steps"]}])
+
+
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 

@@ -97,3 +97,23 @@ def test_shared_prefix_workload_and_prefix_cached_bench(tmp_path):
     ours = [r for r in ours if r["kind"] == "offline"]
     assert ours[0]["prefix_caching"] and ours[0]["shared_prefix"] == 48
     assert ours[0]["prefix_cache_hit_tokens"] >= 5 * 40             # every request after the first hits
+
+
+def test_tensor_parallel_bench_counts_the_whole_model_and_both_ranks_ceilings(tmp_path):
+    from fastgen_core.bench import run_bench
+    common = dict(preset="tiny-llama", device="cpu", num_requests=3, prompt_mean=12, gen_mean=[4], peer=[],
+                  warm_passes=0)
+    one = run_bench(**common, output=str(tmp_path / "1.jsonl"))
+    two = run_bench(**common, tensor_parallel_size=2, output=str(tmp_path / "2.jsonl"))
+    model = [next(r for r in recs if r["kind"] == "model") for recs in (one, two)]
+    assert model[0]["params"] == model[1]["params"] and model[0]["weight_bytes"] == model[1]["weight_bytes"]
+    offline = [next(r for r in recs if r["kind"] == "offline") for recs in (one, two)]
+    assert offline[1]["tensor_parallel_size"] == 2 and offline[1]["gen_tokens"] == offline[0]["gen_tokens"]
+    ceil = [next(r for r in recs if r["kind"] == "ceilings") for recs in (one, two)]
+    # the floor of two ranks uses twice the measured ceilings: recover the decode steps from the one-rank floor
+    m, o = model[0], offline[0]
+    flops = 2 * m["active_params"] * (o["prompt_tokens"] + o["gen_tokens"])
+    steps = (o["floor_s"] - flops / (ceil[0]["gemm_TFLOPs"] * 1e12)) * ceil[0]["copy_TBps"] * 1e12 / m["weight_bytes"]
+    assert steps == pytest.approx(round(steps), abs=0.05) and steps >= 4
+    want = flops / (2 * ceil[1]["gemm_TFLOPs"] * 1e12) + round(steps) * m["weight_bytes"] / (2 * ceil[1]["copy_TBps"] * 1e12)
+    assert offline[1]["floor_s"] == pytest.approx(want, rel=2e-3)

@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="our engine reuses cached prefix blocks (the floor still counts every prompt token)")
     p.add_argument("--warm-passes", type=int, default=1,
                    help="untimed passes over the first scenario before timing (their wall times are recorded)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="shard the model over this many GPUs; the floor then uses this many cards' ceilings")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="run decode steps eagerly (default: CUDA graphs on CUDA)")
     p.add_argument("--online", type=_int_list, default=[], help="client counts for the closed-loop run, e.g. 1,2,4,8,16,32")
@@ -124,7 +126,8 @@ def run_bench_args(args) -> list[dict]:
                        max_ragged_batch_size=args.max_ragged_batch_size, kv_block_size=args.kv_block_size,
                        max_ragged_sequence_count=args.max_ragged_sequence_count, num_kv_blocks=args.num_kv_blocks,
                        gpu_memory_fraction=args.gpu_memory_fraction, seed=args.seed,
-                       cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching)
+                       cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching,
+                       tensor_parallel_size=args.tensor_parallel_size)
     device = cfg.torch_device()
     if cfg.dtype is None:
         cfg.dtype = "bfloat16" if device.type == "cuda" else "float32"
@@ -132,7 +135,7 @@ def run_bench_args(args) -> list[dict]:
     base = {"run": run_id, "model": name, "tag": args.tag, **_env(device), "dtype": str(cfg.dtype),
             "max_ragged_batch_size": args.max_ragged_batch_size,
             "cuda_graphs": bool(args.cuda_graphs and device.type == "cuda"), "shared_prefix": args.shared_prefix,
-            "prefix_caching": args.enable_prefix_caching}
+            "prefix_caching": args.enable_prefix_caching, "tensor_parallel_size": args.tensor_parallel_size}
     records: list[dict] = []
     out_path = Path(args.output)
 
@@ -146,6 +149,10 @@ def run_bench_args(args) -> list[dict]:
 
     ceilings = roofline.measure_ceilings(device, torch.bfloat16)
     emit(kind="ceilings", **ceilings)
+    # N cards: N times one card's GEMM rate and bandwidth (measured on the first; replicated weights such as
+    # the embeddings are read by every card, which this floor leaves out, so it errs low)
+    tp = args.tensor_parallel_size
+    floor_ceilings = {**ceilings, "gemm_TFLOPs": ceilings["gemm_TFLOPs"] * tp, "copy_TBps": ceilings["copy_TBps"] * tp}
     t = time.perf_counter()
     engine = LLMEngine(cfg)
     mc = engine.model_config
@@ -157,7 +164,7 @@ def run_bench_args(args) -> list[dict]:
         w = make_workload(args.num_requests, args.prompt_mean, g, args.seed, mc.vocab_size, engine.max_context,
                           args.shared_prefix)
         floor = roofline.floor_seconds(counts["active_params"], counts["weight_bytes"], w.prompt_tokens,
-                                       w.gen_tokens, max(w.gen_lens), ceilings)
+                                       w.gen_tokens, max(w.gen_lens), floor_ceilings)
         scen = {"num_requests": args.num_requests, "mean_prompt": args.prompt_mean, "mean_gen": g}
         scenarios.append((scen, w, floor))
     offline.warm_up(engine, scenarios[0][1])

@@ -8,9 +8,12 @@ reads, so achieved/floor > 1 also measures those; it is the same floor hf_baseli
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
+
+from .. import parallel
 
 
 def _timed(fn, reps: int, device: torch.device) -> float:
@@ -53,14 +56,16 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype = torch.bfloat16) 
 
 
 def count_params(model: torch.nn.Module, hf_config: dict) -> dict:
-    """Total and active parameters and weight bytes (tied weights counted once)."""
+    """Total and active parameters and weight bytes of the whole model (tied weights counted once; under
+    tensor parallelism the full tensors this rank holds slices of)."""
     seen, total, nbytes = set(), 0, 0
     for p in model.parameters():
         if p.data_ptr() in seen:
             continue
         seen.add(p.data_ptr())
-        total += p.numel()
-        nbytes += p.numel() * p.element_size()
+        n = math.prod(parallel.full_shape(p))
+        total += n
+        nbytes += n * p.element_size()
     active = total
     experts = hf_config.get("num_local_experts") or hf_config.get("num_experts")
     top_k = hf_config.get("num_experts_per_tok")

@@ -17,7 +17,28 @@ class PreparedBatch:
     sampled_chunks: list[int]      # host: which chunks are sampled, in logits_rows order
 
 
-def prepare_batch(batch: ScheduledBatch, block_size: int, kv_caches, device: torch.device) -> PreparedBatch:
+@dataclass
+class BatchPlan:
+    """A step's batch as host lists: what the scheduler decided, with no Sequence objects, so that rank 0
+    can send it to tensor-parallel workers (which hold no sequences) and every rank builds the same tensors."""
+
+    ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    query_start: list[int]
+    query_lens: list[int]
+    context_lens: list[int]
+    flat_tables: list[int]         # block tables, each padded with 0 to ``width``
+    width: int
+    logits_rows: list[int]
+    sampled: list[int]
+    decode_rows: list[int]
+    decode_seqs: list[int]
+    prefill_seqs: list[int]
+    max_decode_ctx: int
+
+
+def plan_batch(batch: ScheduledBatch, block_size: int) -> BatchPlan:
     ids: list[int] = []
     positions: list[int] = []
     slots: list[int] = []
@@ -48,25 +69,36 @@ def prepare_batch(batch: ScheduledBatch, block_size: int, kv_caches, device: tor
             sampled.append(s)
     width = max(len(t) for t in tables)
     flat_tables = [b for t in tables for b in t + [0] * (width - len(t))]
+    return BatchPlan(ids, positions, slots, query_start, query_lens, context_lens, flat_tables, width,
+                     logits_rows, sampled, decode_rows, decode_seqs, prefill_seqs, max_decode_ctx)
+
+
+def plan_to_device(plan: BatchPlan, block_size: int, kv_caches, device: torch.device) -> PreparedBatch:
     # one host buffer, one (pinned, asynchronous) copy: no per-tensor H2D transfer and no device sync
-    parts = [ids, positions, slots, context_lens, logits_rows, decode_rows, decode_seqs, flat_tables]
+    parts = [plan.ids, plan.positions, plan.slots, plan.context_lens, plan.logits_rows, plan.decode_rows,
+             plan.decode_seqs, plan.flat_tables]
     host = torch.tensor([x for p in parts for x in p], dtype=torch.long)
     if device.type == "cuda":
         host = host.pin_memory()
     (ids_t, pos_t, slots_t, ctx_t, logits_t, drows_t, dseqs_t,
      tables_t) = host.to(device, non_blocking=True).split([len(p) for p in parts])
+    decodes = bool(plan.decode_rows)
     meta = AttentionMetadata(
         slot_mapping=slots_t,
-        block_tables=tables_t.view(len(tables), width),
+        block_tables=tables_t.view(len(plan.context_lens), plan.width),
         context_lens=ctx_t,
-        query_start=query_start,
-        query_lens=query_lens,
-        context_lens_host=context_lens,
+        query_start=plan.query_start,
+        query_lens=plan.query_lens,
+        context_lens_host=plan.context_lens,
         block_size=block_size,
-        decode_rows=drows_t if decode_rows else None,
-        decode_seqs=dseqs_t if decode_rows else None,
-        prefill_seqs=prefill_seqs,
-        max_decode_context=max_decode_ctx,
+        decode_rows=drows_t if decodes else None,
+        decode_seqs=dseqs_t if decodes else None,
+        prefill_seqs=plan.prefill_seqs,
+        max_decode_context=plan.max_decode_ctx,
     )
     ctx = ForwardContext(positions=pos_t, attn=meta, kv_caches=kv_caches)
-    return PreparedBatch(ids_t, ctx, logits_t, sampled)
+    return PreparedBatch(ids_t, ctx, logits_t, plan.sampled)
+
+
+def prepare_batch(batch: ScheduledBatch, block_size: int, kv_caches, device: torch.device) -> PreparedBatch:
+    return plan_to_device(plan_batch(batch, block_size), block_size, kv_caches, device)

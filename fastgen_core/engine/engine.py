@@ -5,13 +5,14 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .. import snapshot
+from .. import parallel, snapshot
 from ..config import EngineConfig
 from ..errors import ConfigError, FastgenError, InvalidRequestError
 from ..loader import checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config
@@ -64,8 +65,12 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
+TP_TIMEOUT_S = 300      # a tensor-parallel collective (or the group's start-up) waiting longer than this fails
+
+
 class LLMEngine:
-    def __init__(self, config: EngineConfig, registry: FamilyRegistry | None = None):
+    def __init__(self, config: EngineConfig, registry: FamilyRegistry | None = None, _tp=None):
+        """``_tp`` = (rank, size, init method) in a tensor-parallel worker process (parallel.Workers)."""
         self.config = config
         path = Path(config.model)
         self.hf_config = read_hf_config(path)
@@ -82,11 +87,38 @@ class LLMEngine:
         self.family = self.registry.resolve(self.hf_config, path, family)
         self.model_config = self._parse_config(path)
         mc = self.model_config
-        self.device = config.torch_device()
+        size = config.tensor_parallel_size
+        rank = _tp[0] if _tp is not None else 0
+        if size > 1 and registry is not None and _tp is None:
+            raise ConfigError("registry= cannot be combined with tensor_parallel_size > 1: the worker processes "
+                              "find families through the installed plugins")
+        if size > 1 and _tp is None:
+            parallel.check_model(mc.num_attention_heads, mc.num_key_value_heads, size)
+        self.device = parallel.rank_device(config.torch_device(), rank)
+        self.tp, self.workers = parallel.TPGroup(), None
+        self.runner = None
+        if size > 1:
+            if _tp is None:
+                self.workers = parallel.Workers(config, size)
+            try:
+                init = _tp[2] if _tp is not None else self.workers.init_method
+                self.tp = parallel.init_group(rank, size, init, self.device, TP_TIMEOUT_S)
+            except BaseException:
+                self.close()
+                raise
+        try:
+            self._build(path, mc)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, path: Path, mc) -> None:
+        config = self.config
         self.dtype = config.torch_dtype(self.snapshot["dtype"] if self.snapshot is not None else mc.dtype)
         self.max_context = min(config.max_context or mc.max_position_embeddings, mc.max_position_embeddings)
+        self.num_kv_heads = parallel.kv_head_shard(mc.num_key_value_heads, self.tp)[0]     # on this rank
         model_cls = self.family.family.load_model_class()
-        with torch.device(self.device), _default_dtype(self.dtype):
+        with torch.device(self.device), _default_dtype(self.dtype), parallel.building(self.tp):
             try:
                 self.model = model_cls(mc)
             except (TypeError, ValueError) as e:
@@ -106,11 +138,19 @@ class LLMEngine:
         self.eos_token_ids = self._eos_ids(path)
         block_size = config.kv_block_size or DEFAULT_BLOCK_SIZE
         num_blocks = config.num_kv_blocks or self._auto_num_blocks(block_size)
-        self.runner = ModelRunner(self.model, mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
-                                  num_blocks, block_size, self.device, self.dtype)
+        if self.tp.size > 1 and not config.num_kv_blocks:      # every rank's cache holds the same blocks
+            n = torch.tensor([num_blocks], device=self.device)
+            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+            num_blocks = int(n.item())
+        self.runner = ModelRunner(self.model, mc.num_hidden_layers, self.num_kv_heads, mc.head_dim,
+                                  num_blocks, block_size, self.device, self.dtype, self.tp, self.workers)
         self.allocator = BlockAllocator(num_blocks, block_size, config.enable_prefix_caching)
-        if self.device.type == "cuda" and config.cuda_graphs:
-            self._enable_graphs()
+        if self.device.type == "cuda" and config.cuda_graphs and self.tp.rank == 0:   # rank 0 starts the others'
+            if self.tp.size > 1 and os.environ.get("FASTGEN_TP_CUDA_GRAPHS") != "1":
+                log.warning("CUDA graphs off under tensor parallelism: capturing NCCL all-reduces has not been "
+                            "measured on GPUs yet (FASTGEN_TP_CUDA_GRAPHS=1 tries it)")
+            else:
+                self._enable_graphs()
         self.scheduler = Scheduler(self.allocator, config.max_ragged_batch_size, config.max_ragged_sequence_count)
         self.sampler = Sampler()
         self.requests: dict[str, _Request] = {}
@@ -152,7 +192,7 @@ class LLMEngine:
 
     def _auto_num_blocks(self, block_size: int) -> int:
         mc = self.model_config
-        per_block = ModelRunner.kv_bytes_per_block(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim,
+        per_block = ModelRunner.kv_bytes_per_block(mc.num_hidden_layers, self.num_kv_heads, mc.head_dim,
                                                    block_size, self.dtype)
         # never more than every sequence slot at full context could use
         cap = -(-self.config.max_ragged_sequence_count * self.max_context // block_size)
@@ -343,16 +383,26 @@ class LLMEngine:
     def save_snapshot(self, out_dir) -> Path:
         """Save the loaded model in the engine's layout (see fastgen_core.snapshot); load it back with
         ``pipeline(out_dir)``. Engine options (budgets, KV size, device) are not part of it."""
+        if self.tp.size > 1:
+            raise ConfigError("save_snapshot needs tensor_parallel_size=1 (each rank holds only a slice of the "
+                              "weights); a snapshot saved that way loads at any tensor_parallel_size")
         return snapshot.save(self.model, self.hf_config, self.family.family.name, self.family.dist, self.dtype,
                              Path(self.config.model), out_dir)
 
     def close(self) -> None:
         """Release GPU memory held outside the model's parameters (CUDA graphs, the KV cache); the engine
-        cannot step afterwards."""
-        if self.runner.graphs is not None:
-            self.runner.graphs.close()
-            self.runner.graphs = None
-        self.runner.kv_caches.clear()
+        cannot step afterwards. Stops the tensor-parallel workers. Safe to call twice."""
+        if self.runner is not None:
+            if self.runner.graphs is not None:
+                self.runner.graphs.close()
+                self.runner.graphs = None
+            self.runner.kv_caches.clear()
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
+        if self.tp.size > 1:
+            parallel.destroy_group()
+            self.tp = parallel.TPGroup()
 
     # ---- observability ---------------------------------------------------------------------
     def stats(self) -> dict:

@@ -73,8 +73,9 @@ class DecodeGraphs:
                 return s
         raise ValueError(f"{n} decodes exceed the largest graph batch {self.max_batch}")
 
-    def run(self, batch: ScheduledBatch) -> torch.Tensor:
-        """[n, vocab] float32 logits for a decode-only batch of n <= max_batch sequences."""
+    def plan(self, batch: ScheduledBatch) -> tuple[int, int, int, int, list[int]]:
+        """Host part of a step: (n, bucket, table width, longest context, packed inputs), all plain ints so
+        that rank 0 can send it to tensor-parallel workers, whose graphs replay the same step."""
         n = len(batch.chunks)
         b = self.bucket(n)
         bs = self.block_size
@@ -98,7 +99,15 @@ class DecodeGraphs:
         ctx += [1] * pad
         tables += [[self.scratch]] * pad
         flat = [x for t in tables for x in t + [0] * (width - len(t))]
-        host = torch.tensor(ids + pos + slots + ctx + flat, dtype=torch.long)
+        return n, b, width, max(ctx), ids + pos + slots + ctx + flat
+
+    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+        """[n, vocab] float32 logits for a decode-only batch of n <= max_batch sequences."""
+        return self.run_plan(self.plan(batch))
+
+    def run_plan(self, plan: tuple[int, int, int, int, list[int]]) -> torch.Tensor:
+        n, b, width, max_ctx, packed = plan
+        host = torch.tensor(packed, dtype=torch.long)
         if self.device.type == "cuda":
             host = host.pin_memory()
         self.inputs[:, :b].copy_(host[:4 * b].view(4, b), non_blocking=True)
@@ -107,7 +116,7 @@ class DecodeGraphs:
             self.graphs[b].replay()
             out = self.outputs[b]
         else:
-            out = self._forward(b, max(ctx))
+            out = self._forward(b, max_ctx)
         self.replays += 1
         return out[:n]
 

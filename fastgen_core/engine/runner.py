@@ -4,15 +4,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .batch import prepare_batch
+from ..parallel import TPGroup
+from .batch import BatchPlan, plan_batch, plan_to_device
 from .graphs import DecodeGraphs, is_decode_only
 from .scheduler import ScheduledBatch
 
 
 class ModelRunner:
     def __init__(self, model: nn.Module, num_layers: int, num_kv_heads: int, head_dim: int,
-                 num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype):
+                 num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
+                 tp: TPGroup = TPGroup(), workers=None):
         self.model = model
+        self.tp = tp
+        self.workers = workers              # rank 0 of a tensor-parallel group: parallel.Workers
         self.device = device
         self.dtype = dtype
         self.block_size = block_size
@@ -32,6 +36,8 @@ class ModelRunner:
         """Serve decode-only steps of up to ``max_batch`` sequences from CUDA graphs (captured now).
         ``capture=False`` runs the same padded path without graphs (CPU tests); default: capture on CUDA."""
         capture = self.device.type == "cuda" if capture is None else capture
+        if self.workers is not None:          # every rank captures (or builds) the same buckets, in step
+            self.workers.send(("graphs", (max_batch, max_context, capture)))
         self.graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, -(-max_context // self.block_size),
                                    self.scratch_block, max_batch, self.device, capture)
         return self.graphs
@@ -40,10 +46,20 @@ class ModelRunner:
     def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
         """Logits [n_sampled, vocab] (float32) for the chunks that sample, and those chunks' indices."""
         if self.graphs is not None and len(batch.chunks) <= self.graphs.max_batch and is_decode_only(batch):
-            return self.graphs.run(batch), list(range(len(batch.chunks)))
-        pb = prepare_batch(batch, self.block_size, self.kv_caches, self.device)
+            plan = self.graphs.plan(batch)
+            if self.workers is not None:
+                self.workers.send(("graph_step", plan))
+            return self.graphs.run_plan(plan), list(range(len(batch.chunks)))
+        plan = plan_batch(batch, self.block_size)
+        if self.workers is not None:
+            self.workers.send(("step", plan))       # the other ranks run the same forward on their slices
+        return self.run_plan(plan)
+
+    @torch.inference_mode()
+    def run_plan(self, plan: BatchPlan, want_logits: bool = True) -> tuple[torch.Tensor, list[int]]:
+        pb = plan_to_device(plan, self.block_size, self.kv_caches, self.device)
         hidden = self.model(pb.input_ids, pb.ctx)
-        if not pb.sampled_chunks:
+        if not pb.sampled_chunks or not want_logits:
             return hidden.new_empty((0, 0), dtype=torch.float32), []
         logits = self.model.compute_logits(hidden.index_select(0, pb.logits_rows))
         return logits.float(), pb.sampled_chunks

@@ -1,6 +1,7 @@
 import torch
 from torch import nn
 
+from .. import parallel
 from .activations import get_activation
 
 
@@ -9,9 +10,12 @@ class GatedMLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False):
         super().__init__()
-        self.intermediate_size = intermediate_size
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        tp = parallel.current()             # this rank's intermediate columns under tensor parallelism
+        n = self.intermediate_size = parallel.split_size(intermediate_size, tp, "the intermediate size")
+        i0 = tp.rank * n
+        self.gate_up_proj = parallel.column_linear(hidden_size, 2 * intermediate_size,
+                                                   [(i0, n), (intermediate_size + i0, n)], bias)
+        self.down_proj = parallel.row_linear(intermediate_size, hidden_size, bias, [(i0, n)])
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -24,8 +28,10 @@ class MLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str = "gelu", bias: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size, bias=bias)
-        self.fc2 = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        tp = parallel.current()
+        n = parallel.split_size(intermediate_size, tp, "the intermediate size")
+        self.fc1 = parallel.column_linear(hidden_size, intermediate_size, [(tp.rank * n, n)], bias)
+        self.fc2 = parallel.row_linear(intermediate_size, hidden_size, bias, [(tp.rank * n, n)])
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

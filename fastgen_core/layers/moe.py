@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import parallel
 from .activations import get_activation
 
 
@@ -118,13 +119,22 @@ class GroupedExperts(nn.Module):
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, act: str = "silu"):
         super().__init__()
-        self.num_experts, self.intermediate_size = num_experts, intermediate_size
-        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
-        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        # tensor parallelism splits every expert's intermediate columns (each rank runs all experts on its
+        # slice; the partial outputs are summed by one all-reduce)
+        self.tp = tp = parallel.current()
+        n = parallel.split_size(intermediate_size, tp, "the experts' intermediate size")
+        self.num_experts, self.intermediate_size = num_experts, n
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * n, hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, n))
+        if tp.size > 1:
+            i0 = tp.rank * n
+            parallel.shard(self.gate_up_proj, 1, [(i0, n), (intermediate_size + i0, n)], 2 * intermediate_size)
+            parallel.shard(self.down_proj, 2, [(i0, n)], intermediate_size)
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        return grouped_experts_ref(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.act)
+        out = grouped_experts_ref(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.act)
+        return self.tp.all_reduce(out)
 
 
 class SparseMoE(nn.Module):

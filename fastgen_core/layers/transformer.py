@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import parallel
 from ..weights import Rule, WeightMap, fused
 from .attention import ForwardContext, PagedAttention
 from .norm import RMSNorm
@@ -24,12 +25,20 @@ class RotaryAttention(nn.Module):
                  q_norm: nn.Module | None = None, k_norm: nn.Module | None = None):
         super().__init__()
         self.q_norm, self.k_norm = q_norm, k_norm
-        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
-        self.qkv_proj = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=o_bias)
+        # under tensor parallelism this rank's query heads and the KV heads they read (see parallel.py)
+        tp = parallel.current()
+        heads = parallel.split_size(num_heads, tp, "num_attention_heads")
+        kv_heads, first_kv = parallel.kv_head_shard(num_kv_heads, tp)
+        self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_size, self.kv_size = heads * head_dim, kv_heads * head_dim
+        full_q, full_kv = num_heads * head_dim, num_kv_heads * head_dim
+        q0, kv0 = tp.rank * self.q_size, first_kv * head_dim
+        self.qkv_proj = parallel.column_linear(
+            hidden_size, full_q + 2 * full_kv,
+            [(q0, self.q_size), (full_q + kv0, self.kv_size), (full_q + full_kv + kv0, self.kv_size)], qkv_bias)
+        self.o_proj = parallel.row_linear(full_q, hidden_size, o_bias, [(q0, self.q_size)])
         self.rotary = rotary
-        self.attn = PagedAttention(num_heads, num_kv_heads, head_dim, layer_idx, scale, sliding_window)
+        self.attn = PagedAttention(heads, kv_heads, head_dim, layer_idx, scale, sliding_window)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         t = x.shape[0]
