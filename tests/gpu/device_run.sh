@@ -55,6 +55,12 @@ if [ "$STAGE" = phi2 ]; then
   timeout 400 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 --online 1,2,4,8,16,32 \
      --max-ragged-batch-size 2048 --peer static,continuous --peer-batch-size 64 --plot $OUT/phi2.png 2>&1 | tail -16
 fi
+if [ "$STAGE" = s3a ]; then
+  grep -E "passed|failed|Error|SKIP" $OUT/gpu_tests.log | tail -8
+  timeout 150 python3 tests/gpu/profile_steps.py phi-2 2048 128 2>&1 | tee $OUT/profile.txt | head -90
+  timeout 240 $B --preset llama-2-7b --num-requests 64 --prompt-mean 1200 --gen-mean 60 --max-ragged-batch-size 2048 \
+     --peer static,continuous --peer-batch-size 64 2>&1 | tail -5
+fi
 if [ "$STAGE" = server ]; then
   timeout 200 python3 -m pytest -q -s tests/gpu/test_server_gpu.py -p no:cacheprovider 2>&1 | tee $OUT/server_gpu.log | tail -15
 fi

@@ -3,6 +3,9 @@
     python3 tests/gpu/profile_steps.py phi-2 [budget] [num_requests]
 Prints per-step wall vs GPU time for prefill-carrying and decode-only steps, then the top ops.
 """
+import cProfile
+import io
+import pstats
 import sys
 import tempfile
 import time
@@ -29,14 +32,22 @@ e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=Tr
 t_all = time.perf_counter()
 prof_steps = 0
 prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+host = cProfile.Profile()         # Python-level host time of decode-only steps (the last 40 steps)
+host_steps = 0
 while eng.has_unfinished():
+    decoding = rows and len(rows) > 1 and rows[-1][2] == rows[-2][2] and len(rows) >= 100
     sched_before = eng.scheduler
     torch.cuda.synchronize()
     t = time.perf_counter()
     e0.record()
     if 20 <= len(rows) < 26:
         prof.__enter__() if len(rows) == 20 else None
+    if decoding:
+        host.enable()
     outs = eng.step()
+    if decoding:
+        host.disable()
+        host_steps += 1
     e1.record()
     torch.cuda.synchronize()
     if len(rows) == 25:
@@ -53,3 +64,7 @@ print(f"{preset} budget {budget} n {n}: {len(rows)} steps in {total:.2f}s; prefi
 ka = prof.key_averages()
 print(ka.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=60))
 print(ka.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+buf = io.StringIO()
+pstats.Stats(host, stream=buf).sort_stats("tottime").print_stats(25)
+print(f"cProfile of {host_steps} decode-only steps (host, by own time)")
+print(buf.getvalue()[:6000])
