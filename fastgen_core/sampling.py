@@ -16,6 +16,12 @@ class SamplingParams:
     max_new_tokens None means "up to the model's context". Greedy when ``do_sample`` is False or
     ``temperature`` is 0. ``seed`` makes sampling reproducible whatever else is in the batch.
     ``stop`` strings are matched on decoded text and cut from the output; ``stop_token_ids`` stop on a token.
+    ``repetition_penalty`` (transformers' and vLLM's: >1 discourages every token already in the prompt or
+    the output, dividing positive logits and multiplying negative ones), ``presence_penalty`` and
+    ``frequency_penalty`` (OpenAI's, in [-2, 2]: subtracted once per generated token id, and once per
+    occurrence) change the logits before sampling or argmax. ``logprobs`` (0..20) returns, for every
+    generated token, its log-probability under the model (log-softmax of the raw logits) and the
+    ``logprobs`` most likely alternatives.
     """
 
     max_new_tokens: int | None = None
@@ -30,6 +36,10 @@ class SamplingParams:
     ignore_eos: bool = False
     return_full_text: bool = False
     return_logits: bool = False   # keep the float32 logits of every sampled position (tests, debugging)
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -44,7 +54,10 @@ class SamplingParams:
         if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
             raise InvalidRequestError(f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens "
                                       f"({self.max_new_tokens})")
-        for name in ("temperature", "top_p"):
+        _check_int("logprobs", self.logprobs, 0, allow_none=True)
+        if self.logprobs is not None and self.logprobs > MAX_LOGPROBS:
+            raise InvalidRequestError(f"logprobs must be in 0..{MAX_LOGPROBS}, got {self.logprobs}")
+        for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise InvalidRequestError(f"{name} must be a finite number, got {v!r}")
@@ -52,6 +65,11 @@ class SamplingParams:
             raise InvalidRequestError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise InvalidRequestError(f"repetition_penalty must be > 0 (1: none), got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise InvalidRequestError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise InvalidRequestError(f"stop must be a list of non-empty strings, got {self.stop!r}")
@@ -61,6 +79,13 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature == 0
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+
+
+MAX_LOGPROBS = 20
 
 
 def _check_int(name, v, lo, allow_none=False):
@@ -79,6 +104,57 @@ class SamplingRow:
     params: SamplingParams
     generator: torch.Generator | None     # per-request generator when a seed was given
     banned: list[int]                     # ids masked for this step (EOS before min_new_tokens)
+    prompt_ids: list[int] | None = None   # the sequence so far, for penalties (only penalized rows need it)
+    output_ids: list[int] | None = None
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token's log-probability and the most likely alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]          # (token id, logprob), most likely first
+
+
+def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Repetition, presence and frequency penalties on the rows that ask for them (a copy if any does)."""
+    pen = [i for i, r in enumerate(rows) if r.params.penalized]
+    if not pen:
+        return logits
+    logits = logits.clone()
+    dev = logits.device
+    for i in pen:                         # penalties are opt-in and per row: a short loop over those rows
+        p, out = rows[i].params, rows[i].output_ids or []
+        if p.repetition_penalty != 1:
+            # as transformers' RepetitionPenaltyLogitsProcessor: every id of prompt and output, once
+            ids = torch.tensor(sorted(set(rows[i].prompt_ids or []) | set(out)), dtype=torch.long, device=dev)
+            if ids.numel():
+                sel = logits[i, ids]
+                logits[i, ids] = torch.where(sel < 0, sel * p.repetition_penalty, sel / p.repetition_penalty)
+        if out and (p.presence_penalty or p.frequency_penalty):
+            ids, counts = torch.tensor(out, dtype=torch.long, device=dev).unique(return_counts=True)
+            logits[i, ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
+    return logits
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], rows: list[SamplingRow]) -> list[TokenLogprob | None]:
+    """For the rows with ``logprobs`` set: the chosen token's log-probability under the raw logits and the
+    top alternatives (one device-to-host copy for all of them); None for the others."""
+    want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+    out: list[TokenLogprob | None] = [None] * len(rows)
+    if not want:
+        return out
+    dev = logits.device
+    lp = torch.log_softmax(logits.index_select(0, torch.tensor(want, device=dev)).float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor([[tokens[i]] for i in want], device=dev)).squeeze(1)
+    k = max(rows[i].params.logprobs for i in want)
+    top_lp, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
+    chosen, top_lp, top_ids = chosen.tolist(), top_lp.tolist(), top_ids.tolist()
+    for j, i in enumerate(want):
+        n = rows[i].params.logprobs
+        out[i] = TokenLogprob(tokens[i], chosen[j], list(zip(top_ids[j][:n], top_lp[j][:n])))
+    return out
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -105,7 +181,7 @@ class Sampler:
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        logits = logits.float()
+        logits = apply_penalties(logits.float(), rows)
         n, vocab = logits.shape
         ban_rows = [i for i, r in enumerate(rows) for _ in r.banned]
         if ban_rows:                     # one indexed write for every row (min_new_tokens bans EOS on most)

@@ -17,7 +17,7 @@ from ..config import EngineConfig
 from ..errors import ConfigError, FastgenError, InvalidRequestError
 from ..loader import checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config
 from ..registry import FamilyRegistry
-from ..sampling import Sampler, SamplingParams, SamplingRow
+from ..sampling import Sampler, SamplingParams, SamplingRow, token_logprobs
 from ..tokenizer import IncrementalDetokenizer, load_tokenizer
 from .kv_cache import BlockAllocator, gpu_kv_budget
 from .outputs import RequestOutput, Response
@@ -40,6 +40,7 @@ class _Request:
     stop_hit: str | None = None
     final_text: str = ""
     logits: list = field(default_factory=list)
+    logprobs: list = field(default_factory=list)
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None
     first_token: float | None = None
@@ -317,18 +318,25 @@ class LLMEngine:
             banned = []
             if len(req.seq.output_token_ids) < req.params.min_new_tokens:
                 banned = sorted((set() if req.params.ignore_eos else self.eos_token_ids) | set(req.params.stop_token_ids))
-            rows.append(SamplingRow(req.params, req.generator, banned))
+            if req.params.penalized:
+                rows.append(SamplingRow(req.params, req.generator, banned, req.seq.prompt_token_ids,
+                                        req.seq.output_token_ids))
+            else:
+                rows.append(SamplingRow(req.params, req.generator, banned))
         tokens = self.sampler(logits, rows).tolist()
+        lps = token_logprobs(logits, tokens, rows)
         outputs = []
         now = time.monotonic()
         for row, s, tok in zip(range(len(rows)), sampled, tokens):
             req = self.requests[batch.chunks[s].seq.request_id]
             if req.params.return_logits:
                 req.logits.append(logits[row].cpu())
-            outputs.append(self._append_token(req, tok, now))
+            if lps[row] is not None:
+                req.logprobs.append(lps[row])
+            outputs.append(self._append_token(req, tok, now, lps[row]))
         return outputs
 
-    def _append_token(self, req: _Request, tok: int, now: float) -> RequestOutput:
+    def _append_token(self, req: _Request, tok: int, now: float, lp=None) -> RequestOutput:
         seq, p = req.seq, req.params
         seq.output_token_ids.append(tok)
         self.counters["generated_tokens"] += 1
@@ -354,13 +362,14 @@ class LLMEngine:
             upto = max(req.emitted, len(text) - hold)
             delta = text[req.emitted:upto]
             req.emitted = upto
-            return RequestOutput(seq.request_id, [tok], delta, False)
+            return RequestOutput(seq.request_id, [tok], delta, False, logprobs=[lp] if lp is not None else None)
         self.scheduler.finish(seq, reason)
         self.requests.pop(seq.request_id, None)
         self.counters["finished"] += 1
         response = self._response(req)
         delta = req.final_text[req.emitted:]
-        return RequestOutput(seq.request_id, [tok], delta, True, reason, response)
+        return RequestOutput(seq.request_id, [tok], delta, True, reason, response,
+                             [lp] if lp is not None else None)
 
     def _final_text(self, req: _Request) -> str:
         """The whole output decoded at once (the incremental text may hold back an incomplete character),
@@ -378,7 +387,8 @@ class LLMEngine:
         if p.return_full_text and req.prompt_text is not None:
             text = req.prompt_text + text
         return Response(text, list(seq.output_token_ids), len(seq.prompt_token_ids), len(seq.output_token_ids),
-                        seq.finish_reason, seq.request_id, req.logits if p.return_logits else None)
+                        seq.finish_reason, seq.request_id, req.logits if p.return_logits else None,
+                        req.logprobs if p.logprobs is not None else None)
 
     def save_snapshot(self, out_dir) -> Path:
         """Save the loaded model in the engine's layout (see fastgen_core.snapshot); load it back with

@@ -15,6 +15,7 @@ class Response:
     finish_reason: str            # "stop" | "length" | "abort"
     request_id: str = ""
     logits: list | None = field(default=None, repr=False)   # float32 tensors per sampled step (return_logits)
+    logprobs: list | None = field(default=None, repr=False)  # a sampling.TokenLogprob per token (logprobs=k)
 
     def to_dict(self) -> dict:
         return {"generated_text": self.generated_text, "token_ids": self.token_ids,
@@ -32,3 +33,4 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None = None
     response: Response | None = None        # set when finished
+    logprobs: list | None = None            # TokenLogprobs of new_token_ids (when the request asked)
