@@ -1,7 +1,8 @@
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .. import parallel
+from .. import kernels, parallel
 from .activations import get_activation
 
 
@@ -19,7 +20,10 @@ class GatedMLP(nn.Module):
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if self.act is F.silu:
+            return self.down_proj(kernels.silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
 

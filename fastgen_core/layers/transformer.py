@@ -66,8 +66,10 @@ class PreNormDecoderLayer(nn.Module):
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), ctx)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        attn = self.self_attn(self.input_layernorm(x), ctx)
+        h = x       # the residual stream: x + attn is added in place, fused with the norm that follows
+        normed = self.post_attention_layernorm.add_and_norm(attn, h)
+        return h + self.mlp(normed)
 
 
 class CausalLM(nn.Module):

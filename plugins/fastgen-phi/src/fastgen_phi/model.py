@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap, fused
-from fastgen_core.layers import MLP, CausalLM, ForwardContext, RotaryAttention, RotaryEmbedding, rope_from_hf
+from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap, fused, kernels
+from fastgen_core.layers import (MLP, CausalLM, ForwardContext, RotaryAttention, RotaryEmbedding, get_activation,
+                                 rope_from_hf)
+
+GELU_NEW_CU = Path(__file__).resolve().parent / "kernels" / "gelu_new.cu"
 
 
 @dataclass
@@ -44,6 +49,37 @@ class PhiConfig(DecoderConfig):
         return c
 
 
+def bias_gelu_new_ref(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """gelu_new(x + bias): the reference of kernels/gelu_new.cu."""
+    return get_activation("gelu_new")(x if bias is None else x + bias)
+
+
+def bias_gelu_new(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One kernel on CUDA with FASTGEN_KERNELS=cupy (see fastgen_core.kernels), else the reference."""
+    if not (kernels.use(x) and x.is_contiguous() and (bias is None or bias.dtype == x.dtype)):
+        return bias_gelu_new_ref(x, bias)
+    out = torch.empty_like(x)
+    total, inter = x.numel(), x.shape[-1]
+    if total:
+        kernels.launch(GELU_NEW_CU, f"bias_gelu_new_{kernels.SUFFIX[x.dtype]}", (min(-(-total // 256), 65535),),
+                       (256,), (kernels.ptr(out), kernels.ptr(x), kernels.ptr(bias), kernels.i64(total),
+                                kernels.i32(inter)), x.device)
+    return out
+
+
+class PhiMLP(MLP):
+    """The shared MLP; with the CuPy kernels on, fc1's bias and gelu_new run as one kernel after a bias-free GEMM."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str):
+        super().__init__(hidden_size, intermediate_size, act, bias=True)
+        self.fused = act == "gelu_new"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and kernels.use(x):
+            return self.fc2(bias_gelu_new(F.linear(x, self.fc1.weight), self.fc1.bias))
+        return super().forward(x)
+
+
 class PhiDecoderLayer(nn.Module):
     """x + attn(ln(x)) + mlp(ln(x)): attention and MLP read the same normalised input."""
 
@@ -55,7 +91,7 @@ class PhiDecoderLayer(nn.Module):
         self.self_attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
                                          layer_idx, rotary, qkv_bias=True, o_bias=True,
                                          sliding_window=c.sliding_window, q_norm=qk_norm[0], k_norm=qk_norm[1])
-        self.mlp = MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True)
+        self.mlp = PhiMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         h = self.input_layernorm(x)

@@ -1,0 +1,150 @@
+"""CuPy RawKernels: loading, caching, launching on torch's stream, and the choice between kernel and reference.
+
+CUDA sources live in the top-level ``kernels/`` (shared by every family) and in a plugin's own
+``kernels/`` directory; ``load(path)`` compiles one with NVRTC for the current GPU (once per process and
+device) and ``launch`` runs a function on torch's current stream, so launches are ordered with torch's ops
+and are captured by CUDA graphs with them.
+
+Every kernel here has a pure-torch reference with the same signature next to it (``*_ref``); CPU always runs
+the reference. On CUDA the kernels run when ``FASTGEN_KERNELS=cupy``. The default is the reference until
+the kernels have been measured against it on a GPU (tests/gpu/test_kernels_gpu.py compares them).
+CuPy is imported only when a kernel is about to run: CPU machines need not have it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def mode() -> str:
+    """``FASTGEN_KERNELS``: "cupy" (use the CuPy kernels on CUDA) or "reference" (default)."""
+    value = os.environ.get("FASTGEN_KERNELS", "reference")
+    if value not in ("cupy", "reference"):
+        raise ValueError(f"FASTGEN_KERNELS must be 'cupy' or 'reference', got {value!r}")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    try:
+        import cupy
+    except Exception:
+        return False
+    return cupy is not None and torch.cuda.is_available()
+
+
+def use(x: torch.Tensor) -> bool:
+    """Whether ``x``'s op should run the CuPy kernel."""
+    return x.is_cuda and x.dtype in SUFFIX and mode() == "cupy" and available()
+
+
+@functools.lru_cache(maxsize=None)
+def load(path: str | Path, device_index: int = 0):
+    """A compiled ``cupy.RawModule`` of the CUDA source at ``path`` for the GPU ``device_index``."""
+    import cupy
+    path = Path(path)
+    major, minor = torch.cuda.get_device_capability(device_index)
+    arch = f"-arch=sm_{major}{minor}" + ("a" if major >= 9 else "")
+    with cupy.cuda.Device(device_index):
+        mod = cupy.RawModule(code=path.read_text(), options=("-std=c++17", arch), name_expressions=None)
+        mod.compile()
+    return mod
+
+
+@functools.lru_cache(maxsize=None)
+def _external_stream(ptr: int, device_index: int):
+    import cupy
+    return cupy.cuda.ExternalStream(ptr, device_index)
+
+
+def launch(path: str | Path, name: str, grid: tuple, block: tuple, args: tuple, device: torch.device) -> None:
+    """Run ``name`` from the module at ``path`` on torch's current stream of ``device``."""
+    index = device.index or 0
+    fn = load(str(path), index).get_function(name)
+    with _external_stream(torch.cuda.current_stream(device).cuda_stream, index):
+        fn(grid, block, args)
+
+
+def ptr(t: torch.Tensor | None):
+    """A tensor as a kernel pointer argument (None: a null pointer)."""
+    import cupy
+    return cupy.uint64(t.data_ptr() if t is not None else 0)
+
+
+def _threads(n: int) -> int:
+    """Threads for one block per row of ``n`` elements: a multiple of 32 (the block reduction needs whole
+    warps), at most 1024."""
+    return min(1024, max(32, (n + 31) // 32 * 32))
+
+
+# ---- RMSNorm, with the residual add of the pre-norm block fused in --------------------------------------
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight * rmsnorm(x)`` computed in float32 and cast back, as transformers' Llama does. With
+    ``residual``: ``residual += x`` first (in place, in x's dtype) and the sum is normalised."""
+    if residual is not None:
+        residual.add_(x)
+        x = residual
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``rms_norm_ref`` as one kernel per call on CUDA (FASTGEN_KERNELS=cupy), else the reference."""
+    if not (use(x) and x.is_contiguous() and weight.dtype == x.dtype
+            and (residual is None or (residual.is_contiguous() and residual.dtype == x.dtype))):
+        return rms_norm_ref(x, weight, eps, residual)
+    hidden = x.shape[-1]
+    rows = x.numel() // hidden
+    out = torch.empty_like(x)
+    if rows:
+        launch(KERNEL_DIR / "fused_ops.cu", f"rms_norm_{SUFFIX[x.dtype]}", (rows,), (_threads(hidden),),
+               (ptr(out), ptr(x), ptr(residual), ptr(weight), f32(eps), i32(hidden)), x.device)
+    return out
+
+
+# ---- SiLU(gate) * up -------------------------------------------------------------------------------------
+
+def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] (gate | up) -> silu(gate) * up [T, I]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    if not (use(gate_up) and gate_up.is_contiguous()):
+        return silu_and_mul_ref(gate_up)
+    inter = gate_up.shape[-1] // 2
+    out = gate_up.new_empty(*gate_up.shape[:-1], inter)
+    total = out.numel()
+    if total:
+        blocks = min(-(-total // 256), 65535)
+        launch(KERNEL_DIR / "fused_ops.cu", f"silu_and_mul_{SUFFIX[gate_up.dtype]}", (blocks,), (256,),
+               (ptr(out), ptr(gate_up), i64(total), i32(inter)), gate_up.device)
+    return out
+
+
+def f32(v):
+    """Scalar kernel arguments of an exact C type (CuPy takes numpy scalars): f32, i32, i64."""
+    import numpy
+    return numpy.float32(v)
+
+
+def i32(v):
+    import numpy
+    return numpy.int32(v)
+
+
+def i64(v):
+    import numpy
+    return numpy.int64(v)
