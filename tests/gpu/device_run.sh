@@ -61,6 +61,26 @@ if [ "$STAGE" = s3a ]; then
   timeout 240 $B --preset llama-2-7b --num-requests 64 --prompt-mean 1200 --gen-mean 60 --max-ragged-batch-size 2048 \
      --peer static,continuous --peer-batch-size 64 2>&1 | tail -5
 fi
+if [ "$STAGE" = kernels ]; then
+  # the CuPy kernels against their references, then A/B of whole runs (reference first, same process order)
+  grep -E "passed|failed|Error" $OUT/gpu_tests.log | tail -3
+  timeout 120 python3 -m pytest -q tests/gpu/test_kernels_gpu.py -p no:cacheprovider 2>&1 | tail -5
+  for k in reference cupy reference cupy; do
+    FASTGEN_KERNELS=$k timeout 100 $B --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 \
+      --peer none --max-ragged-batch-size 2048 --tag "kernels-$k" 2>&1 | tail -2
+    FASTGEN_KERNELS=$k timeout 100 $B --preset llama-2-7b --num-requests 64 --prompt-mean 1200 --gen-mean 60 \
+      --peer none --max-ragged-batch-size 2048 --tag "kernels-$k" 2>&1 | tail -2
+  done
+fi
+if [ "$STAGE" = tp ]; then        # needs 2 GPUs (kind nvidia-h100-x2)
+  FASTGEN_TP_CUDA_GRAPHS=1 timeout 200 python3 -m pytest -q tests/gpu/test_tp_gpu.py -p no:cacheprovider 2>&1 | tail -5
+  for g in 0 1; do
+    FASTGEN_TP_CUDA_GRAPHS=$g timeout 150 $B --preset llama-2-7b --num-requests 64 --prompt-mean 1200 --gen-mean 60 \
+      --peer none --max-ragged-batch-size 2048 --tensor-parallel-size 2 --tag "tp2-graphs$g" 2>&1 | tail -2
+  done
+  timeout 150 $B --preset llama-2-7b --num-requests 64 --prompt-mean 1200 --gen-mean 60 --peer none \
+    --max-ragged-batch-size 2048 --tag tp1 2>&1 | tail -2
+fi
 if [ "$STAGE" = server ]; then
   timeout 200 python3 -m pytest -q -s tests/gpu/test_server_gpu.py -p no:cacheprovider 2>&1 | tee $OUT/server_gpu.log | tail -15
 fi
