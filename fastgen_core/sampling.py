@@ -21,7 +21,8 @@ class SamplingParams:
     ``frequency_penalty`` (OpenAI's, in [-2, 2]: subtracted once per generated token id, and once per
     occurrence) change the logits before sampling or argmax. ``logprobs`` (0..20) returns, for every
     generated token, its log-probability under the model (log-softmax of the raw logits) and the
-    ``logprobs`` most likely alternatives.
+    ``logprobs`` most likely alternatives; ``prompt_logprobs`` the same for every prompt token after the
+    first (scoring text, as evaluation harnesses do; such a request does not use the prefix cache).
     """
 
     max_new_tokens: int | None = None
@@ -40,6 +41,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -54,9 +56,11 @@ class SamplingParams:
         if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
             raise InvalidRequestError(f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens "
                                       f"({self.max_new_tokens})")
-        _check_int("logprobs", self.logprobs, 0, allow_none=True)
-        if self.logprobs is not None and self.logprobs > MAX_LOGPROBS:
-            raise InvalidRequestError(f"logprobs must be in 0..{MAX_LOGPROBS}, got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            _check_int(name, v, 0, allow_none=True)
+            if v is not None and v > MAX_LOGPROBS:
+                raise InvalidRequestError(f"{name} must be in 0..{MAX_LOGPROBS}, got {v}")
         for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -155,6 +159,15 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], rows: list[SamplingR
         n = rows[i].params.logprobs
         out[i] = TokenLogprob(tokens[i], chosen[j], list(zip(top_ids[j][:n], top_lp[j][:n])))
     return out
+
+
+def logprobs_of(logits: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprob]:
+    """TokenLogprobs of ``targets[i]`` under row i of ``logits``, with the ``k`` most likely alternatives."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor(targets, device=lp.device).unsqueeze(1)).squeeze(1).tolist()
+    top_lp, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
+    return [TokenLogprob(t, c, list(zip(i, v))) for t, c, i, v in zip(targets, chosen, top_ids.tolist(),
+                                                                        top_lp.tolist())]
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

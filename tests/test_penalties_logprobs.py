@@ -124,3 +124,30 @@ def test_penalties_on_one_row_leave_the_others_alone():
 def test_bad_values_are_refused_by_name(kw, words):
     with pytest.raises(InvalidRequestError, match=words):
         SamplingParams(**kw)
+
+
+@pytest.mark.parametrize("opts", [dict(max_ragged_batch_size=7),                      # prompts in many chunks
+                                  dict(max_ragged_batch_size=64, num_kv_blocks="tight"),   # preemption, recompute
+                                  dict(max_ragged_batch_size=512, enable_prefix_caching=True)])
+def test_prompt_logprobs_score_every_prompt_token_like_transformers(model, opts):
+    path, ref = model
+    if opts.get("num_kv_blocks") == "tight":          # room for about one sequence at a time
+        opts = {**opts, "num_kv_blocks": -(-(max(map(len, PROMPTS)) + 4) // 4) + 1}
+    pipe = fg.pipeline(str(path), device="cpu", dtype="float32", kv_block_size=4, **opts)
+    try:
+        if opts.get("enable_prefix_caching"):
+            pipe(PROMPTS, max_new_tokens=2, ignore_eos=True)       # cache the prompts: scoring must not use it
+        outs = pipe(PROMPTS, max_new_tokens=4, ignore_eos=True, prompt_logprobs=2)
+        stats = pipe.engine.stats()
+    finally:
+        pipe.destroy()
+    if opts.get("num_kv_blocks"):
+        assert stats["preemptions"] > 0
+    for p, o in zip(PROMPTS, outs):
+        assert len(o.prompt_logprobs) == len(p) and o.prompt_logprobs[0] is None and o.logprobs is None
+        with torch.no_grad():
+            lp = torch.log_softmax(ref(torch.tensor([p])).logits[0].float(), dim=-1)
+        for i in range(1, len(p)):
+            tl = o.prompt_logprobs[i]
+            assert tl.token_id == p[i] and tl.logprob == pytest.approx(lp[i - 1, p[i]].item(), abs=1e-4)
+            assert [t for t, _ in tl.top] == lp[i - 1].topk(2).indices.tolist()

@@ -1,7 +1,7 @@
 """Ragged batch -> tensors: token ids, positions, KV slots, block tables and which rows are sampled."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,8 @@ class BatchPlan:
     decode_seqs: list[int]
     prefill_seqs: list[int]
     max_decode_ctx: int
+    # (chunk, first row, rows) of prompt positions whose next-token logits are wanted (prompt_logprobs)
+    prompt_rows: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def plan_batch(batch: ScheduledBatch, block_size: int) -> BatchPlan:
@@ -44,6 +46,7 @@ def plan_batch(batch: ScheduledBatch, block_size: int) -> BatchPlan:
     slots: list[int] = []
     query_start, query_lens, context_lens, tables = [], [], [], []
     logits_rows, sampled, decode_rows, decode_seqs, prefill_seqs = [], [], [], [], []
+    prompt_rows: list[tuple[int, int, int]] = []
     max_decode_ctx = 0
     for s, c in enumerate(batch.chunks):
         seq = c.seq
@@ -67,10 +70,15 @@ def plan_batch(batch: ScheduledBatch, block_size: int) -> BatchPlan:
         if c.sample:
             logits_rows.append(row0 + c.length - 1)
             sampled.append(s)
+        if getattr(seq.params, "prompt_logprobs", None) is not None:
+            # position p's logits score prompt token p + 1: rows for p < len(prompt) - 1
+            n = min(c.start + c.length, len(seq.prompt_token_ids) - 1) - c.start
+            if n > 0:
+                prompt_rows.append((s, row0, n))
     width = max(len(t) for t in tables)
     flat_tables = [b for t in tables for b in t + [0] * (width - len(t))]
     return BatchPlan(ids, positions, slots, query_start, query_lens, context_lens, flat_tables, width,
-                     logits_rows, sampled, decode_rows, decode_seqs, prefill_seqs, max_decode_ctx)
+                     logits_rows, sampled, decode_rows, decode_seqs, prefill_seqs, max_decode_ctx, prompt_rows)
 
 
 def plan_to_device(plan: BatchPlan, block_size: int, kv_caches, device: torch.device) -> PreparedBatch:

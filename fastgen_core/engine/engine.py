@@ -17,7 +17,7 @@ from ..config import EngineConfig
 from ..errors import ConfigError, FastgenError, InvalidRequestError
 from ..loader import checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config
 from ..registry import FamilyRegistry
-from ..sampling import Sampler, SamplingParams, SamplingRow, token_logprobs
+from ..sampling import Sampler, SamplingParams, SamplingRow, logprobs_of, token_logprobs
 from ..tokenizer import IncrementalDetokenizer, load_tokenizer
 from .kv_cache import BlockAllocator, gpu_kv_budget
 from .outputs import RequestOutput, Response
@@ -41,6 +41,7 @@ class _Request:
     final_text: str = ""
     logits: list = field(default_factory=list)
     logprobs: list = field(default_factory=list)
+    prompt_logprobs: list = field(default_factory=list)   # of prompt tokens 1.. (token 0 has none)
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None
     first_token: float | None = None
@@ -307,7 +308,9 @@ class LLMEngine:
                 req.first_scheduled = now
             if c.seq.num_preemptions == 0 and c.start < len(c.seq.prompt_token_ids):
                 self.counters["prompt_tokens"] += min(c.length, len(c.seq.prompt_token_ids) - c.start)
-        logits, sampled = self.runner.forward(batch)
+        logits, sampled, prompt = self.runner.forward(batch)
+        if prompt is not None:
+            self._prompt_logprobs(batch, *prompt)
         self.scheduler.postprocess(batch)
         self.counters["steps"] += 1
         if not sampled:
@@ -335,6 +338,20 @@ class LLMEngine:
                 req.logprobs.append(lps[row])
             outputs.append(self._append_token(req, tok, now, lps[row]))
         return outputs
+
+    def _prompt_logprobs(self, batch, prompt_rows, logits) -> None:
+        """Record the logprobs of the prompt tokens these chunks' rows predict (positions already recorded,
+        as when a preempted sequence recomputes its prompt, are skipped)."""
+        row = 0
+        for s, _, n in prompt_rows:
+            c = batch.chunks[s]
+            req = self.requests[c.seq.request_id]
+            have = len(req.prompt_logprobs)
+            skip = max(0, have - c.start)
+            if skip < n:
+                targets = c.seq.prompt_token_ids[c.start + skip + 1:c.start + n + 1]
+                req.prompt_logprobs += logprobs_of(logits[row + skip:row + n], targets, req.params.prompt_logprobs)
+            row += n
 
     def _append_token(self, req: _Request, tok: int, now: float, lp=None) -> RequestOutput:
         seq, p = req.seq, req.params
@@ -388,7 +405,8 @@ class LLMEngine:
             text = req.prompt_text + text
         return Response(text, list(seq.output_token_ids), len(seq.prompt_token_ids), len(seq.output_token_ids),
                         seq.finish_reason, seq.request_id, req.logits if p.return_logits else None,
-                        req.logprobs if p.logprobs is not None else None)
+                        req.logprobs if p.logprobs is not None else None,
+                        [None, *req.prompt_logprobs] if p.prompt_logprobs is not None else None)
 
     def save_snapshot(self, out_dir) -> Path:
         """Save the loaded model in the engine's layout (see fastgen_core.snapshot); load it back with

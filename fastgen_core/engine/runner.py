@@ -43,23 +43,30 @@ class ModelRunner:
         return self.graphs
 
     @torch.inference_mode()
-    def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
-        """Logits [n_sampled, vocab] (float32) for the chunks that sample, and those chunks' indices."""
+    def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int], tuple | None]:
+        """Logits [n_sampled, vocab] (float32) for the chunks that sample, those chunks' indices, and for
+        prompt_logprobs requests (plan.prompt_rows, their rows' float32 logits) or None."""
         if self.graphs is not None and len(batch.chunks) <= self.graphs.max_batch and is_decode_only(batch):
             plan = self.graphs.plan(batch)
             if self.workers is not None:
                 self.workers.send(("graph_step", plan))
-            return self.graphs.run_plan(plan), list(range(len(batch.chunks)))
+            return self.graphs.run_plan(plan), list(range(len(batch.chunks))), None
         plan = plan_batch(batch, self.block_size)
         if self.workers is not None:
             self.workers.send(("step", plan))       # the other ranks run the same forward on their slices
         return self.run_plan(plan)
 
     @torch.inference_mode()
-    def run_plan(self, plan: BatchPlan, want_logits: bool = True) -> tuple[torch.Tensor, list[int]]:
+    def run_plan(self, plan: BatchPlan, want_logits: bool = True) -> tuple[torch.Tensor, list[int], tuple | None]:
         pb = plan_to_device(plan, self.block_size, self.kv_caches, self.device)
         hidden = self.model(pb.input_ids, pb.ctx)
-        if not pb.sampled_chunks or not want_logits:
-            return hidden.new_empty((0, 0), dtype=torch.float32), []
+        if not want_logits:
+            return hidden.new_empty((0, 0), dtype=torch.float32), [], None
+        prompt = None
+        if plan.prompt_rows:
+            rows = torch.tensor([r for _, r0, n in plan.prompt_rows for r in range(r0, r0 + n)], device=self.device)
+            prompt = (plan.prompt_rows, self.model.compute_logits(hidden.index_select(0, rows)).float())
+        if not pb.sampled_chunks:
+            return hidden.new_empty((0, 0), dtype=torch.float32), [], prompt
         logits = self.model.compute_logits(hidden.index_select(0, pb.logits_rows))
-        return logits.float(), pb.sampled_chunks
+        return logits.float(), pb.sampled_chunks, prompt

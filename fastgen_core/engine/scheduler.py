@@ -161,8 +161,8 @@ class Scheduler:
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks holding the start of seq's known tokens; at least one token is left to compute,
         since its forward pass gives the logits to sample from."""
-        if not self.allocator.prefix_caching:
-            return []
+        if not self.allocator.prefix_caching or getattr(seq.params, "prompt_logprobs", None) is not None:
+            return []                  # prompt logprobs need every prompt position computed
         full = (seq.num_tokens - 1) // self.allocator.block_size
         extend_block_keys(seq.block_keys, _Tokens(seq), self.allocator.block_size, full)
         return self.allocator.match(seq.block_keys[:full])
