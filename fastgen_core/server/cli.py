@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--kv-block-size", type=int, default=None)
     p.add_argument("--max-context", type=int, default=None)
+    p.add_argument("--tensor-parallel-size", type=int, default=None,
+                   help="each replica shards the model over this many GPUs (--device-map names each one's first)")
     p.add_argument("--engine-options", default=None, help="more pipeline options as a JSON object")
 
 
@@ -53,7 +55,8 @@ def settings_from_args(args):
             engine = json.loads(args.engine_options)
         except json.JSONDecodeError as e:
             raise ConfigError(f"--engine-options must be a JSON object: {e}") from None
-    for name in ("dtype", "max_ragged_batch_size", "num_kv_blocks", "kv_block_size", "max_context"):
+    for name in ("dtype", "max_ragged_batch_size", "num_kv_blocks", "kv_block_size", "max_context",
+                 "tensor_parallel_size"):
         if getattr(args, name) is not None:
             engine[name] = getattr(args, name)
     return ServeSettings(model=args.model, host=args.host, port=args.port, device=args.device,

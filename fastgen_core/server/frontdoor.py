@@ -51,7 +51,7 @@ def run_frontdoor(s: ServeSettings) -> int:
         raise ConfigError(f"deployment {s.deployment_name!r} is already running at {old['url']} (pid {old['pid']}); "
                           "terminate it or choose another --deployment-name")
     _check_model(s)
-    devices = plan_devices(s.device, s.device_map, s.replicas)
+    devices = plan_devices(s.device, s.device_map, s.replicas, int(s.engine_options.get("tensor_parallel_size", 1)))
     sock = _bind(s.host, s.port)
     port = sock.getsockname()[1]
     url = f"http://{'[' + s.host + ']' if ':' in s.host else s.host}:{port}"

@@ -24,12 +24,15 @@ from ..errors import ConfigError, FastgenError
 log = logging.getLogger("fastgen.server")
 
 
-def plan_devices(device: str | None, device_map, replicas: int | None) -> list[str]:
-    """One device per replica.
+def plan_devices(device: str | None, device_map, replicas: int | None, tensor_parallel_size: int = 1) -> list[str]:
+    """One device per replica: its first GPU when each replica is a tensor-parallel engine over
+    ``tensor_parallel_size`` GPUs (cuda:k holds k..k+N-1).
 
-    device_map: None or "auto" (every replica on ``device``; without it, GPUs round-robin, else CPU), a list
-    of devices or a comma-separated string ("cuda:0,cuda:1": one replica per entry), or a JSON list.
+    device_map: None or "auto" (every replica on ``device``; without it, GPUs in turn, N per replica, else
+    CPU), a list of devices or a comma-separated string ("cuda:0,cuda:2": one replica per entry), or a JSON
+    list.
     """
+    tp = tensor_parallel_size
     if isinstance(device_map, str) and device_map.strip().startswith("["):
         try:
             device_map = json.loads(device_map)
@@ -41,6 +44,11 @@ def plan_devices(device: str | None, device_map, replicas: int | None) -> list[s
             return [device] * n
         import torch
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and tp > 1:
+            if n * tp > gpus:
+                raise ConfigError(f"{n} replica(s) x tensor_parallel_size {tp} need {n * tp} GPUs, {gpus} are "
+                                  f"here; allowed: replicas up to {gpus // tp}")
+            return [f"cuda:{i * tp}" for i in range(n)]
         return [f"cuda:{i % gpus}" for i in range(n)] if gpus else ["cpu"] * n
     devices = [d.strip() for d in device_map.split(",")] if isinstance(device_map, str) else list(device_map)
     if not devices or not all(isinstance(d, str) and d for d in devices):
@@ -53,13 +61,15 @@ def plan_devices(device: str | None, device_map, replicas: int | None) -> list[s
     return devices
 
 
-def _child_device_env(device: str) -> tuple[str, dict]:
-    """A replica on cuda:k sees only that GPU (CUDA_VISIBLE_DEVICES), so it cannot touch the others."""
+def _child_device_env(device: str, tensor_parallel_size: int = 1) -> tuple[str, dict]:
+    """A replica on cuda:k sees only its GPUs (CUDA_VISIBLE_DEVICES: k, or k..k+N-1 for a tensor-parallel
+    replica), so it cannot touch the others."""
     env = dict(os.environ)
     if device.startswith("cuda:"):
         k = int(device.split(":", 1)[1])
         visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-        env["CUDA_VISIBLE_DEVICES"] = visible[k] if k < len(visible) else str(k)
+        ids = range(k, k + tensor_parallel_size)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if i < len(visible) else str(i) for i in ids)
         return "cuda:0", env
     return device, env
 
@@ -247,7 +257,7 @@ class ReplicaSet:
             os.unlink(r.socket)             # a dead process's socket: "ready" means the new one bound it
         except FileNotFoundError:
             pass
-        device, env = _child_device_env(r.device)
+        device, env = _child_device_env(r.device, int(self.engine_options.get("tensor_parallel_size", 1)))
         r.forget_health()
         r.proc = subprocess.Popen(self._command(r, device, self.threads), env=env)
         r.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=r.socket), base_url="http://replica",

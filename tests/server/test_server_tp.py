@@ -1,11 +1,18 @@
 """A deployment whose replica is a tensor-parallel engine (2 CPU ranks): same answers as the in-process
 pipeline, and terminate() leaves no worker process behind."""
+import argparse
 import os
 import time
 import uuid
 
+import pytest
+import torch
+
 import fastgen_core as fg
+from fastgen_core.errors import ConfigError
+from fastgen_core.server import cli
 from fastgen_core.server.client import pid_alive
+from fastgen_core.server.replicas import _child_device_env, plan_devices
 
 
 def children_of(pid: int) -> list[int]:
@@ -40,3 +47,30 @@ def test_a_tensor_parallel_replica_serves_the_pipelines_answers(tiny_model_dir, 
     while any(pid_alive(p) for p in [replica, *workers]):
         assert time.monotonic() < deadline, "a replica or tensor-parallel worker outlived terminate()"
         time.sleep(0.2)
+
+
+def test_tensor_parallel_replicas_get_consecutive_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert plan_devices(None, None, 2, tensor_parallel_size=2) == ["cuda:0", "cuda:2"]
+    assert plan_devices(None, None, 3, tensor_parallel_size=1) == ["cuda:0", "cuda:1", "cuda:2"]
+    with pytest.raises(ConfigError, match=r"3 replica\(s\) x tensor_parallel_size 2 need 6 GPUs, 4 are here; "
+                                          "allowed: replicas up to 2"):
+        plan_devices(None, None, 3, tensor_parallel_size=2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6,7")
+    device, env = _child_device_env("cuda:2", 2)
+    assert device == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "6,7"
+    assert _child_device_env("cuda:1")[1]["CUDA_VISIBLE_DEVICES"] == "5"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _child_device_env("cuda:2", 2)[1]["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
+def test_serve_cli_passes_tensor_parallel_size(tiny_model_dir):
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    s = cli.settings_from_args(p.parse_args(["--model", str(tiny_model_dir[0]), "--device", "cpu",
+                                             "--tensor-parallel-size", "2"]))
+    assert s.engine_options["tensor_parallel_size"] == 2
+    with pytest.raises(ConfigError, match="tensor_parallel_size must be a positive integer"):
+        cli.settings_from_args(p.parse_args(["--model", str(tiny_model_dir[0]), "--device", "cpu",
+                                             "--tensor-parallel-size", "0"]))
