@@ -56,9 +56,12 @@ class RequestHandle:
         raise APIError(503, f"the engine is not available: {value}")
 
     async def outputs(self):
-        """RequestOutputs until every prompt finished; stops early (``disconnected``) if the client left."""
+        """RequestOutputs until every prompt finished; stops as soon as the client has left (``disconnected``),
+        without handing out what the engine produced for it meanwhile."""
         while self.pending:
             kind, value = await self.sub.events.get()
+            if self.disconnected:
+                return
             if kind == "output":
                 if value.finished:
                     self.pending -= 1
@@ -78,6 +81,11 @@ class RequestHandle:
         if self.disconnected:
             return None
         return [done[r] for r in self.request_ids]
+
+    @property
+    def backlogged(self) -> bool:
+        """Events are waiting: the handler has fallen behind the engine."""
+        return not self.sub.events.empty()
 
     def index_of(self, request_id: str) -> int:
         return self.request_ids.index(request_id)

@@ -1,6 +1,7 @@
 """OpenAI-compatible /v1/completions and /v1/chat/completions on a replica (JSON or server-sent events)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -21,6 +22,12 @@ def sse_response(handle, events) -> StreamingResponse:
         try:
             async for ev in events:
                 yield f"data: {_dumps(ev)}\n\n"
+                if handle.backlogged:
+                    # Events that piled up would go out back to back in one step of the event loop: if the client
+                    # has just left, asyncio learns so only after that step and warns about every write past the
+                    # fifth ("socket.send() raised exception."). One pass of the loop between writes lets the
+                    # server mark the connection lost first, and its sends stop at once.
+                    await asyncio.sleep(0)
             if not handle.disconnected:
                 yield "data: [DONE]\n\n"
         except APIError as e:           # headers are gone already: report in-band, as OpenAI does

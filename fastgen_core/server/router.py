@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -36,6 +37,7 @@ class RouterBackend:
         self.name, self.model = name, model
         self.url: str | None = None
         self._turn = 0
+        self._readers: set[asyncio.Task] = set()
         self.registry = CollectorRegistry()
         self._routed = Counter("fastgen_router_requests", "Requests the front door sent to each replica.",
                                ["replica"], registry=self.registry)
@@ -97,37 +99,64 @@ class RouterBackend:
             await asyncio.wait({send, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-            if not send.done():
+            left = not send.done()
+            if left:
                 send.cancel()          # drops the upstream connection: the replica aborts the request
-        if send.cancelled():
+        if left:                       # (send is done only once it has run its cancellation: no result to ask)
             raise APIError(499, "the client closed the connection before the answer was ready")
         return send.result()
 
     async def _relay(self, request, upstream: httpx.Response, replica: Replica):
+        """The replica's answer as it arrives, until it ends or the client leaves.
+
+        Whatever arrived since the last write goes out in one write: when this loop falls behind, a replica's
+        stream piles up as many small chunks, and writing them one by one in a single step of the event loop
+        to a client that has just left makes asyncio warn about every write past the fifth ("socket.send()
+        raised exception.") before it tells the server the connection is lost.
+
+        The task reading upstream is never cancelled (a client that leaves hangs it up, see _hang_up).
+        """
         chunks: asyncio.Queue = asyncio.Queue()
         broken: list = []
         gone = object()
+        reading = True
 
         async def pump():
+            nonlocal reading
             try:
                 async for chunk in upstream.aiter_raw():
                     chunks.put_nowait(chunk)
             except httpx.HTTPError as e:
                 broken.append(e)
             finally:
+                reading = False
+                replica.outstanding -= 1
                 chunks.put_nowait(None)
+                await upstream.aclose()
 
         async def watch():
             await _disconnected(request)
             chunks.put_nowait(gone)
 
-        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(watch())]
+        reader = asyncio.ensure_future(pump())
+        self._readers.add(reader)              # the loop keeps only weak references to tasks
+        reader.add_done_callback(self._readers.discard)
+        watcher = asyncio.ensure_future(watch())
         try:
             last = b"\n\n"
-            while (chunk := await chunks.get()) not in (None, gone):
-                last = chunk or last
-                yield chunk
-            if chunk is None and broken:
+            while True:
+                batch = [await chunks.get()]
+                while not chunks.empty():
+                    batch.append(chunks.get_nowait())
+                if any(c is gone for c in batch):
+                    return
+                data = b"".join(c for c in batch if c)
+                if data:
+                    last = data
+                    yield data
+                if batch[-1] is None:
+                    break
+            if broken:
                 what = "while streaming this response"
                 message = await self._lost(replica, broken[0], what) or \
                     f"{replica.name} broke off the response {what}: {type(broken[0]).__name__}: {broken[0]}"
@@ -137,10 +166,9 @@ class RouterBackend:
                     event = json.dumps(APIError(503, message).body(), separators=(",", ":"), ensure_ascii=False)
                     yield (b"" if last.endswith(b"\n\n") else b"\n\n") + f"data: {event}\n\n".encode()
         finally:
-            for t in tasks:
-                t.cancel()
-            await upstream.aclose()       # unfinished: closes the connection, so the replica aborts
-            replica.outstanding -= 1
+            watcher.cancel()
+            if reading:                        # unfinished: the replica must see its client leave and abort
+                _hang_up(upstream, reader)
 
     async def _lost(self, r: Replica, error: Exception, what: str) -> str | None:
         """A connection to r broke: if r's process has exited (within a second), mark it down and return the
@@ -224,6 +252,26 @@ class _RestartCollector:
         for r in self.replicas:
             c.add_metric([str(r.index)], r.restarts)
         yield c
+
+
+def _hang_up(upstream: httpx.Response, reader: asyncio.Task) -> None:
+    """Close an unfinished upstream response without cancelling the task reading it.
+
+    Shutting the socket down makes the replica see its client leave (it aborts the request) and ends the
+    pending read as the end of any stream does; the reader then closes the response. Cancelling that read
+    instead races anyio's UNIX socket: if data arrives in the same step of the event loop, anyio's reader
+    callback completes the cancelled future and asyncio logs "Exception in callback Future.set_result(None)"
+    with an InvalidStateError. Cancelling is left for transports that do not expose their socket.
+    """
+    stream = upstream.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is None:
+        reader.cancel()
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:                            # the connection is closed already
+        pass
 
 
 async def _disconnected(request) -> None:

@@ -52,3 +52,25 @@ def cli_server(tiny_model_dir, tmp_path_factory):
 def long_server(tiny_long_model_dir, tmp_path_factory):
     """A deployment of the tiny Llama with a 4096-token context."""
     yield from serve(tiny_long_model_dir, tmp_path_factory.mktemp("fastgen-cache-4k"))
+
+
+@pytest.fixture(scope="module")
+def logged_long_server(tiny_long_model_dir, tmp_path_factory):
+    """long_server's deployment with what its processes (front door and replica) write to stderr kept in a
+    file ("log"), for tests of what the server logs."""
+    cache = tmp_path_factory.mktemp("fastgen-cache-logged")
+    log_path = cache / "server.log"
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "fastgen_core.cli", "serve", "--model", str(tiny_long_model_dir), "--port", "0",
+           "--deployment-name", name, "--api-key", API_KEY, "--device", "cpu", "--cpu-threads", "1",
+           "--kv-block-size", "8"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env={**os.environ, "FASTGEN_CACHE": str(cache)}, stderr=log)
+    try:
+        rec = wait_for_record(cache, name, proc)
+        http = httpx.Client(base_url=rec["url"], headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+        yield {"url": rec["url"], "name": name, "proc": proc, "http": http, "key": API_KEY, "log": log_path}
+        http.close()
+    finally:
+        proc.terminate()
+        proc.wait(60)
