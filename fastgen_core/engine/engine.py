@@ -401,12 +401,16 @@ class LLMEngine:
     def _response(self, req: _Request) -> Response:
         seq, p = req.seq, req.params
         text = req.final_text = self._final_text(req)
-        if p.return_full_text and req.prompt_text is not None:
-            text = req.prompt_text + text
+        if p.return_full_text:
+            prompt = req.prompt_text
+            if prompt is None and self.tokenizer is not None:          # a token-id prompt: its text
+                prompt = self.tokenizer.decode(seq.prompt_token_ids, skip_special_tokens=True)
+            text = (prompt or "") + text
         return Response(text, list(seq.output_token_ids), len(seq.prompt_token_ids), len(seq.output_token_ids),
                         seq.finish_reason, seq.request_id, req.logits if p.return_logits else None,
                         req.logprobs if p.logprobs is not None else None,
-                        [None, *req.prompt_logprobs] if p.prompt_logprobs is not None else None)
+                        [None, *req.prompt_logprobs] if p.prompt_logprobs is not None else None,
+                        seq.prompt_token_ids)
 
     def save_snapshot(self, out_dir) -> Path:
         """Save the loaded model in the engine's layout (see fastgen_core.snapshot); load it back with

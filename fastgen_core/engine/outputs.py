@@ -17,6 +17,7 @@ class Response:
     logits: list | None = field(default=None, repr=False)   # float32 tensors per sampled step (return_logits)
     logprobs: list | None = field(default=None, repr=False)  # a sampling.TokenLogprob per token (logprobs=k)
     prompt_logprobs: list | None = field(default=None, repr=False)  # per prompt token, None for the first
+    prompt_token_ids: list | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"generated_text": self.generated_text, "token_ids": self.token_ids,

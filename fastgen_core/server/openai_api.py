@@ -38,8 +38,9 @@ def sse_response(handle, events) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _usage(responses) -> dict:
-    p = sum(r.prompt_length for r in responses)
+def _usage(responses, n: int = 1) -> dict:
+    """OpenAI's usage: each prompt counted once however many choices (``n``) it has."""
+    p = sum(r.prompt_length for r in responses[::n])
     c = sum(r.generated_length for r in responses)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
@@ -51,64 +52,156 @@ async def _collect(handle):
         handle.close()
 
 
+class TokenText:
+    """Token id -> the text it decodes to (OpenAI's per-token strings), cached; ``token_id:N`` without a
+    tokenizer (vLLM's spelling)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.cache = tokenizer, {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self.cache.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id]) if self.tokenizer is not None else f"token_id:{token_id}"
+            self.cache[token_id] = text
+        return text
+
+
+def _text_of(backend) -> TokenText:
+    cached = getattr(backend, "_token_text", None)
+    if cached is None:
+        cached = backend._token_text = TokenText(backend.loop.engine.tokenizer)
+    return cached
+
+
+def completion_logprobs(pairs, text_of: TokenText, offset: int = 0) -> dict:
+    """The legacy completions ``logprobs`` object for (token id, TokenLogprob or None) pairs: None for a
+    prompt's first token, which nothing predicts. ``top_logprobs`` holds the alternatives and the chosen
+    token, as vLLM's does."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for token_id, tl in pairs:
+        t = text_of(token_id)
+        out["tokens"].append(t)
+        out["text_offset"].append(offset)
+        offset += len(t)
+        out["token_logprobs"].append(None if tl is None else tl.logprob)
+        out["top_logprobs"].append(None if tl is None else
+                                   {**{text_of(i): v for i, v in tl.top}, t: tl.logprob})
+    return out
+
+
+def chat_logprobs(tls, text_of: TokenText) -> dict:
+    """The chat ``logprobs`` object: per token its text, logprob, UTF-8 bytes and the top alternatives."""
+    def entry(token_id, logprob):
+        t = text_of(token_id)
+        return {"token": t, "logprob": logprob, "bytes": list(t.encode("utf-8"))}
+    return {"content": [{**entry(tl.token_id, tl.logprob), "top_logprobs": [entry(i, v) for i, v in tl.top]}
+                        for tl in tls]}
+
+
 async def completions(backend, body, request) -> Response:
     prompts = completion_prompts(body.prompt)
-    params = openai_params(body, body.max_tokens)
-    handle = await backend.open(request, same_for_each(prompts, params), len(prompts))
+    n = body.n or 1
+    if body.stream and body.echo and body.logprobs is not None:
+        raise APIError(400, "echo with logprobs (the prompt's logprobs) is answered without stream; drop one of "
+                            "stream, echo or logprobs", param="echo")
+    params = openai_params(body, body.max_tokens, body.logprobs, body.logprobs if body.echo else None)
+    params.return_full_text = body.echo
+    handle = await backend.open(request, same_for_each(prompts, params, n), len(prompts) * n)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": backend.info.name}
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(handle, _completion_events(handle, head, usage))
+        echo = None
+        if body.echo:                 # the prompts' text, each once per choice
+            tok = backend.loop.engine.tokenizer
+            echo = [p if isinstance(p, str) else (tok.decode(p, skip_special_tokens=True) if tok is not None else "")
+                    for p in prompts for _ in range(n)]
+        return sse_response(handle, _completion_events(handle, head, usage, n, echo, _text_of(backend)))
     responses = await _collect(handle)
     if responses is None:
         return Response(status_code=499)
-    choices = [{"index": i, "text": r.generated_text, "logprobs": None, "finish_reason": r.finish_reason}
-               for i, r in enumerate(responses)]
-    return JSONResponse({**head, "choices": choices, "usage": _usage(responses)})
+    text_of = _text_of(backend) if body.logprobs is not None else None
+    choices = []
+    for i, r in enumerate(responses):
+        lp = None
+        if text_of is not None:
+            pairs = list(zip(r.token_ids, r.logprobs))
+            if body.echo:
+                pairs = list(zip(r.prompt_token_ids, r.prompt_logprobs)) + pairs
+            lp = completion_logprobs(pairs, text_of)
+        choices.append({"index": i, "text": r.generated_text, "logprobs": lp, "finish_reason": r.finish_reason})
+    return JSONResponse({**head, "choices": choices, "usage": _usage(responses, n)})
 
 
-async def _completion_events(handle, head, include_usage):
+async def _completion_events(handle, head, include_usage, n, echo, text_of):
     finished = []
+    pending: dict[str, list] = {}          # logprobs of tokens whose text has not gone out yet
+    offsets: dict[str, int] = {}
+    started: set[str] = set()
     async for out in handle.outputs():
+        index = handle.index_of(out.request_id)
+        if echo is not None and out.request_id not in started:     # the prompt first, as its own chunk
+            started.add(out.request_id)
+            text = echo[index]
+            offsets[out.request_id] = len(text)
+            yield {**head, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": None}]}
+        if out.logprobs:
+            pending.setdefault(out.request_id, []).extend(out.logprobs)
         if out.finished:
             finished.append(out.response)
         elif not out.delta_text:
             continue
-        yield {**head, "choices": [{"index": handle.index_of(out.request_id), "text": out.delta_text,
-                                    "logprobs": None, "finish_reason": out.finish_reason}]}
+        lp = None
+        if out.request_id in pending:
+            tls = pending.pop(out.request_id)
+            lp = completion_logprobs([(t.token_id, t) for t in tls], text_of, offsets.get(out.request_id, 0))
+        offsets[out.request_id] = offsets.get(out.request_id, 0) + len(out.delta_text)
+        yield {**head, "choices": [{"index": index, "text": out.delta_text, "logprobs": lp,
+                                    "finish_reason": out.finish_reason}]}
     if include_usage and not handle.disconnected:
-        yield {**head, "choices": [], "usage": _usage(finished)}
+        finished.sort(key=lambda r: handle.index_of(r.request_id))
+        yield {**head, "choices": [], "usage": _usage(finished, n)}
 
 
 async def chat_completions(backend, body, request) -> Response:
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    params = openai_params(body, max_tokens)
-    handle = await backend.open(request, chat_prepare(body.messages, params), 1)
+    n = body.n or 1
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    params = openai_params(body, max_tokens, logprobs)
+    handle = await backend.open(request, chat_prepare(body.messages, params, n), n)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": backend.info.name}
+    text_of = _text_of(backend) if logprobs is not None else None
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(handle, _chat_events(handle, {**head, "object": "chat.completion.chunk"}, usage))
+        return sse_response(handle, _chat_events(handle, {**head, "object": "chat.completion.chunk"}, usage, n,
+                                                 text_of))
     responses = await _collect(handle)
     if responses is None:
         return Response(status_code=499)
-    r = responses[0]
-    choice = {"index": 0, "message": {"role": "assistant", "content": r.generated_text}, "logprobs": None,
-              "finish_reason": r.finish_reason}
-    return JSONResponse({**head, "choices": [choice], "usage": _usage(responses)})
+    choices = [{"index": i, "message": {"role": "assistant", "content": r.generated_text},
+                "logprobs": chat_logprobs(r.logprobs, text_of) if text_of is not None else None,
+                "finish_reason": r.finish_reason} for i, r in enumerate(responses)]
+    return JSONResponse({**head, "choices": choices, "usage": _usage(responses, n)})
 
 
-async def _chat_events(handle, head, include_usage):
-    def chunk(delta, reason=None):
-        return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
-    yield chunk({"role": "assistant", "content": ""})
-    final = None
+async def _chat_events(handle, head, include_usage, n, text_of):
+    def chunk(index, delta, reason=None, tls=None):
+        lp = chat_logprobs(tls, text_of) if tls else None
+        return {**head, "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}]}
+    for i in range(n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    finished = []
+    pending: dict[str, list] = {}
     async for out in handle.outputs():
+        index = handle.index_of(out.request_id)
+        if out.logprobs:
+            pending.setdefault(out.request_id, []).extend(out.logprobs)
         if out.delta_text:
-            yield chunk({"content": out.delta_text})
+            yield chunk(index, {"content": out.delta_text}, tls=pending.pop(out.request_id, None))
         if out.finished:
-            final = out.response
-            yield chunk({}, out.finish_reason)
-    if include_usage and final is not None:
-        yield {**head, "choices": [], "usage": _usage([final])}
+            finished.append(out.response)
+            yield chunk(index, {}, out.finish_reason, tls=pending.pop(out.request_id, None))
+    if include_usage and len(finished) == n:
+        yield {**head, "choices": [], "usage": _usage(finished, n)}

@@ -7,7 +7,8 @@ so the prompt is tokenized once).
 
 OpenAI semantics (decided as vLLM does): ``temperature`` absent means 1.0, i.e. sampling, as on OpenAI's
 API; ``temperature: 0`` is greedy. ``max_tokens`` defaults to 16 for completions (OpenAI's default) and
-to "up to the context" for chat. Only ``n: 1`` is supported.
+to "up to the context" for chat. ``n`` choices per prompt are n requests (with a seed, the i-th gets
+seed + i, so seeded choices differ and are each reproducible); completions list them prompt by prompt.
 """
 from __future__ import annotations
 
@@ -26,22 +27,12 @@ def _unsupported(name: str, why: str) -> APIError:
 
 
 def _refuse_unsupported(body) -> None:
-    if body.n not in (None, 1):
-        raise APIError(400, f"n must be 1 (one choice per prompt), got {body.n}; send the request again "
-                            "for more samples", param="n")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name) not in (None, 0):
-            raise _unsupported(name, f"got {getattr(body, name)}; only 0 (no penalty) is allowed")
     if body.logit_bias:
         raise _unsupported("logit_bias", "leave it empty")
-    if getattr(body, "logprobs", None):
-        raise _unsupported("logprobs", "leave it null/false")
-    if getattr(body, "top_logprobs", None):
-        raise _unsupported("top_logprobs", "leave it null")
-    if getattr(body, "echo", False):
-        raise _unsupported("echo", "leave it false")
-    if getattr(body, "best_of", None) not in (None, 1):
-        raise _unsupported("best_of", f"got {body.best_of}; only 1 is allowed")
+    if getattr(body, "top_logprobs", None) is not None and not getattr(body, "logprobs", None):
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    if getattr(body, "best_of", None) not in (None, body.n or 1):
+        raise _unsupported("best_of", f"got {body.best_of}; only best_of equal to n ({body.n or 1}) is allowed")
     if getattr(body, "suffix", None):
         raise _unsupported("suffix", "leave it null")
     if getattr(body, "tools", None):
@@ -53,8 +44,10 @@ def _refuse_unsupported(body) -> None:
         raise _unsupported("response_format", f"got {fmt!r}; only {{'type': 'text'}} is allowed")
 
 
-def openai_params(body, max_tokens: int | None) -> SamplingParams:
-    """SamplingParams for an OpenAI-style body (completions or chat)."""
+def openai_params(body, max_tokens: int | None, logprobs: int | None = None,
+                  prompt_logprobs: int | None = None) -> SamplingParams:
+    """SamplingParams for an OpenAI-style body (completions or chat); ``logprobs`` / ``prompt_logprobs``
+    as each endpoint reads them from its own fields."""
     _refuse_unsupported(body)
     temperature = 1.0 if body.temperature is None else body.temperature
     do_sample = temperature > 0
@@ -62,7 +55,21 @@ def openai_params(body, max_tokens: int | None) -> SamplingParams:
         max_new_tokens=max_tokens, min_new_tokens=body.min_tokens or 0, do_sample=do_sample,
         temperature=temperature if do_sample else 1.0, top_k=0 if body.top_k in (None, -1) else body.top_k,
         top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop or [],
-        stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos)
+        stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos,
+        presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+        logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+
+
+def copies(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """``n`` requests' params for n choices: seeded copies get seed, seed + 1, ... (different samples)."""
+    out = []
+    for i in range(n):
+        p = dataclasses.replace(params)
+        if p.seed is not None:
+            p.seed = (p.seed + i) % (2 ** 63)
+        out.append(p)
+    return out
 
 
 def completion_prompts(prompt) -> list:
@@ -77,13 +84,14 @@ def completion_prompts(prompt) -> list:
     return list(prompt)
 
 
-def same_for_each(prompts: list, params: SamplingParams) -> Prepare:
+def same_for_each(prompts: list, params: SamplingParams, n: int = 1) -> Prepare:
+    """Each prompt ``n`` times (prompt-major, as OpenAI orders the choices)."""
     def prepare(engine):
-        return [(p, dataclasses.replace(params)) for p in prompts]
+        return [(p, c) for p in prompts for c in copies(params, n)]
     return prepare
 
 
-def chat_prepare(messages, params: SamplingParams) -> Prepare:
+def chat_prepare(messages, params: SamplingParams, n: int = 1) -> Prepare:
     """Render the messages with the tokenizer's chat template (on the engine thread)."""
     msgs = []
     for m in messages:
@@ -99,7 +107,7 @@ def chat_prepare(messages, params: SamplingParams) -> Prepare:
         ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=False)
         if hasattr(ids, "keys"):           # some tokenizers still answer a BatchEncoding
             ids = ids["input_ids"]
-        return [(list(ids), dataclasses.replace(params))]
+        return [(list(ids), c) for c in copies(params, n)]
     return prepare
 
 

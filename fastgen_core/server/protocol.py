@@ -2,7 +2,7 @@
 
 Models are strict (no "5" for 5, no 1 for true) and forbid unknown fields, as OpenAI's API does, so a
 typo in an option name is a 400 naming the field instead of a silently ignored setting. OpenAI fields we
-accept but cannot honour (logprobs, penalties, ...) are declared so the error can say "not supported"
+accept but cannot honour (logit_bias, suffix, tools, ...) are declared so the error can say "not supported"
 rather than "unknown field".
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ __all__ = ["CompletionRequest", "ChatCompletionRequest", "ChatMessage", "Generat
            "StreamOptions", "ValidationError"]
 
 INT64_MAX = 2 ** 63 - 1
+MAX_LOGPROBS = 20          # as SamplingParams allows
+MAX_N = 128
 TokenIds = list[int]
 # OpenAI's completions prompt: a string, a batch of strings, one token-id list or a batch of them
 Prompt = Union[str, list[str], TokenIds, list[TokenIds]]
@@ -36,20 +38,21 @@ class _OpenAISampling(_Strict):
     model: str | None = Field(None, description="the served model name (GET /v1/models); optional")
     temperature: float | None = Field(None, ge=0, description="absent: 1.0 (sampling, as OpenAI); 0: greedy")
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int | None = Field(None, ge=1, description="only 1 is supported")
+    n: int | None = Field(None, ge=1, le=MAX_N, description="choices per prompt (seeded: seed, seed+1, ...)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=INT64_MAX)
     user: str | None = Field(None, description="accepted and ignored")
-    presence_penalty: float | None = Field(None, description="only 0 is supported")
-    frequency_penalty: float | None = Field(None, description="only 0 is supported")
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = Field(None, description="not supported")
     # extras (vLLM's names)
     top_k: int | None = Field(None, ge=-1, description="0 or -1: no limit")
     min_tokens: int | None = Field(None, ge=0, description="EOS and stop tokens are banned before this many")
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    repetition_penalty: float | None = Field(None, gt=0, description="transformers'/vLLM's; 1: none")
 
 
 class CompletionRequest(_OpenAISampling):
@@ -57,9 +60,10 @@ class CompletionRequest(_OpenAISampling):
 
     prompt: Prompt = Field(description="a string, a list of strings, a token-id list, or a list of those")
     max_tokens: int | None = Field(16, ge=1, description="default 16, as OpenAI; null: up to the context")
-    echo: bool = Field(False, description="not supported")
-    logprobs: int | None = Field(None, description="not supported")
-    best_of: int | None = Field(None, description="only 1 is supported")
+    echo: bool = Field(False, description="the prompt before the completion (and its logprobs with logprobs)")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="each token's logprob and this many "
+                                 "most likely alternatives")
+    best_of: int | None = Field(None, ge=1, description="only equal to n (or absent) is supported")
     suffix: str | None = Field(None, description="not supported")
 
 
@@ -80,8 +84,9 @@ class ChatCompletionRequest(_OpenAISampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="default: up to the model's context")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
-    logprobs: bool | None = Field(None, description="not supported")
-    top_logprobs: int | None = Field(None, description="not supported")
+    logprobs: bool | None = Field(None, description="each output token's logprob")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="with logprobs: this many "
+                                     "most likely alternatives per token")
     tools: list[dict] | None = Field(None, description="not supported")
     tool_choice: str | dict | None = Field(None, description="only 'none' is supported")
     response_format: dict | None = Field(None, description="only {'type': 'text'} is supported")
