@@ -106,6 +106,9 @@ class _Generate(_Strict):
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
     return_full_text: bool = False
+    repetition_penalty: float = Field(1.0, gt=0)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
 
 
 class GenerateRequest(_Generate):

@@ -101,3 +101,10 @@ def test_streamed_logprobs_and_echo_add_up_to_the_whole(oa):
         toks = "".join(e.token for c in chat for ch in c.choices if ch.index == i and ch.logprobs
                        for e in ch.logprobs.content)
         assert toks == text and text
+
+
+def test_python_client_takes_the_penalties(cli_server, pipe):
+    import fastgen_core as fg
+    client = fg.client(cli_server["url"], api_key=cli_server["key"])
+    kw = dict(max_new_tokens=8, ignore_eos=True, repetition_penalty=1.4, frequency_penalty=0.5)
+    assert client.generate(PROMPTS[1], **kw)[0].token_ids == pipe(PROMPTS[1], **kw)[0].token_ids
