@@ -164,6 +164,59 @@ def row_linear(in_features: int, out_features: int, bias: bool, ranges: list[tup
     return RowParallelLinear(in_features, out_features, bias, tp, ranges)
 
 
+class VocabParallelEmbedding(nn.Embedding):
+    """This rank's rows [start, start + n) of the token embedding; ids elsewhere give zeros here, and one
+    all-reduce assembles every token's row."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, tp: TPGroup):
+        n = num_embeddings // tp.size
+        super().__init__(n, embedding_dim)
+        self.tp, self.start = tp, tp.rank * n
+        shard(self.weight, 0, [(self.start, n)], num_embeddings)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        local = ids - self.start
+        mine = (local >= 0) & (local < self.num_embeddings)
+        out = F.embedding(local.clamp(0, self.num_embeddings - 1), self.weight) * mine.unsqueeze(-1).to(self.weight.dtype)
+        return self.tp.all_reduce(out)
+
+
+class VocabParallelLMHead(nn.Linear):
+    """Logits of this rank's vocabulary slice, gathered from every rank into the whole row (every rank must
+    call it for the same rows)."""
+
+    def __init__(self, in_features: int, vocab_size: int, bias: bool, tp: TPGroup):
+        n = vocab_size // tp.size
+        super().__init__(in_features, n, bias=bias)
+        self.tp = tp
+        shard(self.weight, 0, [(tp.rank * n, n)], vocab_size)
+        if bias:
+            shard(self.bias, 0, [(tp.rank * n, n)], vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = F.linear(x, self.weight, self.bias).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.tp.size)]
+        torch.distributed.all_gather(parts, local, group=self.tp.group)
+        return torch.cat(parts, dim=-1)
+
+
+def vocab_embedding(vocab_size: int, hidden_size: int) -> nn.Embedding:
+    """The token embedding: split by vocabulary rows under tensor parallelism (when the ranks divide the
+    vocabulary; else every rank holds all of it)."""
+    tp = current()
+    if tp.size == 1 or vocab_size % tp.size:
+        return nn.Embedding(vocab_size, hidden_size)
+    return VocabParallelEmbedding(vocab_size, hidden_size, tp)
+
+
+def vocab_linear(hidden_size: int, vocab_size: int, bias: bool) -> nn.Linear:
+    """lm_head, split like ``vocab_embedding`` (so tied weights stay tied slice by slice)."""
+    tp = current()
+    if tp.size == 1 or vocab_size % tp.size:
+        return nn.Linear(hidden_size, vocab_size, bias=bias)
+    return VocabParallelLMHead(hidden_size, vocab_size, bias, tp)
+
+
 # ---- processes --------------------------------------------------------------------------------------------
 
 def _free_port() -> int:
@@ -259,7 +312,7 @@ def _worker_main(config, rank: int, size: int, init_method: str, conn, threads: 
             if kind == "close":
                 break
             if kind == "step":
-                engine.runner.run_plan(payload, want_logits=False)
+                engine.runner.run_plan(payload)       # lm_head too: its vocabulary slice is gathered
             elif kind == "graph_step":
                 with torch.inference_mode():
                     engine.runner.graphs.run_plan(payload)

@@ -150,3 +150,15 @@ def test_snapshots_are_saved_unsharded_and_load_sharded(tmp_path):
             two.engine.save_snapshot(tmp_path / "snap2")
     finally:
         two.destroy()
+
+
+def test_vocabulary_is_split_when_the_ranks_divide_it():
+    for rank in range(2):
+        with parallel.building(parallel.TPGroup(rank, 2)):
+            emb, head = parallel.vocab_embedding(10, 4), parallel.vocab_linear(4, 10, True)
+            odd = parallel.vocab_embedding(11, 4)
+        assert emb.weight.shape == (5, 4) and parallel.full_shape(emb.weight) == (10, 4) and emb.start == 5 * rank
+        assert head.weight.shape == (5, 4) and parallel.full_shape(head.bias) == (10,)
+        assert type(odd) is torch.nn.Embedding and odd.weight.shape == (11, 4)       # 11 rows: replicated
+    rows = torch.arange(10 * 4.0).view(10, 4)
+    assert parallel.take_slice(emb.weight, rows).tolist() == rows[5:].tolist()

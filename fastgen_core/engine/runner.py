@@ -57,11 +57,10 @@ class ModelRunner:
         return self.run_plan(plan)
 
     @torch.inference_mode()
-    def run_plan(self, plan: BatchPlan, want_logits: bool = True) -> tuple[torch.Tensor, list[int], tuple | None]:
+    def run_plan(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int], tuple | None]:
+        """The forward of a plan (every tensor-parallel rank runs it: lm_head gathers across ranks)."""
         pb = plan_to_device(plan, self.block_size, self.kv_caches, self.device)
         hidden = self.model(pb.input_ids, pb.ctx)
-        if not want_logits:
-            return hidden.new_empty((0, 0), dtype=torch.float32), [], None
         prompt = None
         if plan.prompt_rows:
             rows = torch.tensor([r for _, r0, n in plan.prompt_rows for r in range(r0, r0 + n)], device=self.device)

@@ -82,10 +82,10 @@ class CausalLM(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int, layers: list[nn.Module], norm: nn.Module,
                  tie_word_embeddings: bool = False, lm_head_bias: bool = False):
         super().__init__()
-        self.embed_tokens = nn.Embedding(vocab_size, hidden_size)
+        self.embed_tokens = parallel.vocab_embedding(vocab_size, hidden_size)
         self.layers = nn.ModuleList(layers)
         self.norm = norm
-        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=lm_head_bias)
+        self.lm_head = parallel.vocab_linear(hidden_size, vocab_size, lm_head_bias)
         if tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
