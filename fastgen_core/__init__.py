@@ -28,13 +28,18 @@ _LAZY = {
     "Rule": ".weights", "WeightMap": ".weights", "fused": ".weights",
 }
 
+# public submodules a plugin may use besides ``layers``: CuPy kernel loading, tensor-parallel building blocks
+_SUBMODULES = ("kernels", "parallel")
+
 __all__ = ["pipeline", "serve", "client", "Pipeline", "LLMEngine", "EngineConfig", "SamplingParams", "Response", "RequestOutput",
            "ModelFamily", "DecoderConfig", "FamilyRegistry", "PluginSet", "get_plugin_set", "hookimpl", "Rule", "WeightMap", "fused",
            "FastgenError", "InvalidRequestError", "ConfigError", "UnsupportedModelError", "DuplicateFamilyError",
-           "WeightLoadError"]
+           "WeightLoadError", *_SUBMODULES]
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fastgen_core' has no attribute {name!r}")
