@@ -5,18 +5,10 @@ import pytest
 import torch
 
 from fastgen_core import pipeline
+from tiny_configs import tiny_gpu_config as _cfg
 from fastgen_core.testing import hf_greedy, random_prompts, save_tiny_model
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-
-def _cfg(name):
-    import transformers as t
-    common = dict(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512)
-    if name == "llama":
-        return t.LlamaConfig(**common, intermediate_size=256)
-    return t.MixtralConfig(**common, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2)
 
 
 @pytest.mark.parametrize("name", ["llama", "mixtral"])

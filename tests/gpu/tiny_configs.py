@@ -1,0 +1,10 @@
+"""The small dense and MoE configs the GPU engine tests share (vocab 512, hidden 128, 2 layers, GQA 4/2)."""
+
+
+def tiny_gpu_config(name: str):
+    import transformers as t
+    common = dict(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+    if name == "llama":
+        return t.LlamaConfig(**common, intermediate_size=256)
+    return t.MixtralConfig(**common, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2)
