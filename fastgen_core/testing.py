@@ -184,11 +184,9 @@ def check_family_tp(hf_config, tmp_path: str | Path, tensor_parallel_size: int =
                     max_ragged_batch_size=budget, num_kv_blocks=-(-longest // kv_block_size) + 2,
                     enable_prefix_caching=True, tensor_parallel_size=tensor_parallel_size)
     try:
-        graphs = None
         for round_ in range(2):
             if round_ == 1:
-                graphs = pipe.engine.runner.enable_decode_graphs(decode_graph_batch, pipe.engine.max_context,
-                                                                  capture=False)
+                pipe.engine.runner.enable_decode_graphs(decode_graph_batch, pipe.engine.max_context, capture=False)
             outs = pipe(prompts, max_new_tokens=max_new_tokens, ignore_eos=True, return_logits=True)
             for i, (o, want) in enumerate(zip(outs, expected)):
                 assert o.token_ids == want, (f"tp={tensor_parallel_size} round {round_}: prompt {i} (len "
