@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 import uuid
@@ -68,9 +69,12 @@ class TokenText:
 
 
 def _text_of(backend) -> TokenText:
+    """The replica's TokenText, over its own copy of the tokenizer: the engine thread encodes with the
+    engine's, and a Rust tokenizer used from two threads can refuse a borrow ("Already borrowed")."""
     cached = getattr(backend, "_token_text", None)
     if cached is None:
-        cached = backend._token_text = TokenText(backend.loop.engine.tokenizer)
+        tok = backend.loop.engine.tokenizer
+        cached = backend._token_text = TokenText(copy.deepcopy(tok) if tok is not None else None)
     return cached
 
 
@@ -114,7 +118,7 @@ async def completions(backend, body, request) -> Response:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         echo = None
         if body.echo:                 # the prompts' text, each once per choice
-            tok = backend.loop.engine.tokenizer
+            tok = _text_of(backend).tokenizer
             echo = [p if isinstance(p, str) else (tok.decode(p, skip_special_tokens=True) if tok is not None else "")
                     for p in prompts for _ in range(n)]
         return sse_response(handle, _completion_events(handle, head, usage, n, echo, _text_of(backend)))
