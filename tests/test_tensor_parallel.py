@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 from transformers import (FalconConfig, LlamaConfig, MistralConfig, MixtralConfig, OPTConfig, PhiConfig,
-                          Qwen2Config)
+                          Qwen2Config, Qwen3Config)
 
 import fastgen_core as fg
 from fastgen_core import parallel
@@ -38,8 +38,10 @@ FAMILIES = {
                           word_embed_proj_dim=32),
     "qwen2": Qwen2Config(**SMALL, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
                          rope_theta=1000000.0),
+    # per-head q/k norms (replicated) on each rank's heads
+    "qwen3": Qwen3Config(**SMALL, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, head_dim=32),
 }
-INIT_STD = {"mixtral": 0.1, "phi": 0.1}
+INIT_STD = {"mixtral": 0.1, "phi": 0.1, "qwen3": 0.1}
 
 
 def no_children(timeout: float = 10) -> bool:

@@ -1,8 +1,10 @@
 """Qwen2: Llama's pre-norm block with biases on the q/k/v projections (none on o_proj), tied embeddings
-on the small sizes, and an optional sliding window on some layers.
+on the small sizes, and an optional sliding window on some layers. Qwen3 (dense) is the same block with an
+RMSNorm over each query and key head before the rotation (``q_norm``, ``k_norm``) and biases only if
+``attention_bias`` (on q/k/v and o_proj alike).
 
-Every quirk is a config field read from config.json (``layer_types``, ``sliding_window``...); the model
-itself is composed from ``fastgen_core.layers`` and holds no Qwen-specific attention code.
+Every quirk is a config field read from config.json (``layer_types``, ``sliding_window``, ``qk_norm``...);
+the model itself is composed from ``fastgen_core.layers`` and holds no Qwen-specific attention code.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ class Qwen2Config(DecoderConfig):
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
     layer_types: tuple[str, ...] = ()
+    qkv_bias: bool = True           # Qwen2: always; Qwen3: attention_bias
+    o_bias: bool = False            # Qwen2: never; Qwen3: attention_bias
+    qk_norm: bool = False           # Qwen3: RMSNorm per query / key head before the rotation
 
     def layer_sliding_window(self, i: int) -> int | None:
         """The window layer ``i`` attends over (None: the whole context)."""
@@ -66,9 +71,12 @@ class Qwen2Config(DecoderConfig):
             get_activation(act)
         except ValueError as e:
             raise UnsupportedModelError(f"Qwen2 config not supported: {e}") from None
+        qwen3 = hf.get("model_type") == "qwen3"
+        bias = bool(hf.get("attention_bias", False))
         return cls(**common, intermediate_size=hf["intermediate_size"], rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
                    hidden_act=act, rope_theta=theta, rope_scaling=scaling,
-                   layer_types=layer_types_from_hf(hf, common["num_hidden_layers"], window))
+                   layer_types=layer_types_from_hf(hf, common["num_hidden_layers"], window),
+                   qkv_bias=bias if qwen3 else True, o_bias=bias if qwen3 else False, qk_norm=qwen3)
 
 
 class Qwen2ForCausalLM(CausalLM):
@@ -76,8 +84,10 @@ class Qwen2ForCausalLM(CausalLM):
         rotary = RotaryEmbedding(c.head_dim, c.head_dim, c.rope_theta, c.rope_scaling)
 
         def layer(i: int):
+            qk = [RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else None for _ in "qk"]
             attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, i,
-                                   rotary, qkv_bias=True, o_bias=False, sliding_window=c.layer_sliding_window(i))
+                                   rotary, qkv_bias=c.qkv_bias, o_bias=c.o_bias,
+                                   sliding_window=c.layer_sliding_window(i), q_norm=qk[0], k_norm=qk[1])
             mlp = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=False)
             return PreNormDecoderLayer(c.hidden_size, c.rms_norm_eps, attn, mlp)
 

@@ -14,3 +14,12 @@ def register_model_families(register):
         weights="fastgen_qwen2.weights:weight_map",
         description="Qwen2, Qwen2.5 (GQA, QKV biases, RMSNorm, SwiGLU, RoPE, per-layer sliding window)",
     ))
+    register(ModelFamily(
+        name="qwen3",
+        architectures=("Qwen3ForCausalLM",),
+        model_types=("qwen3",),
+        config="fastgen_qwen2.model:Qwen2Config",
+        model="fastgen_qwen2.model:Qwen2ForCausalLM",
+        weights="fastgen_qwen2.weights:weight_map",
+        description="Qwen3 dense (Qwen2's block with per-head q/k RMSNorm, optional attention biases)",
+    ))
