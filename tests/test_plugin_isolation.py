@@ -119,15 +119,16 @@ def test_load_plugins_allowlist_runs_qwen2_and_refuses_llama(tmp_path):
     proc = _run(code, {"FASTGEN_LOAD_PLUGINS": "qwen2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["loaded"] == ["qwen2"] and result["families"] == ["qwen2"], result
+    assert result["loaded"] == ["qwen2"] and result["families"] == ["qwen2", "qwen3"], result
     assert result["plugin_modules"] == ["fastgen_qwen2"], f"other plugins were imported: {result}"
     assert result["matches"], "the qwen2 model loaded through the allowlist disagrees with transformers"
     assert result["refusal"] is not None, "a Llama model ran although only the qwen2 plugin was loaded"
-    assert "LlamaForCausalLM" in result["refusal"] and "Supported architectures: ['Qwen2ForCausalLM']" in result["refusal"]
+    assert "LlamaForCausalLM" in result["refusal"]
+    assert "Supported architectures: ['Qwen2ForCausalLM', 'Qwen3ForCausalLM']" in result["refusal"]
 
     listing = _run("from fastgen_core.cli import main; main(['plugins'])", {"FASTGEN_LOAD_PLUGINS": "qwen2"})
     assert listing.returncode == 0, listing.stderr[-2000:]
-    assert [line.split()[0] for line in listing.stdout.splitlines()] == ["qwen2"], listing.stdout
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == ["qwen2", "qwen3"], listing.stdout
 
 
 @pytest.mark.parametrize("pkg", sorted(PACKAGES))

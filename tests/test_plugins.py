@@ -164,5 +164,5 @@ def test_fastgen_plugins_lists_all_six_families_with_their_packages():
                          text=True, check=True).stdout
     got = {f["family"]: f["distribution"] for f in json.loads(out)["families"]}
     want = {"llama": "fastgen-llama", "mixtral": "fastgen-mixtral", "falcon": "fastgen-falcon", "phi": "fastgen-phi",
-            "opt": "fastgen-opt", "qwen2": "fastgen-qwen2"}
+            "opt": "fastgen-opt", "qwen2": "fastgen-qwen2", "qwen3": "fastgen-qwen2"}
     assert {k: got.get(k) for k in want} == want

@@ -17,10 +17,12 @@ def qwen2_only_registry():
 
 def test_register_and_resolve_without_entry_points():
     reg = qwen2_only_registry()
-    assert reg.errors == [] and [rf.family.name for rf in reg.families] == ["qwen2"]
+    assert reg.errors == [] and [rf.family.name for rf in reg.families] == ["qwen2", "qwen3"]
     assert reg.resolve({"architectures": ["Qwen2ForCausalLM"]}).family.name == "qwen2"
+    assert reg.resolve({"architectures": ["Qwen3ForCausalLM"]}).family.name == "qwen3"
     assert reg.resolve({"model_type": "qwen2"}).plugin == "qwen2"
-    with pytest.raises(UnsupportedModelError, match=r"Supported architectures: \['Qwen2ForCausalLM'\]"):
+    with pytest.raises(UnsupportedModelError,
+                       match=r"Supported architectures: \['Qwen2ForCausalLM', 'Qwen3ForCausalLM'\]"):
         reg.resolve({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})
 
 
