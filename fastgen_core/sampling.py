@@ -143,26 +143,22 @@ def apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
 
 
 def token_logprobs(logits: torch.Tensor, tokens: list[int], rows: list[SamplingRow]) -> list[TokenLogprob | None]:
-    """For the rows with ``logprobs`` set: the chosen token's log-probability under the raw logits and the
-    top alternatives (one device-to-host copy for all of them); None for the others."""
+    """For the rows with ``logprobs`` set: the chosen token's log-probability under the raw logits and its
+    row's number of top alternatives; None for the other rows."""
     want = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
     out: list[TokenLogprob | None] = [None] * len(rows)
-    if not want:
-        return out
-    dev = logits.device
-    lp = torch.log_softmax(logits.index_select(0, torch.tensor(want, device=dev)).float(), dim=-1)
-    chosen = lp.gather(1, torch.tensor([[tokens[i]] for i in want], device=dev)).squeeze(1)
-    k = max(rows[i].params.logprobs for i in want)
-    top_lp, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
-    chosen, top_lp, top_ids = chosen.tolist(), top_lp.tolist(), top_ids.tolist()
-    for j, i in enumerate(want):
-        n = rows[i].params.logprobs
-        out[i] = TokenLogprob(tokens[i], chosen[j], list(zip(top_ids[j][:n], top_lp[j][:n])))
+    if want:
+        k = max(rows[i].params.logprobs for i in want)
+        got = logprobs_of(logits.index_select(0, torch.tensor(want, device=logits.device)), [tokens[i] for i in want], k)
+        for i, tl in zip(want, got):
+            tl.top = tl.top[:rows[i].params.logprobs]
+            out[i] = tl
     return out
 
 
 def logprobs_of(logits: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprob]:
-    """TokenLogprobs of ``targets[i]`` under row i of ``logits``, with the ``k`` most likely alternatives."""
+    """TokenLogprobs of ``targets[i]`` under row i of ``logits`` (log-softmax in float32), with the ``k`` most
+    likely alternatives; one device-to-host copy for all rows."""
     lp = torch.log_softmax(logits.float(), dim=-1)
     chosen = lp.gather(1, torch.tensor(targets, device=lp.device).unsqueeze(1)).squeeze(1).tolist()
     top_lp, top_ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())

@@ -321,11 +321,8 @@ class LLMEngine:
             banned = []
             if len(req.seq.output_token_ids) < req.params.min_new_tokens:
                 banned = sorted((set() if req.params.ignore_eos else self.eos_token_ids) | set(req.params.stop_token_ids))
-            if req.params.penalized:
-                rows.append(SamplingRow(req.params, req.generator, banned, req.seq.prompt_token_ids,
-                                        req.seq.output_token_ids))
-            else:
-                rows.append(SamplingRow(req.params, req.generator, banned))
+            rows.append(SamplingRow(req.params, req.generator, banned, req.seq.prompt_token_ids,
+                                    req.seq.output_token_ids))
         tokens = self.sampler(logits, rows).tolist()
         lps = token_logprobs(logits, tokens, rows)
         outputs = []
