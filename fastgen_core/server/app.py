@@ -21,7 +21,8 @@ from starlette.responses import JSONResponse, Response
 from ..errors import InvalidRequestError
 from .errors import APIError, describe_validation_errors
 from .metrics import CONTENT_TYPE
-from .protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest, MIIRequest
+from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, GenerateRequest, MIIRequest,
+                       TokenizeRequest)
 
 log = logging.getLogger("fastgen.server")
 PUBLIC_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
@@ -132,6 +133,18 @@ def create_app(backend, name: str, model_path: str, api_key: str | None = None, 
     async def generate(body: GenerateRequest, request: Request):
         """The pipeline's options and Response objects (used by fastgen_core.client)."""
         return await backend.handle("generate", body, request, "/generate")
+
+    @app.post("/tokenize", tags=["fastgen"])
+    async def tokenize(body: TokenizeRequest, request: Request):
+        """A prompt or chat messages to the model's token ids (vLLM's /tokenize)."""
+        check_model(body.model)
+        return await backend.handle("tokenize", body, request, "/tokenize")
+
+    @app.post("/detokenize", tags=["fastgen"])
+    async def detokenize(body: DetokenizeRequest, request: Request):
+        """Token ids to text (vLLM's /detokenize)."""
+        check_model(body.model)
+        return await backend.handle("detokenize", body, request, "/detokenize")
 
     @app.get("/health", tags=["ops"])
     async def health():

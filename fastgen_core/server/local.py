@@ -146,7 +146,8 @@ class LocalBackend:
     async def handle(self, kind: str, body, request, path: str):
         from . import native_api, openai_api
         handlers = {"completions": openai_api.completions, "chat": openai_api.chat_completions,
-                    "generate": native_api.generate, "mii": native_api.mii}
+                    "generate": native_api.generate, "mii": native_api.mii, "tokenize": native_api.tokenize,
+                    "detokenize": native_api.detokenize}
         return await handlers[kind](self, body, request)
 
     def metrics(self) -> bytes:

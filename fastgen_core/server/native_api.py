@@ -44,3 +44,38 @@ async def mii(backend, body, request) -> Response:
     return JSONResponse([{"generated_text": r.generated_text, "prompt_length": r.prompt_length,
                           "generated_length": r.generated_length,
                           "finish_reason": MII_FINISH_REASONS.get(r.finish_reason, "none")} for r in responses])
+
+
+async def tokenize(backend, body, request) -> Response:
+    """vLLM's answer: {"tokens", "count", "max_model_len"}; the prompt is not checked against the context."""
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "give exactly one of prompt (text) or messages (chat)", param="prompt")
+    tok = _tokenizer(backend)
+    if body.prompt is not None:
+        ids = tok(body.prompt, add_special_tokens=body.add_special_tokens).input_ids
+    else:
+        if not getattr(tok, "chat_template", None):
+            raise APIError(400, "this model's tokenizer has no chat template; tokenize a prompt instead",
+                           param="messages")
+        msgs = [{"role": m.role, "content": m.content if isinstance(m.content, str) or m.content is None
+                 else "".join(p.text for p in m.content) or ""} for m in body.messages]
+        ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=body.add_generation_prompt,
+                                      return_dict=False)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    return JSONResponse({"tokens": list(ids), "count": len(ids), "max_model_len": backend.info.max_context})
+
+
+async def detokenize(backend, body, request) -> Response:
+    tok = _tokenizer(backend)
+    bad = [t for t in body.tokens if not 0 <= t < len(tok)]
+    if bad:
+        raise APIError(400, f"token ids must be in [0, {len(tok)}); got {bad[:5]}", param="tokens")
+    return JSONResponse({"prompt": tok.decode(body.tokens)})
+
+
+def _tokenizer(backend):
+    from .openai_api import _text_of                # the replica's own copy, not the engine thread's
+    tok = _text_of(backend).tokenizer
+    if tok is None:
+        raise APIError(400, "this model directory has no tokenizer files")
+    return tok

@@ -11,8 +11,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["CompletionRequest", "ChatCompletionRequest", "ChatMessage", "GenerateRequest", "MIIRequest",
-           "StreamOptions", "ValidationError"]
+__all__ = ["CompletionRequest", "ChatCompletionRequest", "ChatMessage", "DetokenizeRequest", "GenerateRequest",
+           "MIIRequest", "StreamOptions", "TokenizeRequest", "ValidationError"]
 
 INT64_MAX = 2 ** 63 - 1
 MAX_LOGPROBS = 20          # as SamplingParams allows
@@ -133,3 +133,20 @@ class MIIRequest(_Strict):
     ignore_eos: bool = False
     return_full_text: bool = False
     stream: bool = Field(False, description="not supported over REST (as in MII)")
+
+
+class TokenizeRequest(_Strict):
+    """POST /tokenize (vLLM's): a prompt, or chat messages rendered with the chat template, to token ids."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(_Strict):
+    """POST /detokenize (vLLM's): token ids to text."""
+
+    model: str | None = None
+    tokens: TokenIds

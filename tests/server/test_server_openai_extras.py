@@ -108,3 +108,20 @@ def test_python_client_takes_the_penalties(cli_server, pipe):
     client = fg.client(cli_server["url"], api_key=cli_server["key"])
     kw = dict(max_new_tokens=8, ignore_eos=True, repetition_penalty=1.4, frequency_penalty=0.5)
     assert client.generate(PROMPTS[1], **kw)[0].token_ids == pipe(PROMPTS[1], **kw)[0].token_ids
+
+
+def test_tokenize_and_detokenize(cli_server, pipe):
+    http = cli_server["http"]
+    r = http.post("/tokenize", json={"prompt": "The capital"}).json()
+    assert r["tokens"] == pipe.tokenizer("The capital").input_ids and r["count"] == len(r["tokens"])
+    assert r["max_model_len"] == pipe.engine.max_context
+    msgs = [{"role": "user", "content": "hi"}]
+    chat = http.post("/tokenize", json={"messages": msgs}).json()
+    assert chat["tokens"] == list(pipe.tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True,
+                                                                     return_dict=False))
+    assert http.post("/detokenize", json={"tokens": r["tokens"]}).json()["prompt"] == \
+        pipe.tokenizer.decode(r["tokens"])
+    bad = http.post("/detokenize", json={"tokens": [5, 10 ** 6]})
+    assert bad.status_code == 400 and "token ids must be in [0, " in bad.json()["error"]["message"]
+    both = http.post("/tokenize", json={"prompt": "x", "messages": msgs})
+    assert both.status_code == 400 and "exactly one of prompt" in both.json()["error"]["message"]
