@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
 import socket
 import traceback
 from dataclasses import dataclass, field
@@ -270,11 +271,23 @@ class Workers:
             self.conns.append(send)
             self.procs.append(p)
 
-    def check(self) -> None:
+    def dead(self, wait_s: float = 0.0) -> TensorParallelError | None:
+        """The error naming the first worker that has exited, after waiting up to ``wait_s`` for one to exit;
+        None while all run. Rank 0 asks this after a failed step: a worker killed mid-step fails rank 0's
+        all-reduce with gloo's "Connection reset by peer", which names no worker."""
+        from multiprocessing.connection import wait
+        exited = wait([p.sentinel for p in self.procs], wait_s)
         for rank, p in enumerate(self.procs, 1):
-            if not p.is_alive():
-                raise TensorParallelError(f"tensor-parallel worker rank {rank} exited with code {p.exitcode}; "
-                                          "see its log above")
+            if p.sentinel in exited:
+                p.join()            # its sentinel closes as it exits: this only reaps it, for its exit code
+                return TensorParallelError(f"tensor-parallel worker rank {rank} exited (pid {p.pid}, "
+                                           f"{_exit_reason(p.exitcode)})")
+        return None
+
+    def check(self) -> None:
+        error = self.dead()
+        if error is not None:
+            raise error
 
     def send(self, msg) -> None:
         self.check()
@@ -292,6 +305,15 @@ class Workers:
                 p.terminate()
                 p.join(5)
         self.conns, self.procs = [], []
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}; its error is in the log above"
 
 
 def _worker_main(config, rank: int, size: int, init_method: str, conn, threads: int, parent: int) -> None:

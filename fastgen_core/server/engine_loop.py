@@ -26,9 +26,11 @@ from typing import Any, Callable
 
 from ..engine.engine import PreparedRequest
 from ..errors import InvalidRequestError
+from ..parallel import TensorParallelError
 
 log = logging.getLogger("fastgen.server")
 IDLE_WAIT_S = 0.05        # how long an idle loop blocks on its inbox (also its heartbeat period when idle)
+WORKER_EXIT_WAIT_S = 2.0  # after a failed step, how long to wait for a tensor-parallel worker to be seen exiting
 
 
 @dataclass(eq=False)
@@ -93,13 +95,16 @@ class EngineLoop:
             return False, f"engine loop is stuck: no step finished for {age:.1f}s (limit {self.stall_timeout_s}s)"
         return True, "ok"
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the thread; True once it has ended (False: a step still runs after ``timeout``)."""
         self.inbox.put(("stop", None))
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     # ---- the thread ----------------------------------------------------------------------------
     def _run(self) -> None:
         self.snapshot = {**self.engine.stats(), "alive": True}
+        workers = getattr(self.engine, "workers", None)       # rank 0 of a tensor-parallel engine
         try:
             running = True
             while running:
@@ -108,16 +113,26 @@ class EngineLoop:
                 if running and self.engine.has_unfinished():
                     self._step()
                     worked = True
+                elif running and workers is not None:
+                    workers.check()     # a worker dead while idle: unhealthy now, not at the next request
                 if worked:
                     self.snapshot = {**self.engine.stats(), "alive": True}
         except BaseException as e:          # noqa: BLE001 - whatever kills the loop must reach the clients
-            self.error = f"{type(e).__name__}: {e}"
-            log.exception("engine loop died")
+            self.error = self._cause(e, workers)
+            log.exception("engine loop died: %s", self.error)
         finally:
             with self._lock:
                 self._dead = True
             self._fail_all(self.error or "the server is shutting down")
             self.snapshot = {**self.snapshot, "alive": False}
+
+    @staticmethod
+    def _cause(e: BaseException, workers) -> str:
+        """What killed the loop, as clients and /health say it. A tensor-parallel worker killed mid-step fails
+        rank 0's all-reduce with gloo's "Connection reset by peer"; the dead worker is the cause to name."""
+        if workers is not None and not isinstance(e, TensorParallelError):
+            e = workers.dead(WORKER_EXIT_WAIT_S) or e
+        return f"{type(e).__name__}: {e}"
 
     def _drain(self, block: bool) -> tuple[bool, bool]:
         items = []

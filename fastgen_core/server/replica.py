@@ -1,8 +1,9 @@
 """One replica process: load the engine, start its loop thread, serve the API on a Unix socket.
 
 Started by the front door (replicas.py) as ``python -m fastgen_core.server.replica ...``. SIGTERM drains
-in-flight requests (uvicorn's graceful shutdown), then stops the loop. The replica also exits when its
-front door disappears, so a killed front door never leaves engines holding devices.
+in-flight requests (uvicorn's graceful shutdown), then stops the loop and closes the engine (with its
+tensor-parallel workers). The replica also exits when its front door disappears, so a killed front door never
+leaves engines holding devices.
 """
 from __future__ import annotations
 
@@ -68,7 +69,11 @@ def main(argv=None) -> int:
     async def lifespan(app):
         loop.start()
         yield
-        loop.stop()          # uvicorn has drained the HTTP requests by now
+        # uvicorn has drained the HTTP requests by now. Closing the engine stops its tensor-parallel workers
+        # before this process exits: uvicorn re-raises the SIGTERM it caught, so no atexit handler runs. Not
+        # under a step that still runs (it is stuck): a worker whose parent is gone exits by itself.
+        if loop.stop():
+            engine.close()
 
     app = create_app(backend, args.name, args.model, lifespan=lifespan)
     config = uvicorn.Config(app, uds=args.socket, log_level=args.log_level, access_log=False,
