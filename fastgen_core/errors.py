@@ -1,4 +1,5 @@
 """Errors meant for people: each says what was wrong, with the value, and what is allowed."""
+import signal
 
 
 class FastgenError(Exception):
@@ -23,3 +24,13 @@ class DuplicateFamilyError(FastgenError, RuntimeError):
 
 class WeightLoadError(FastgenError, ValueError):
     """A checkpoint is missing tensors, has unexpected ones, or has tensors of the wrong shape."""
+
+
+def exit_reason(rc: int) -> str:
+    """How a process ended, from its exit code (negative: the signal that ended it), for error messages."""
+    if rc < 0:
+        try:
+            return f"killed by signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit code {rc}"

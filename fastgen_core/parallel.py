@@ -23,7 +23,6 @@ import contextlib
 import datetime
 import logging
 import os
-import signal
 import socket
 import traceback
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, FastgenError
+from .errors import ConfigError, FastgenError, exit_reason
 
 log = logging.getLogger("fastgen.parallel")
 
@@ -281,7 +280,8 @@ class Workers:
             if p.sentinel in exited:
                 p.join()            # its sentinel closes as it exits: this only reaps it, for its exit code
                 return TensorParallelError(f"tensor-parallel worker rank {rank} exited (pid {p.pid}, "
-                                           f"{_exit_reason(p.exitcode)})")
+                                           f"{exit_reason(p.exitcode)}"
+                                           f"{'; its error is in the log above' if p.exitcode > 0 else ''})")
         return None
 
     def check(self) -> None:
@@ -305,15 +305,6 @@ class Workers:
                 p.terminate()
                 p.join(5)
         self.conns, self.procs = [], []
-
-
-def _exit_reason(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}; its error is in the log above"
 
 
 def _worker_main(config, rank: int, size: int, init_method: str, conn, threads: int, parent: int) -> None:

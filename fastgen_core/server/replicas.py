@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ..errors import ConfigError, FastgenError
+from ..errors import ConfigError, FastgenError, exit_reason
 
 log = logging.getLogger("fastgen.server")
 
@@ -78,16 +78,6 @@ RESTART_BACKOFF_S = 1.0          # wait before the first restart of a replica in
 RESTART_BACKOFF_MAX_S = 30.0
 DELIBERATE_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)    # asked to stop (it drains first): not restarted
 TERM_GRACE_S = 3.0               # an unhealthy replica that still answers gets SIGTERM, then SIGKILL after this
-
-
-def exit_reason(rc: int) -> str:
-    """How a process ended, from Popen's returncode (negative: the signal that ended it)."""
-    if rc < 0:
-        try:
-            return f"killed by signal {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit code {rc}"
 
 
 @dataclass(eq=False)
