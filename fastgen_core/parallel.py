@@ -24,6 +24,7 @@ import datetime
 import logging
 import os
 import socket
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -261,14 +262,35 @@ class Workers:
         threads = max(1, torch.get_num_threads() // size)
         self.conns, self.procs = [], []
         for rank in range(1, size):
-            recv, send = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_worker_main, args=(config, rank, size, self.init_method, recv, threads,
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_worker_main, args=(config, rank, size, self.init_method, theirs, threads,
                                                        os.getpid()),
                             name=f"fastgen-tp{rank}", daemon=True)
             p.start()
-            recv.close()
-            self.conns.append(send)
+            theirs.close()
+            self.conns.append(mine)
             self.procs.append(p)
+
+    def wait_started(self, timeout_s: float) -> None:
+        """Until every worker has started (imported fastgen and is about to join the process group): a
+        worker that dies on the way is named at once, instead of leaving rank 0 waiting in the group's
+        start-up for the whole timeout."""
+        from multiprocessing.connection import wait
+        waiting = dict(zip(self.conns, range(1, len(self.conns) + 1)))
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TensorParallelError(f"tensor-parallel worker rank(s) {sorted(waiting.values())} did not start "
+                                          f"within {timeout_s:.0f} s")
+            ready = wait([*waiting, *(p.sentinel for p in self.procs)], left)
+            for c in [c for c in ready if c in waiting]:
+                with contextlib.suppress(EOFError, OSError):
+                    c.recv()
+                    del waiting[c]
+            error = self.dead()
+            if error is not None:
+                raise error
 
     def dead(self, wait_s: float = 0.0) -> TensorParallelError | None:
         """The error naming the first worker that has exited, after waiting up to ``wait_s`` for one to exit;
@@ -310,6 +332,7 @@ class Workers:
 def _worker_main(config, rank: int, size: int, init_method: str, conn, threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
     from .engine.engine import LLMEngine
+    conn.send(("started", rank))           # rank 0 waits for this before it waits in the group's start-up
     try:
         engine = LLMEngine(config, _tp=(rank, size, init_method))
     except BaseException:

@@ -164,3 +164,18 @@ def test_vocabulary_is_split_when_the_ranks_divide_it():
         assert type(odd) is torch.nn.Embedding and odd.weight.shape == (11, 4)       # 11 rows: replicated
     rows = torch.arange(10 * 4.0).view(10, 4)
     assert parallel.take_slice(emb.weight, rows).tolist() == rows[5:].tolist()
+
+
+def test_a_worker_that_dies_while_starting_is_named_at_once(tmp_path):
+    from fastgen_core.config import EngineConfig
+    save_tiny_model(FAMILIES["llama-gqa"], tmp_path)
+    workers = parallel.Workers(EngineConfig(str(tmp_path), device="cpu", tensor_parallel_size=2), 2)
+    try:
+        os.kill(workers.procs[0].pid, signal.SIGKILL)        # before it could import anything
+        t = time.monotonic()
+        with pytest.raises(parallel.TensorParallelError, match="worker rank 1 exited .*killed by signal SIGKILL"):
+            workers.wait_started(300)
+        assert time.monotonic() - t < 30                     # not the start-up timeout
+    finally:
+        workers.close()
+    assert no_children()

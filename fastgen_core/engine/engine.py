@@ -103,6 +103,8 @@ class LLMEngine:
             if _tp is None:
                 self.workers = parallel.Workers(config, size)
             try:
+                if self.workers is not None:
+                    self.workers.wait_started(TP_TIMEOUT_S)
                 init = _tp[2] if _tp is not None else self.workers.init_method
                 self.tp = parallel.init_group(rank, size, init, self.device, TP_TIMEOUT_S)
             except BaseException:
