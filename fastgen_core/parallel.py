@@ -95,7 +95,7 @@ def kv_head_shard(num_kv_heads: int, tp: TPGroup) -> tuple[int, int]:
     if tp.size % num_kv_heads == 0:
         return 1, tp.rank // (tp.size // num_kv_heads)
     raise ConfigError(f"tensor_parallel_size={tp.size} and num_key_value_heads ({num_kv_heads}): one must divide "
-                      f"the other; allowed: {', '.join(map(str, sorted(set(_divisors(num_kv_heads)))))} or a "
+                      f"the other; allowed: {', '.join(map(str, _divisors(num_kv_heads)))} or a "
                       f"multiple of {num_kv_heads}")
 
 

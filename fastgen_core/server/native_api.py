@@ -74,8 +74,8 @@ async def detokenize(backend, body, request) -> Response:
 
 
 def _tokenizer(backend):
-    from .openai_api import _text_of                # the replica's own copy, not the engine thread's
-    tok = _text_of(backend).tokenizer
+    from .openai_api import token_text                # the replica's own copy, not the engine thread's
+    tok = token_text(backend).tokenizer
     if tok is None:
         raise APIError(400, "this model directory has no tokenizer files")
     return tok

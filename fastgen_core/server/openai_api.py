@@ -68,7 +68,7 @@ class TokenText:
         return text
 
 
-def _text_of(backend) -> TokenText:
+def token_text(backend) -> TokenText:
     """The replica's TokenText, over its own copy of the tokenizer: the engine thread encodes with the
     engine's, and a Rust tokenizer used from two threads can refuse a borrow ("Already borrowed")."""
     cached = getattr(backend, "_token_text", None)
@@ -118,14 +118,14 @@ async def completions(backend, body, request) -> Response:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         echo = None
         if body.echo:                 # the prompts' text, each once per choice
-            tok = _text_of(backend).tokenizer
+            tok = token_text(backend).tokenizer
             echo = [p if isinstance(p, str) else (tok.decode(p, skip_special_tokens=True) if tok is not None else "")
                     for p in prompts for _ in range(n)]
-        return sse_response(handle, _completion_events(handle, head, usage, n, echo, _text_of(backend)))
+        return sse_response(handle, _completion_events(handle, head, usage, n, echo, token_text(backend)))
     responses = await _collect(handle)
     if responses is None:
         return Response(status_code=499)
-    text_of = _text_of(backend) if body.logprobs is not None else None
+    text_of = token_text(backend) if body.logprobs is not None else None
     choices = []
     for i, r in enumerate(responses):
         lp = None
@@ -176,7 +176,7 @@ async def chat_completions(backend, body, request) -> Response:
     handle = await backend.open(request, chat_prepare(body.messages, params, n), n)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": backend.info.name}
-    text_of = _text_of(backend) if logprobs is not None else None
+    text_of = token_text(backend) if logprobs is not None else None
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(handle, _chat_events(handle, {**head, "object": "chat.completion.chunk"}, usage, n,
