@@ -6,9 +6,11 @@ device) and ``launch`` runs a function on torch's current stream, so launches ar
 and are captured by CUDA graphs with them.
 
 Every kernel here has a pure-torch reference with the same signature next to it (``*_ref``); CPU always runs
-the reference. On CUDA the kernels run when ``FASTGEN_KERNELS=cupy``. The default is the reference until
-the kernels have been measured against it on a GPU (tests/gpu/test_kernels_gpu.py compares them).
-CuPy is imported only when a kernel is about to run: CPU machines need not have it.
+the reference. On CUDA the kernels run by default (``FASTGEN_KERNELS=cupy``) when CuPy is installed;
+``FASTGEN_KERNELS=reference`` switches every one back to its reference, and ``FASTGEN_KERNELS_OFF=a,b``
+switches off single kernels by name (A/B timing; the names are the ``use(x, name)`` calls' names).
+tests/gpu/test_kernels_gpu.py compares each kernel with its reference. CuPy is imported only when a kernel
+is about to run: CPU machines need not have it.
 """
 from __future__ import annotations
 
@@ -24,11 +26,16 @@ SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 def mode() -> str:
-    """``FASTGEN_KERNELS``: "cupy" (use the CuPy kernels on CUDA) or "reference" (default)."""
-    value = os.environ.get("FASTGEN_KERNELS", "reference")
+    """``FASTGEN_KERNELS``: "cupy" (the default: the CuPy kernels on CUDA) or "reference"."""
+    value = os.environ.get("FASTGEN_KERNELS", "cupy")
     if value not in ("cupy", "reference"):
         raise ValueError(f"FASTGEN_KERNELS must be 'cupy' or 'reference', got {value!r}")
     return value
+
+
+@functools.lru_cache(maxsize=None)
+def _switched_off() -> frozenset[str]:
+    return frozenset(x.strip() for x in os.environ.get("FASTGEN_KERNELS_OFF", "").split(",") if x.strip())
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,9 +47,10 @@ def available() -> bool:
     return cupy is not None and torch.cuda.is_available()
 
 
-def use(x: torch.Tensor) -> bool:
-    """Whether ``x``'s op should run the CuPy kernel."""
-    return x.is_cuda and x.dtype in SUFFIX and mode() == "cupy" and available()
+def use(x: torch.Tensor, name: str = "") -> bool:
+    """Whether the op ``name`` on ``x`` should run its CuPy kernel."""
+    return (x.is_cuda and x.dtype in SUFFIX and mode() == "cupy" and name not in _switched_off()
+            and available())
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,7 +86,7 @@ def ptr(t: torch.Tensor | None):
     return cupy.uint64(t.data_ptr() if t is not None else 0)
 
 
-def _threads(n: int) -> int:
+def threads(n: int) -> int:
     """Threads for one block per row of ``n`` elements: a multiple of 32 (the block reduction needs whole
     warps), at most 1024."""
     return min(1024, max(32, (n + 31) // 32 * 32))
@@ -101,14 +109,14 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``rms_norm_ref`` as one kernel per call on CUDA (FASTGEN_KERNELS=cupy), else the reference."""
-    if not (use(x) and x.is_contiguous() and weight.dtype == x.dtype
+    if not (use(x, "rms_norm") and x.is_contiguous() and weight.dtype == x.dtype
             and (residual is None or (residual.is_contiguous() and residual.dtype == x.dtype))):
         return rms_norm_ref(x, weight, eps, residual)
     hidden = x.shape[-1]
     rows = x.numel() // hidden
     out = torch.empty_like(x)
     if rows:
-        launch(KERNEL_DIR / "fused_ops.cu", f"rms_norm_{SUFFIX[x.dtype]}", (rows,), (_threads(hidden),),
+        launch(KERNEL_DIR / "fused_ops.cu", f"rms_norm_{SUFFIX[x.dtype]}", (rows,), (threads(hidden),),
                (ptr(out), ptr(x), ptr(residual), ptr(weight), f32(eps), i32(hidden)), x.device)
     return out
 
@@ -122,7 +130,7 @@ def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    if not (use(gate_up) and gate_up.is_contiguous()):
+    if not (use(gate_up, "silu_and_mul") and gate_up.is_contiguous()):
         return silu_and_mul_ref(gate_up)
     inter = gate_up.shape[-1] // 2
     out = gate_up.new_empty(*gate_up.shape[:-1], inter)

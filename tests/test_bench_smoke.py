@@ -24,8 +24,9 @@ def test_bench_cli_writes_offline_online_floor_and_peer_records(tmp_path, capsys
     w = make_workload(5, 20, 5, 0, 512, 1024)
     assert ours[0]["gen_tokens"] == w.gen_tokens == peer[0]["gen_tokens"]
     assert ours[0]["prompt_tokens"] == w.prompt_tokens
-    assert ours[0]["floor_s"] > 0 and ours[0]["floor_fraction"] == pytest.approx(
+    assert ours[0]["floor_s"] > ours[0]["floor_linear_s"] > 0 and ours[0]["floor_fraction"] == pytest.approx(
         ours[0]["floor_s"] / ours[0]["wall_s"], rel=0.01)
+    assert ours[0]["floor_linear_fraction"] == pytest.approx(ours[0]["floor_linear_s"] / ours[0]["wall_s"], rel=0.01)
     assert ours[0]["wall_over_floor"] == pytest.approx(1 / ours[0]["floor_fraction"], rel=0.01)
     assert peer[0]["ours_over_theirs"] == pytest.approx(ours[0]["gen_tok_s"] / peer[0]["gen_tok_s"], rel=0.01)
     online = [r for r in recs if r["kind"] == "online"]
@@ -68,6 +69,31 @@ def test_floor_counts_only_top_k_experts_for_moe(tmp_path):
     ceil = {"gemm_TFLOPs": 100.0, "copy_TBps": 2.0}
     f = roofline.floor_seconds(1e9, 2e9, 1000, 100, 50, ceil)
     assert f == pytest.approx(2 * 1e9 * 1100 / 100e12 + 50 * 2e9 / 2e12)
+
+
+def test_full_floor_counts_causal_prompt_attention_and_decode_kv_reads():
+    """Against a brute-force count over every (query, key) pair: prompts attend causally, each decode reads
+    its whole context's K/V once; a sliding window caps both."""
+    geo = {"layers": 3, "q_heads": 8, "kv_heads": 2, "head_dim": 16, "window": None, "kv_bytes_per_value": 2}
+    prompts, gens = [5, 40, 1], [3, 1, 6]
+
+    def brute(window):
+        keys = lambda p: min(p + 1, window) if window else p + 1      # noqa: E731  keys a query at p sees
+        pk = sum(keys(i) for P in prompts for i in range(P))
+        dk = sum(keys(P + j - 1) for P, g in zip(prompts, gens) for j in range(1, g))
+        return pk, dk
+    for window in (None, 4, 38, 1000):
+        pk, dk = brute(window)
+        c = roofline.attention_cost({**geo, "window": window}, prompts, gens)
+        assert c["prompt_attention_flops"] == 4 * 3 * 8 * 16 * pk
+        assert c["attention_flops"] == 4 * 3 * 8 * 16 * (pk + dk)
+        assert c["kv_read_bytes"] == 2 * 3 * 2 * 16 * 2 * dk
+    ceil = {"gemm_TFLOPs": 100.0, "copy_TBps": 2.0}
+    f = roofline.floors(1e9, 2e9, geo, prompts, gens, ceil)
+    c = roofline.attention_cost(geo, prompts, gens)
+    assert f["floor_linear_s"] == roofline.floor_seconds(1e9, 2e9, sum(prompts), sum(gens), max(gens), ceil)
+    assert f["floor_s"] == pytest.approx(f["floor_linear_s"] + c["attention_flops"] / 100e12
+                                         + c["kv_read_bytes"] / 2e12)
 
 
 def test_percentile():
@@ -113,7 +139,13 @@ def test_tensor_parallel_bench_counts_the_whole_model_and_both_ranks_ceilings(tm
     # the floor of two ranks uses twice the measured ceilings: recover the decode steps from the one-rank floor
     m, o = model[0], offline[0]
     flops = 2 * m["active_params"] * (o["prompt_tokens"] + o["gen_tokens"])
-    steps = (o["floor_s"] - flops / (ceil[0]["gemm_TFLOPs"] * 1e12)) * ceil[0]["copy_TBps"] * 1e12 / m["weight_bytes"]
+    steps = (o["floor_linear_s"] - flops / (ceil[0]["gemm_TFLOPs"] * 1e12)) * ceil[0]["copy_TBps"] * 1e12 / m["weight_bytes"]
     assert steps == pytest.approx(round(steps), abs=0.05) and steps >= 4
     want = flops / (2 * ceil[1]["gemm_TFLOPs"] * 1e12) + round(steps) * m["weight_bytes"] / (2 * ceil[1]["copy_TBps"] * 1e12)
-    assert offline[1]["floor_s"] == pytest.approx(want, rel=2e-3)
+    assert offline[1]["floor_linear_s"] == pytest.approx(want, rel=2e-3)
+    o2 = offline[1]                     # attention's share of the floor also runs on both ranks' ceilings
+    assert o2["attention_flops"] == o["attention_flops"] > 0 and o2["kv_read_bytes"] == o["kv_read_bytes"] > 0
+    want_extra = (o2["attention_flops"] / (2 * ceil[1]["gemm_TFLOPs"] * 1e12)
+                  + o2["kv_read_bytes"] / (2 * ceil[1]["copy_TBps"] * 1e12))
+    # (both floors are stored to 4 significant digits)
+    assert o2["floor_s"] - o2["floor_linear_s"] == pytest.approx(want_extra, abs=2e-3 * o2["floor_s"])

@@ -75,13 +75,17 @@ def _preset_configs() -> dict:
         "mixtral-small": MixtralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
                                        num_hidden_layers=8, num_attention_heads=32, num_key_value_heads=8,
                                        num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=4096),
+        # the whole Mixtral-8x7B (46.7B, 93 GB in bf16): fits one H200
+        "mixtral-8x7b": MixtralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                      num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=32768),
         # CPU smoke tests
         "tiny-llama": LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
     }
 
 
-PRESETS = ("phi-2", "falcon-7b", "llama-2-7b", "mixtral-small", "tiny-llama")
+PRESETS = ("phi-2", "falcon-7b", "llama-2-7b", "mixtral-small", "mixtral-8x7b", "tiny-llama")
 
 
 def write_preset(name: str, directory: str | Path, num_layers: int | None = None) -> Path:

@@ -115,7 +115,7 @@ def _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, ou
         start, n, ctx = meta.query_start[s], meta.query_lens[s], meta.context_lens_host[s]
         qs = q[start:start + n].transpose(0, 1).unsqueeze(0)                              # [1, Hq, n, D]
         windowed = bool(sliding_window) and ctx > sliding_window
-        if ctx == n and not windowed:
+        if ctx == n and not windowed and k_new is not None:
             k = k_new[start:start + n].transpose(0, 1).unsqueeze(0)
             v = v_new[start:start + n].transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(qs, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=scale,
@@ -162,21 +162,28 @@ def _decode_torch(q, k_cache, v_cache, meta: AttentionMetadata, out, scale, slid
     out.index_copy_(0, meta.decode_rows, o.reshape(sd, -1, d))
 
 
-def paged_attention_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, scale: float,
-                         sliding_window: int | None = None) -> torch.Tensor:
+def paged_attention_cuda(q, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                         sliding_window: int | None = None, k_new=None, v_new=None) -> torch.Tensor:
     """The GPU path: same contract as ``paged_attention_ref`` (K/V already written), faster kernels.
 
-    Decodes go through the Triton paged-decode kernel (reads K/V straight from the blocks) when it is
-    available, else through the padded torch version; prompt chunks through SDPA.
+    Decodes go through the Triton paged-decode kernel and prompt chunks through the Triton paged-prefill
+    kernel (both read K/V straight from the blocks) when Triton is available; else decodes through the
+    padded torch version and prompt chunks through SDPA (``FASTGEN_ATTENTION=sdpa`` chooses SDPA for them;
+    ``k_new``/``v_new``, this step's K/V rows [T, Hk, D], let it skip reading a fresh prompt back).
     """
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if meta.decode_rows is not None and meta.decode_rows.numel():
         from . import paged_decode
         if paged_decode.available():
             paged_decode.paged_decode(q, k_cache, v_cache, meta, scale, sliding_window, out)
         else:
             _decode_torch(q, k_cache, v_cache, meta, out, scale, sliding_window)
-    if meta.prefill_seqs:
+    if not meta.prefill_seqs:
+        return out
+    from . import paged_prefill
+    if paged_prefill.available():
+        paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out)
+    else:
         # not cuDNN: it builds a new plan for every (chunk, context) shape, ~1.2 ms of host time per call,
         # measured on an H200 (torch 2.11) as over half of a Phi-2 prefill step
         with sdpa_kernel(_SDPA_BACKENDS):
@@ -199,16 +206,23 @@ class PagedAttention(nn.Module):
         self.sliding_window = sliding_window
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        """q [T, Hq*D] or [T, Hq, D]; k, v [T, Hk, D] -> [T, Hq*D]."""
+        """q [T, Hq*D] or [T, Hq, D]; k, v [T, Hk, D] -> [T, Hq*D]: writes k, v into the cache, then attends."""
         t = q.shape[0]
-        q = q.view(t, self.num_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         write_kv_ref(k.view(t, self.num_kv_heads, self.head_dim), v.view(t, self.num_kv_heads, self.head_dim),
                      k_cache, v_cache, ctx.attn.slot_mapping)
+        return self.attend(q, ctx, k, v)
+
+    def attend(self, q: torch.Tensor, ctx: ForwardContext, k_new=None, v_new=None) -> torch.Tensor:
+        """Attention of q [T, Hq, D] (rows may be strided) over the cache, this step's K/V already in it
+        (``k_new``/``v_new``: the same rows again, which the SDPA fallback uses for fresh prompts)."""
+        t = q.shape[0]
+        q = q.view(t, self.num_heads, self.head_dim)
+        k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         if q.is_cuda and not _FORCE_REFERENCE:
-            k = k.view(t, self.num_kv_heads, self.head_dim)
-            v = v.view(t, self.num_kv_heads, self.head_dim)
-            out = paged_attention_cuda(q, k, v, k_cache, v_cache, ctx.attn, self.scale, self.sliding_window)
+            out = paged_attention_cuda(q, k_cache, v_cache, ctx.attn, self.scale, self.sliding_window,
+                                       None if k_new is None else k_new.view(t, self.num_kv_heads, self.head_dim),
+                                       None if v_new is None else v_new.view(t, self.num_kv_heads, self.head_dim))
         else:
             out = paged_attention_ref(q, k_cache, v_cache, ctx.attn, self.scale, self.sliding_window)
         return out.reshape(t, self.num_heads * self.head_dim)

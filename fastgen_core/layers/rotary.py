@@ -51,6 +51,12 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary_dim must be even and <= head_dim ({head_dim}), got {self.rotary_dim}")
         self.register_buffer("inv_freq", _inv_freq(self.rotary_dim, base, scaling), persistent=False)
 
+    def inv_freq_f32(self) -> torch.Tensor:
+        """``inv_freq`` as a contiguous float32 tensor (what the fused kernel reads)."""
+        if self.inv_freq.dtype != torch.float32:
+            self.inv_freq = self.inv_freq.float()
+        return self.inv_freq
+
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # every layer of a forward passes the same positions tensor: compute once per step, not per layer
         # (on a GPU the step is bound by host time per op; the memo saves ~6 launches per layer)
@@ -84,3 +90,43 @@ class RotaryEmbedding(nn.Module):
             return x * cos + self._rotate_half(x) * sin
         xr, xp = x[..., :r], x[..., r:]
         return torch.cat((xr * cos + self._rotate_half(xr) * sin, xp), dim=-1)
+
+
+ROTARY_KV_CU = "rotary_kv.cu"
+
+
+def rotary_kv_write_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                        rotary: RotaryEmbedding | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        slot_mapping: torch.Tensor) -> torch.Tensor:
+    """Rotate q and k ([T, H, D]) by their positions (``rotary`` None: no rotation), write k and v into their
+    cache slots, and return the rotated q. The reference of ``rotary_kv_write``."""
+    from .attention import write_kv_ref
+    if rotary is not None:
+        q, k = rotary(positions, q, k)
+    write_kv_ref(k, v, k_cache, v_cache, slot_mapping)
+    return q
+
+
+def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                    rotary: RotaryEmbedding | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> torch.Tensor:
+    """``rotary_kv_write_ref`` as one kernel launch per layer on CUDA (kernels/rotary_kv.cu): q is rotated
+    in place, k rotated on its way into the cache."""
+    from .. import kernels
+    dtype = q.dtype
+    if not (kernels.use(q, "rotary_kv") and k.dtype == v.dtype == k_cache.dtype == dtype
+            and positions.dtype == slot_mapping.dtype == torch.long
+            and all(t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] for t in (q, k, v))):
+        return rotary_kv_write_ref(q, k, v, positions, rotary, k_cache, v_cache, slot_mapping)
+    t, hq, d = q.shape
+    hk = k.shape[1]
+    if t:
+        rot = rotary.rotary_dim if rotary is not None else 0
+        inv_freq = rotary.inv_freq_f32() if rotary is not None else None
+        kernels.launch(kernels.KERNEL_DIR / ROTARY_KV_CU, f"rotary_kv_{kernels.SUFFIX[dtype]}", (t,),
+                       (kernels.threads(max(hk * d, hq * (rot // 2))),),
+                       (kernels.ptr(q), kernels.i64(q.stride(0)), kernels.ptr(k), kernels.i64(k.stride(0)),
+                        kernels.ptr(v), kernels.i64(v.stride(0)), kernels.ptr(k_cache), kernels.ptr(v_cache),
+                        kernels.ptr(slot_mapping), kernels.ptr(positions), kernels.ptr(inv_freq),
+                        kernels.i32(hq), kernels.i32(hk), kernels.i32(d), kernels.i32(rot)), q.device)
+    return q

@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import parallel
+from .. import kernels, parallel
 from ..weights import Rule, WeightMap, fused
 from .attention import ForwardContext, PagedAttention
 from .norm import RMSNorm
-from .rotary import RotaryEmbedding
+from .rotary import RotaryEmbedding, rotary_kv_write
 
 
 class RotaryAttention(nn.Module):
@@ -50,6 +50,11 @@ class RotaryAttention(nn.Module):
             q = self.q_norm(q)
         if self.k_norm is not None:
             k = self.k_norm(k)
+        k_cache, v_cache = ctx.kv_caches[self.attn.layer_idx]
+        if kernels.use(q, "rotary_kv"):
+            # one kernel: q rotated in place, k rotated on its way into the cache, v copied there
+            q = rotary_kv_write(q, k, v, ctx.positions, self.rotary, k_cache, v_cache, ctx.attn.slot_mapping)
+            return self.o_proj(self.attn.attend(q, ctx))
         if self.rotary is not None:
             q, k = self.rotary(ctx.positions, q, k)
         return self.o_proj(self.attn(q, k, v, ctx))

@@ -50,6 +50,35 @@ def test_phi_bias_gelu_new_matches_the_reference(dtype):
                                    atol=2 * TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("hq,hk,d,rot", [(32, 32, 80, 32), (32, 8, 128, 128), (71, 1, 64, 64), (4, 4, 64, 0),
+                                         (16, 2, 96, 48)])
+def test_rotary_kv_write_matches_the_reference(dtype, hq, hk, d, rot):
+    """Rotation of q (in place, a view into the QKV output), of k on its way into the cache, v copied; the
+    cache slots of other tokens untouched. rot 0: no rotary (OPT)."""
+    from fastgen_core.layers.rotary import RotaryEmbedding, rotary_kv_write, rotary_kv_write_ref
+    t, blocks, bs = 300, 40, 16
+    rotary = RotaryEmbedding(d, rot, 10000.0).cuda() if rot else None
+    qkv = torch.randn(t, (hq + 2 * hk) * d, device="cuda").to(dtype)
+    positions = torch.randint(0, 4000, (t,), device="cuda")
+    slots = torch.randperm(blocks * bs, device="cuda")[:t]
+    k0, v0 = (torch.randn(blocks, bs, hk, d, device="cuda").to(dtype) for _ in range(2))
+    outs = []
+    for fn in (rotary_kv_write, rotary_kv_write_ref):
+        kc, vc = k0.clone(), v0.clone()
+        q, k, v = qkv.clone().split([hq * d, hk * d, hk * d], dim=-1)
+        outs.append((fn(q.view(t, hq, d), k.view(t, hk, d), v.view(t, hk, d), positions, rotary, kc, vc, slots),
+                     kc, vc))
+    (q1, k1, v1), (q2, k2, v2) = outs
+    tol = TOL[dtype] if dtype != torch.bfloat16 else 3e-2
+    torch.testing.assert_close(q1, q2, rtol=tol, atol=tol)
+    torch.testing.assert_close(k1, k2, rtol=tol, atol=tol)
+    assert torch.equal(v1, v2)
+    untouched = torch.ones(blocks * bs, dtype=torch.bool, device="cuda")
+    untouched[slots] = False
+    assert torch.equal(k1.view(-1, hk, d)[untouched], k0.view(-1, hk, d)[untouched])
+
+
 def test_kernels_are_captured_in_a_cuda_graph():
     x = torch.randn(16, 2560, device="cuda", dtype=torch.bfloat16)
     w = torch.ones(2560, device="cuda", dtype=torch.bfloat16)
@@ -70,7 +99,7 @@ def test_kernels_are_captured_in_a_cuda_graph():
     torch.testing.assert_close(b, kernels.silu_and_mul_ref(gu), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("name", ["llama", "phi"])
+@pytest.mark.parametrize("name", ["llama", "phi", "opt"])
 def test_fp32_greedy_with_kernels_matches_transformers(name, tmp_path):
     import transformers as t
 
@@ -80,9 +109,12 @@ def test_fp32_greedy_with_kernels_matches_transformers(name, tmp_path):
     if name == "llama":
         cfg = t.LlamaConfig(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, intermediate_size=256, max_position_embeddings=512)
-    else:
+    elif name == "phi":
         cfg = t.PhiConfig(vocab_size=512, hidden_size=160, num_hidden_layers=2, num_attention_heads=4,
                           intermediate_size=320, max_position_embeddings=512)
+    else:
+        cfg = t.OPTConfig(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          ffn_dim=256, max_position_embeddings=512, word_embed_proj_dim=128)
     ref = save_tiny_model(cfg, tmp_path, init_std=0.05)
     prompts = random_prompts(24, 512, 1, 120, seed=3)
     want = [hf_greedy(ref, p, 12) for p in prompts]

@@ -56,7 +56,7 @@ def bias_gelu_new_ref(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tenso
 
 def bias_gelu_new(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """One kernel on CUDA with FASTGEN_KERNELS=cupy (see fastgen_core.kernels), else the reference."""
-    if not (kernels.use(x) and x.is_contiguous() and (bias is None or bias.dtype == x.dtype)):
+    if not (kernels.use(x, "bias_gelu_new") and x.is_contiguous() and (bias is None or bias.dtype == x.dtype)):
         return bias_gelu_new_ref(x, bias)
     out = torch.empty_like(x)
     total, inter = x.numel(), x.shape[-1]
@@ -75,7 +75,7 @@ class PhiMLP(MLP):
         self.fused = act == "gelu_new"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and kernels.use(x):
+        if self.fused and kernels.use(x, "bias_gelu_new"):
             return self.fc2(bias_gelu_new(F.linear(x, self.fc1.weight), self.fc1.bias))
         return super().forward(x)
 

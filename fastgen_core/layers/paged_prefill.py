@@ -1,0 +1,164 @@
+"""Triton kernel: attention of prompt chunks straight off the blocked KV cache (FlashAttention-2 style).
+
+Every multi-token chunk of the ragged batch -- a fresh prompt, or a later chunk whose earlier context is
+already cached -- goes through one launch. The chunk's rows are cut into *q-blocks* of ``BLOCK_M``
+consecutive tokens (DeepSpeed-FastGen's "atoms"); one program per (q-block, query head) keeps its queries
+in registers, walks the sequence's KV blocks through the block table in tiles of ``BLOCK_N`` keys with an
+online softmax, and writes its rows of the output. Nothing is gathered or padded: K/V are read from the
+cache where they lie, once per q-block.
+
+Causality is bottom-right aligned: query row ``i`` of a chunk sits at position ``ctx - len + i`` and sees
+keys ``j <= position`` (and ``j > position - window`` with a sliding window). Key tiles wholly before the
+q-block's first position need no mask; only the tiles on the diagonal are masked.
+
+The pure-torch oracle is ``attention.paged_attention_ref``; tests/gpu compares the two, and the CPU tests
+run this kernel under Triton's interpreter (``TRITON_INTERPRET=1``) when Triton is installed.
+``FASTGEN_ATTENTION=sdpa`` sends prompt chunks through the older SDPA path instead (A/B timing).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+LOG2E = 1.4426950408889634
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    if os.environ.get("FASTGEN_ATTENTION", "") in ("torch", "reference", "sdpa"):
+        return False
+    try:
+        _kernel()
+    except Exception:  # ImportError, or a Triton too old for the kernel: the SDPA path takes over
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit(do_not_specialize=["stride_table", "stride_q", "stride_o"])
+    def _paged_prefill(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, ctx_ptr, atoms_ptr,
+                       qk_scale, window, stride_table, stride_q, stride_o,
+                       G: tl.constexpr, D: tl.constexpr, HK: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       WINDOWED: tl.constexpr, IEEE: tl.constexpr):
+        a = tl.program_id(0)              # q-block ("atom")
+        h = tl.program_id(1)              # query head
+        kvh = h // G
+        seq = tl.load(atoms_ptr + 4 * a)
+        row0 = tl.load(atoms_ptr + 4 * a + 1)
+        n = tl.load(atoms_ptr + 4 * a + 2)            # rows in this q-block (<= BLOCK_M)
+        pos0 = tl.load(atoms_ptr + 4 * a + 3)         # position of its first row
+        ctx = tl.load(ctx_ptr + seq)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        m_ok = offs_m < n
+        d_ok = offs_d < D
+        qpos = pos0 + offs_m
+        q = tl.load(q_ptr + (row0 + offs_m)[:, None] * stride_q + h * D + offs_d[None, :],
+                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        table = tables_ptr + seq * stride_table
+        hi = tl.minimum(ctx, pos0 + n)                # keys past the last row's position are never seen
+        lo = 0
+        if WINDOWED:
+            lo = tl.maximum(pos0 - window + 1, 0) // BLOCK_N * BLOCK_N
+        # tiles that end at or before the first row's position are visible to every row: no causal mask
+        full = (pos0 + 1) // BLOCK_N * BLOCK_N
+        full = tl.maximum(tl.minimum(full, hi), lo)
+        for n0 in range(lo, hi, BLOCK_N):
+            tok = n0 + offs_n
+            blk = tl.load(table + tok // BLOCK_SIZE, mask=tok < hi, other=0)
+            kv_off = (blk * BLOCK_SIZE + tok % BLOCK_SIZE).to(tl.int64)[:, None] * (HK * D) + kvh * D + offs_d[None, :]
+            kv_mask = (tok < hi)[:, None] & d_ok[None, :]
+            k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+            if IEEE:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))
+            s = s * qk_scale
+            if n0 >= full:                         # the diagonal: mask keys after each row's position
+                ok = tok[None, :] <= qpos[:, None]
+                if WINDOWED:
+                    ok = ok & (tok[None, :] > qpos[:, None] - window)
+                s = tl.where(ok, s, float("-inf"))
+            elif WINDOWED:
+                s = tl.where(tok[None, :] > qpos[:, None] - window, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # rows that have seen no key yet keep m = -inf; exp2(-inf - -inf) would be nan
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m_i - m_safe)
+            p = tl.math.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+            if IEEE:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(out_ptr + (row0 + offs_m)[:, None] * stride_o + h * D + offs_d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+    return _paged_prefill
+
+
+def _pow2(x: int, lo: int) -> int:
+    return max(lo, 1 << (x - 1).bit_length())
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) by padded head size; chosen on an H200 (docs/performance.md)
+_CONFIG = {64: (128, 64, 4, 3), 128: (128, 64, 8, 2), 256: (64, 32, 4, 2)}
+
+
+def tile_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    if dtype == torch.float32:               # fp32 tiles take twice the registers and shared memory
+        return 32, 32, 4, 1
+    return _CONFIG[min(max(_pow2(head_dim, 16), 64), 256)]
+
+
+def atoms(meta, block_m: int) -> list[int]:
+    """The q-blocks of every multi-token chunk: flat (sequence, first row, rows, first position) quadruples."""
+    out: list[int] = []
+    for s in meta.prefill_seqs:
+        start, n, ctx = meta.query_start[s], meta.query_lens[s], meta.context_lens_host[s]
+        for i in range(0, n, block_m):
+            out += (s, start + i, min(block_m, n - i), ctx - n + i)
+    return out
+
+
+def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
+                  sliding_window: int | None, out: torch.Tensor, config: tuple | None = None) -> None:
+    """Write attention for the prompt-chunk rows of ``q`` [T, Hq, D] (any row stride) into ``out``.
+    ``config``: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of ``tile_config``'s (tuning)."""
+    hq, d = q.shape[1:]
+    hk = k_cache.shape[-2]
+    if q.stride(2) != 1 or q.stride(1) != d or out.stride(2) != 1 or out.stride(1) != d:
+        raise ValueError("paged_prefill needs each row's heads contiguous ([T, Hq, D] with unit inner strides)")
+    block_m, block_n, warps, stages = config or tile_config(d, q.dtype)
+    key = ("prefill-atoms", block_m)
+    if key not in meta.memo:                 # the same q-blocks for every layer of this step
+        flat = atoms(meta, block_m)
+        host = torch.tensor(flat, dtype=torch.int32)
+        if q.is_cuda:
+            host = host.pin_memory()
+        meta.memo[key] = host.to(q.device, non_blocking=True)
+    atom_t = meta.memo[key]
+    n_atoms = atom_t.numel() // 4
+    if not n_atoms:
+        return
+    tables = meta.block_tables
+    _kernel()[(n_atoms, hq)](
+        q, k_cache, v_cache, out, tables, meta.context_lens, atom_t,
+        float(scale) * LOG2E, int(sliding_window or 0), tables.stride(0), q.stride(0), out.stride(0),
+        G=hq // hk, D=d, HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_D=_pow2(d, 16), WINDOWED=bool(sliding_window), IEEE=q.dtype == torch.float32,
+        num_warps=warps, num_stages=stages)

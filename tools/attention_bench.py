@@ -1,0 +1,84 @@
+"""Time one step's prompt-chunk attention on a GPU: the Triton paged-prefill kernel (over a few tile
+configurations) against the SDPA path it replaces, on the ragged mixes a SplitFuse step of 2048 tokens holds.
+
+    python3 tools/attention_bench.py            # prints a table; --json FILE appends the numbers
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from attention_cases import random_case  # noqa: E402
+
+from fastgen_core.layers import attention as A  # noqa: E402
+from fastgen_core.layers import paged_prefill as P  # noqa: E402
+
+SHAPES = {"phi-2": (32, 32, 80), "llama-2-7b": (32, 32, 128), "mixtral/llama3 gqa": (32, 8, 128),
+          "falcon-7b mqa": (71, 1, 64)}
+MIXES = {  # (start, length) of each prompt chunk in a 2048-token step
+    "two fresh prompts": [(0, 1200), (0, 848)],
+    "fresh + continuation": [(0, 1200), (1200, 848)],
+    "continuations at 3k-6k": [(3000, 1024), (6000, 1024)],
+}
+CONFIGS = [(64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3)]
+
+
+def flops(meta, hq, d):
+    keys = sum(sum(range(ctx - n + 1, ctx + 1)) for s in meta.prefill_seqs
+               for n, ctx in [(meta.query_lens[s], meta.context_lens_host[s])])
+    return 4 * hq * d * keys
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    rows = []
+    for sname, (hq, hk, d) in SHAPES.items():
+        for mname, chunks in MIXES.items():
+            q, kn, vn, kc, vc, meta = random_case(0, chunks, hq, hk, d, 32, "cuda", torch.bfloat16, seed=1,
+                                                  max_ctx=2)
+            f = flops(meta, hq, d)
+            out = torch.empty_like(q)
+            res = {"shape": sname, "mix": mname, "tflop": round(f / 1e12, 3)}
+            fresh = all(meta.context_lens_host[s] == meta.query_lens[s] for s in meta.prefill_seqs)
+            with torch.nn.attention.sdpa_kernel(A._SDPA_BACKENDS):
+                ms = triton.testing.do_bench(lambda: A._prefill_cuda(q, kn if fresh else None, vn if fresh else None,
+                                                                     kc, vc, meta, out, d ** -0.5, None),
+                                             warmup=25, rep=100, return_mode="median")
+            res["sdpa_ms"] = round(ms, 3)
+            best = None
+            for cfg in CONFIGS:
+                try:
+                    ms = triton.testing.do_bench(lambda: P.paged_prefill(q, kc, vc, meta, d ** -0.5, None, out, cfg),
+                                                 warmup=25, rep=100, return_mode="median")
+                except Exception as e:   # out of shared memory / registers for this tile
+                    res[str(cfg)] = f"error {type(e).__name__}"
+                    continue
+                res[str(cfg)] = round(ms, 3)
+                best = min(best or (ms, cfg), (ms, cfg))
+            ms = triton.testing.do_bench(lambda: P.paged_prefill(q, kc, vc, meta, d ** -0.5, None, out),
+                                         warmup=25, rep=100, return_mode="median")
+            res["kernel_default_ms"] = round(ms, 3)
+            res["kernel_default_TFLOPs"] = round(f / ms / 1e9, 1)
+            res["best"] = [round(best[0], 3), best[1]] if best else None
+            rows.append(res)
+            print(json.dumps(res), flush=True)
+    print(f"\n{'shape':<20}{'mix':<24}{'TFLOP':>7}{'sdpa ms':>9}{'kernel ms':>10}{'TFLOP/s':>9}  best (ms, cfg)")
+    for r in rows:
+        print(f"{r['shape']:<20}{r['mix']:<24}{r['tflop']:>7}{r['sdpa_ms']:>9}{r['kernel_default_ms']:>10}"
+              f"{r['kernel_default_TFLOPs']:>9}  {r['best']}")
+    if a.json:
+        with open(a.json, "a") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

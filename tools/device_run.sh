@@ -1,0 +1,55 @@
+#!/bin/bash
+# One device call on a lent GPU: install, then the named stages in order. Results under $OUT.
+#
+#   bash tools/device_run.sh tests,attention,profile,bench
+#
+# stages:
+#   tests      python -m pytest tests/gpu (GPU correctness: kernels vs references, tokens vs transformers)
+#   attention  tools/attention_bench.py: prompt-chunk attention, Triton kernel (tile configs) vs SDPA
+#   profile    tools/profile_steps.py on Phi-2 at budget 2048, 128 requests: new path, then the old one
+#              (FASTGEN_KERNELS=reference FASTGEN_ATTENTION=sdpa), same process order every time
+#   bench      fastgen bench offline on the five issue-9 workloads, new path and old path
+#   online     fastgen bench --online (clients 1..32) on Phi-2
+#   load       tools/load_time.py: engine start from sharded safetensors vs from a snapshot (Llama-2-7B)
+# Wheels the machine lacks (the server extras) travel in .whl/ (name it in the call's carry).
+export PYTHONUNBUFFERED=1
+STAGES=",${1:-tests},"
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+has() { [[ "$STAGES" == *",$1,"* ]]; }
+nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm --format=csv | tee "$OUT/env.txt"
+python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.txt"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING
+for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e "$p" 2>&1 | grep -v WARNING; done
+OLD="FASTGEN_KERNELS=reference FASTGEN_ATTENTION=sdpa"
+B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl --peer none --max-ragged-batch-size 2048"
+if has tests; then
+  timeout 300 python3 -m pytest -q -rs -x tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+fi
+if has attention; then
+  timeout 240 python3 tools/attention_bench.py --json "$OUT/attention.jsonl" 2>&1 | tail -16
+fi
+if has profile; then
+  for mode in new old; do
+    env $([ $mode = old ] && echo $OLD) timeout 200 python3 tools/profile_steps.py --preset phi-2 --budget 2048 \
+      --requests 128 --json "$OUT/profile.jsonl" --tag $mode 2>&1 | tee -a "$OUT/profile.txt" | head -40
+  done
+fi
+if has bench; then
+  for mode in new old; do
+    env $([ $mode = old ] && echo $OLD) timeout 150 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag $mode 2>&1 | tail -3
+    env $([ $mode = old ] && echo $OLD) timeout 100 $B --preset llama-2-7b --num-requests 64 --gen-mean 60 --tag $mode 2>&1 | tail -2
+    env $([ $mode = old ] && echo $OLD) timeout 100 $B --preset falcon-7b --num-requests 64 --gen-mean 60 --tag $mode 2>&1 | tail -2
+    env $([ $mode = old ] && echo $OLD) timeout 200 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag $mode 2>&1 | tail -2
+  done
+fi
+if has online; then
+  timeout 300 $B --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,2,4,8,16,32 --warm-passes 0 \
+    --tag online --plot "$OUT/phi2-online.png" 2>&1 | tail -8
+fi
+if has load; then
+  timeout 300 python3 tools/load_time.py --preset llama-2-7b --json "$OUT/load.jsonl" 2>&1 | tail -6
+fi
