@@ -27,7 +27,7 @@ for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation
 OLD="FASTGEN_KERNELS=reference FASTGEN_ATTENTION=sdpa"
 B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl --peer none --max-ragged-batch-size 2048"
 if has tests; then
-  timeout 300 python3 -m pytest -q -rs -x tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+  timeout 300 python3 -m pytest -q -rs tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if has attention; then
   timeout 240 python3 tools/attention_bench.py --json "$OUT/attention.jsonl" 2>&1 | tail -16
