@@ -7,9 +7,15 @@
 // step go to memory once. Channels past rotary_dim pass through (Phi-2's partial rotary); rotary_dim 0
 // is a plain cache write (OPT, no rotary).
 //
-// cos/sin are computed in float32 from the position and inv_freq (exactly the product the reference
-// forms); the rotation is done in float32 and rounded once, so in bf16/fp16 the kernel differs from the
-// reference (which rounds cos, sin and every product to the model dtype) by the dtype's rounding.
+// It rounds where the torch reference rounds (the reference is transformers' own rotary): cos and sin are
+// computed in float32 from the position and inv_freq and rounded to the model dtype, then each product
+// x * cos and rotate_half(x) * sin is rounded, then their sum. In bf16/fp16 the kernel therefore gives the
+// reference's bits (up to a last-place difference of cosf/sinf from torch's), which keeps our tokens as
+// close to transformers' bf16 run as the unfused layers were. __fmul_rn/__fadd_rn keep float32 (where
+// rounding is the identity) from being contracted into FMAs the reference does not do.
+//
+// cos/sin depend on (position, channel) only: they are computed once per token into shared memory and
+// shared by every head.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -21,52 +27,61 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
-// x[0..rot) rotated by angle pos * inv_freq[j mod rot/2]: out[j] = x[j] cos - x[j + rot/2] sin for the first
-// half, x[j] cos + x[j - rot/2] sin for the second.
+template <typename T> __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
+
+// (a, b) = (x[j], x[j + rot/2]) -> (a cos - b sin, b cos + a sin), rounded as the reference rounds
 template <typename T>
-__device__ __forceinline__ float rotated(const T* x, int j, int rot, float pos, const float* inv_freq) {
-    const int half = rot >> 1;
-    const int jj = j < half ? j : j - half;
-    float s, c;
-    sincosf(pos * inv_freq[jj], &s, &c);
-    const float a = to_f(x[j]);
-    const float b = to_f(x[j < half ? j + half : j - half]);
-    return j < half ? a * c - b * s : a * c + b * s;
+__device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, T* out_a, T* out_b) {
+    *out_a = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(a, c)), rnd<T>(__fmul_rn(-b, s))));
+    *out_b = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(b, c)), rnd<T>(__fmul_rn(a, s))));
 }
 
+// rot <= 512 (head_dim <= 512)
 template <typename T>
 __device__ void rotary_kv(T* __restrict__ q, long q_stride, const T* __restrict__ k, long k_stride,
                           const T* __restrict__ v, long v_stride, T* __restrict__ k_cache, T* __restrict__ v_cache,
                           const long* __restrict__ slots, const long* __restrict__ positions,
                           const float* __restrict__ inv_freq, int hq, int hk, int d, int rot) {
+    __shared__ float cos_s[256], sin_s[256];
     const long row = blockIdx.x;
-    const float pos = (float)positions[row];
     const long slot = slots[row];
-    if (rot > 0) {
+    const int half = rot >> 1;
+    if (half > 0) {
+        const float pos = (float)positions[row];
+        for (int j = threadIdx.x; j < half; j += blockDim.x) {
+            float sn, cs;
+            sincosf(__fmul_rn(pos, inv_freq[j]), &sn, &cs);
+            cos_s[j] = rnd<T>(cs);
+            sin_s[j] = rnd<T>(sn);
+        }
+        __syncthreads();
         // each thread owns one (head, j < rot/2) pair and writes both halves: in place is then race-free
-        const int half = rot >> 1;
         T* qr = q + row * q_stride;
         for (int i = threadIdx.x; i < hq * half; i += blockDim.x) {
             const int h = i / half, j = i - h * half;
             T* x = qr + h * d;
-            float s, c;
-            sincosf(pos * inv_freq[j], &s, &c);
-            const float a = to_f(x[j]), b = to_f(x[j + half]);
-            x[j] = from_f<T>(a * c - b * s);
-            x[j + half] = from_f<T>(b * c + a * s);
+            rotate_pair<T>(to_f(x[j]), to_f(x[j + half]), cos_s[j], sin_s[j], x + j, x + j + half);
         }
     }
     const T* kr = k + row * k_stride;
     const T* vr = v + row * v_stride;
     T* kc = k_cache + slot * hk * d;
     T* vc = v_cache + slot * hk * d;
+    for (int i = threadIdx.x; i < hk * half; i += blockDim.x) {
+        const int h = i / half, j = i - h * half;
+        const T* x = kr + h * d;
+        rotate_pair<T>(to_f(x[j]), to_f(x[j + half]), cos_s[j], sin_s[j], kc + h * d + j, kc + h * d + j + half);
+    }
+    const int pass = d - rot;         // channels past the rotary ones (partial rotary; all of them when rot = 0)
+    for (int i = threadIdx.x; i < hk * pass; i += blockDim.x) {
+        const int h = i / pass, j = rot + (i - h * pass);
+        kc[h * d + j] = kr[h * d + j];
+    }
     for (int i = threadIdx.x; i < hk * d; i += blockDim.x) {
         const int h = i / d, j = i - h * d;
-        kc[i] = j < rot ? from_f<T>(rotated(kr + h * d, j, rot, pos, inv_freq)) : kr[h * d + j];
         vc[i] = vr[h * d + j];
     }
 }
-
 #define FASTGEN_ROTARY_KV(T, suffix)                                                                       \
     extern "C" __global__ void rotary_kv_##suffix(T* q, long q_stride, const T* k, long k_stride, const T* v, \
                                                   long v_stride, T* k_cache, T* v_cache, const long* slots,   \

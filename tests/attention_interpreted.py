@@ -17,6 +17,7 @@ CASES = {  # name: (hq, hk, d, block_size, sliding_window, chunks (start, length
     "phi-mha-d80-mid-block": (4, 4, 80, 16, None, [(0, 37), (70, 21), (5, 40)]),
     "gqa-block-edge": (8, 2, 64, 16, None, [(0, 70), (32, 17)]),
     "mqa-odd-heads": (6, 1, 32, 32, None, [(0, 5), (100, 64)]),
+    "d96-gqa": (6, 2, 96, 16, None, [(0, 50), (33, 40)]),
     "window-smaller-than-chunk": (4, 2, 64, 16, 21, [(0, 60), (40, 30)]),
     "window-edge-mid-tile": (4, 2, 64, 32, 40, [(90, 3), (0, 41)]),
 }

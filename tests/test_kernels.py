@@ -40,5 +40,36 @@ def test_bad_setting_is_named(monkeypatch):
 
 
 def test_every_kernel_source_is_where_the_loaders_look():
+    from fastgen_core.layers.rotary import ROTARY_KV_CU
     from fastgen_phi.model import GELU_NEW_CU
     assert (kernels.KERNEL_DIR / "fused_ops.cu").is_file() and GELU_NEW_CU.is_file()
+    assert (kernels.KERNEL_DIR / ROTARY_KV_CU).is_file()
+
+
+def test_kernels_default_on_and_switch_off_by_name(monkeypatch):
+    monkeypatch.delenv("FASTGEN_KERNELS", raising=False)
+    assert kernels.mode() == "cupy"
+    monkeypatch.setenv("FASTGEN_KERNELS_OFF", "rotary_kv, gelu_new")
+    kernels._switched_off.cache_clear()
+    try:
+        assert kernels._switched_off() == {"rotary_kv", "gelu_new"}
+    finally:
+        monkeypatch.delenv("FASTGEN_KERNELS_OFF")
+        kernels._switched_off.cache_clear()
+
+
+def test_rotary_kv_write_reference_is_the_unfused_path():
+    """On CPU the fused op is its reference: rotary then the cache write, as RotaryAttention did before."""
+    from fastgen_core.layers import RotaryEmbedding, write_kv_ref
+    from fastgen_core.layers.rotary import rotary_kv_write
+    t, hq, hk, d = 7, 4, 2, 16
+    rot = RotaryEmbedding(d, 8, 500.0)
+    qkv = torch.randn(t, (hq + 2 * hk) * d)
+    q, k, v = (x.reshape(t, -1, d) for x in qkv.split([hq * d, hk * d, hk * d], -1))
+    pos, slots = torch.tensor([0, 1, 2, 9, 10, 11, 40]), torch.tensor([3, 4, 5, 12, 13, 14, 0])
+    kc, vc = torch.zeros(2, 8, hk, d), torch.zeros(2, 8, hk, d)
+    got = rotary_kv_write(q, k, v, pos, rot, kc, vc, slots)
+    wq, wk = rot(pos, q, k)
+    kc2, vc2 = torch.zeros_like(kc), torch.zeros_like(vc)
+    write_kv_ref(wk, v, kc2, vc2, slots)
+    assert torch.equal(got, wq) and torch.equal(kc, kc2) and torch.equal(vc, vc2)

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from attention_cases import random_case  # noqa: E402
 
 from fastgen_core.layers import attention as A  # noqa: E402
+from fastgen_core.layers import paged_decode as PD  # noqa: E402
 from fastgen_core.layers import paged_prefill as P  # noqa: E402
 
 SHAPES = {"phi-2": (32, 32, 80), "llama-2-7b": (32, 32, 128), "mixtral/llama3 gqa": (32, 8, 128),
@@ -27,6 +28,43 @@ MIXES = {  # (start, length) of each prompt chunk in a 2048-token step
     "continuations at 3k-6k": [(3000, 1024), (6000, 1024)],
 }
 CONFIGS = [(64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 3)]
+DECODES = {  # name: (hq, hk, d, sequences, context)
+    "phi-2 128 x 1200": (32, 32, 80, 128, 1200), "llama-2-7b 64 x 1200": (32, 32, 128, 64, 1200),
+    "gqa 64 x 1200": (32, 8, 128, 64, 1200), "falcon-7b mqa 64 x 1200": (71, 1, 64, 64, 1200),
+    "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "llama-2-7b 8 x 4000": (32, 32, 128, 8, 4000)}
+DECODE_CONFIGS = [None, (32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 8, 2), (64, 2, 3),
+                  (32, 2, 4), (128, 4, 3)]
+
+
+def decode_bench(rows):
+    """Decode attention: the share of the copy bandwidth its K/V reads reach (one step, one layer)."""
+    for name, (hq, hk, d, n, ctx) in DECODES.items():
+        g = torch.Generator().manual_seed(0)
+        q, _, _, kc, vc, meta = random_case(n, [], hq, hk, d, 32, "cuda", torch.bfloat16, max_ctx=ctx + 1)
+        meta.context_lens.fill_(ctx)              # every sequence at the full context
+        meta.context_lens_host = [ctx] * n
+        nb = -(-ctx // 32)                        # every sequence its own blocks: nothing shared through L2
+        kc = torch.randn(n * nb + 3, 32, hk, d, device="cuda", dtype=torch.bfloat16)
+        vc = torch.randn_like(kc)
+        tables = torch.randperm(kc.shape[0], generator=g)[:n * nb].view(n, nb)
+        meta.block_tables = tables.cuda()
+        meta.max_decode_context = ctx
+        gb = n * ctx * hk * d * 2 * 2 / 1e9
+        out = torch.empty_like(q)
+        res = {"decode": name, "GB": round(gb, 3)}
+        best = None
+        for cfg in DECODE_CONFIGS:
+            try:
+                ms = triton.testing.do_bench(lambda: PD.paged_decode(q, kc, vc, meta, d ** -0.5, None, out, cfg),
+                                             warmup=25, rep=100, return_mode="median")
+            except Exception as e:
+                res[str(cfg)] = f"error {type(e).__name__}"
+                continue
+            res[str(cfg)] = [round(ms, 4), round(gb / ms, 2)]           # ms, TB/s
+            best = min(best or (ms, str(cfg)), (ms, str(cfg)))
+        res["best"] = [round(best[0], 4), best[1], round(gb / best[0], 2)]
+        rows.append(res)
+        print(json.dumps(res), flush=True)
 
 
 def flops(meta, hq, d):
@@ -40,6 +78,7 @@ def main():
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     rows = []
+    decode_bench(rows)
     for sname, (hq, hk, d) in SHAPES.items():
         for mname, chunks in MIXES.items():
             q, kn, vn, kc, vc, meta = random_case(0, chunks, hq, hk, d, 32, "cuda", torch.bfloat16, seed=1,
@@ -72,8 +111,14 @@ def main():
             print(json.dumps(res), flush=True)
     print(f"\n{'shape':<20}{'mix':<24}{'TFLOP':>7}{'sdpa ms':>9}{'kernel ms':>10}{'TFLOP/s':>9}  best (ms, cfg)")
     for r in rows:
+        if "decode" in r:
+            continue
         print(f"{r['shape']:<20}{r['mix']:<24}{r['tflop']:>7}{r['sdpa_ms']:>9}{r['kernel_default_ms']:>10}"
               f"{r['kernel_default_TFLOPs']:>9}  {r['best']}")
+    print(f"\n{'decode':<26}{'GB':>7}{'default ms':>11}{'TB/s':>6}  best (ms, cfg, TB/s)")
+    for r in rows:
+        if "decode" in r:
+            print(f"{r['decode']:<26}{r['GB']:>7}{r['None'][0]:>11}{r['None'][1]:>6}  {r['best']}")
     if a.json:
         with open(a.json, "a") as fh:
             for r in rows:

@@ -11,6 +11,7 @@
 #   bench      fastgen bench offline on the five issue-9 workloads, new path and old path
 #   online     fastgen bench --online (clients 1..32) on Phi-2
 #   load       tools/load_time.py: engine start from sharded safetensors vs from a snapshot (Llama-2-7B)
+#   agreement  bf16 top-1 agreement with transformers, kernels on / all CuPy kernels off / SDPA prefill
 # Wheels the machine lacks (the server extras) travel in .whl/ (name it in the call's carry).
 export PYTHONUNBUFFERED=1
 STAGES=",${1:-tests},"
@@ -29,11 +30,18 @@ B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl --peer none --max
 if has tests; then
   timeout 300 python3 -m pytest -q -rs tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
+if has agreement; then
+  for mode in "" "FASTGEN_KERNELS=reference" "FASTGEN_ATTENTION=sdpa" "FASTGEN_KERNELS=reference FASTGEN_ATTENTION=sdpa"; do
+    echo "== agreement with: ${mode:-defaults}" | tee -a "$OUT/agreement.txt"
+    env $mode timeout 120 python3 -m pytest -q -s tests/gpu/test_agreement_gpu.py -k bf16 -p no:cacheprovider 2>&1 \
+      | grep -oE "AGREEMENT [a-z0-9-]+ torch.bfloat16 \{'ours_vs_hf': [0-9.]+" | tee -a "$OUT/agreement.txt"
+  done
+fi
 if has attention; then
   timeout 240 python3 tools/attention_bench.py --json "$OUT/attention.jsonl" 2>&1 | tail -16
 fi
 if has profile; then
-  for mode in new old; do
+  for mode in ${PROFILE_MODES:-new old}; do
     env $([ $mode = old ] && echo $OLD) timeout 200 python3 tools/profile_steps.py --preset phi-2 --budget 2048 \
       --requests 128 --json "$OUT/profile.jsonl" --tag $mode 2>&1 | tee -a "$OUT/profile.txt" | head -40
   done

@@ -95,16 +95,21 @@ def _pow2(x: int, lo: int) -> int:
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
-                 sliding_window: int | None, out: torch.Tensor) -> None:
-    """Write attention for the decode rows of ``q`` [T, Hq, D] into ``out`` (same shape)."""
+                 sliding_window: int | None, out: torch.Tensor, config: tuple | None = None) -> None:
+    """Write attention for the decode rows of ``q`` [T, Hq, D] into ``out`` (same shape).
+    ``config``: (BLOCK_N, num_warps, num_stages) instead of the default (tuning)."""
     hq, d = q.shape[1:]
     hk = k_cache.shape[-2]
     g = hq // hk
     sd = meta.decode_rows.numel()
     tables = meta.block_tables
-    block_n = max(meta.block_size, 32) if meta.block_size <= 64 else meta.block_size
+    if config is None:
+        block_n = max(meta.block_size, 32) if meta.block_size <= 64 else meta.block_size
+        config = (_pow2(block_n, 16), 4, None)
+    block_n, warps, stages = config
+    extra = {} if stages is None else {"num_stages": stages}
     _kernel()[(sd, hk)](
         q, k_cache, v_cache, out, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
         float(scale), int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), g, d,
         HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_G=_pow2(g, 16), BLOCK_D=_pow2(d, 16),
-        BLOCK_N=_pow2(block_n, 16), IEEE=q.dtype == torch.float32, num_warps=4)
+        BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=warps, **extra)

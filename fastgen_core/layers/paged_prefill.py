@@ -45,8 +45,11 @@ def _kernel():
     def _paged_prefill(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, ctx_ptr, atoms_ptr,
                        qk_scale, window, stride_table, stride_q, stride_o,
                        G: tl.constexpr, D: tl.constexpr, HK: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+                       HAS_TAIL: tl.constexpr,
                        WINDOWED: tl.constexpr, IEEE: tl.constexpr):
+        # head channels [0, BLOCK_D) (a power of two <= D) and, when D is not a power of two, a tail
+        # [BLOCK_D, D) padded to BLOCK_T (HAS_TAIL): head_dim 80 is 64 + 16, not 128 with 48 padded channels
         a = tl.program_id(0)              # q-block ("atom")
         h = tl.program_id(1)              # query head
         kvh = h // G
@@ -58,14 +61,18 @@ def _kernel():
         offs_m = tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
+        offs_t = BLOCK_D + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < D
         m_ok = offs_m < n
-        d_ok = offs_d < D
         qpos = pos0 + offs_m
-        q = tl.load(q_ptr + (row0 + offs_m)[:, None] * stride_q + h * D + offs_d[None, :],
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        q_rows = q_ptr + (row0 + offs_m)[:, None] * stride_q + h * D
+        q = tl.load(q_rows + offs_d[None, :], mask=m_ok[:, None], other=0.0)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+        if HAS_TAIL:
+            q_t = tl.load(q_rows + offs_t[None, :], mask=m_ok[:, None] & t_ok[None, :], other=0.0)
+            acc_t = tl.zeros((BLOCK_M, BLOCK_T), tl.float32)
         table = tables_ptr + seq * stride_table
         hi = tl.minimum(ctx, pos0 + n)                # keys past the last row's position are never seen
         lo = 0
@@ -76,14 +83,20 @@ def _kernel():
         full = tl.maximum(tl.minimum(full, hi), lo)
         for n0 in range(lo, hi, BLOCK_N):
             tok = n0 + offs_n
-            blk = tl.load(table + tok // BLOCK_SIZE, mask=tok < hi, other=0)
-            kv_off = (blk * BLOCK_SIZE + tok % BLOCK_SIZE).to(tl.int64)[:, None] * (HK * D) + kvh * D + offs_d[None, :]
-            kv_mask = (tok < hi)[:, None] & d_ok[None, :]
-            k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+            tok_ok = tok < hi
+            blk = tl.load(table + tok // BLOCK_SIZE, mask=tok_ok, other=0)
+            kv_rows = (blk * BLOCK_SIZE + tok % BLOCK_SIZE).to(tl.int64)[:, None] * (HK * D) + kvh * D
+            k = tl.load(k_ptr + kv_rows + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
             if IEEE:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
+            if HAS_TAIL:
+                k_t = tl.load(k_ptr + kv_rows + offs_t[None, :], mask=tok_ok[:, None] & t_ok[None, :], other=0.0)
+                if IEEE:
+                    s += tl.dot(q_t, tl.trans(k_t), input_precision="ieee")
+                else:
+                    s += tl.dot(q_t, tl.trans(k_t))
             s = s * qk_scale
             if n0 >= full:                         # the diagonal: mask keys after each row's position
                 ok = tok[None, :] <= qpos[:, None]
@@ -98,15 +111,25 @@ def _kernel():
             alpha = tl.math.exp2(m_i - m_safe)
             p = tl.math.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+            v = tl.load(v_ptr + kv_rows + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
+            pv = p.to(v.dtype)
             if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+                acc = acc * alpha[:, None] + tl.dot(pv, v, input_precision="ieee")
             else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                acc = acc * alpha[:, None] + tl.dot(pv, v)
+            if HAS_TAIL:
+                v_t = tl.load(v_ptr + kv_rows + offs_t[None, :], mask=tok_ok[:, None] & t_ok[None, :], other=0.0)
+                if IEEE:
+                    acc_t = acc_t * alpha[:, None] + tl.dot(pv, v_t, input_precision="ieee")
+                else:
+                    acc_t = acc_t * alpha[:, None] + tl.dot(pv, v_t)
             m_i = m_new
-        o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(out_ptr + (row0 + offs_m)[:, None] * stride_o + h * D + offs_d[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+        inv_l = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)
+        o_rows = out_ptr + (row0 + offs_m)[:, None] * stride_o + h * D
+        tl.store(o_rows + offs_d[None, :], (acc * inv_l[:, None]).to(out_ptr.dtype.element_ty), mask=m_ok[:, None])
+        if HAS_TAIL:
+            tl.store(o_rows + offs_t[None, :], (acc_t * inv_l[:, None]).to(out_ptr.dtype.element_ty),
+                     mask=m_ok[:, None] & t_ok[None, :])
 
     return _paged_prefill
 
@@ -115,14 +138,23 @@ def _pow2(x: int, lo: int) -> int:
     return max(lo, 1 << (x - 1).bit_length())
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) by padded head size; chosen on an H200 (docs/performance.md)
-_CONFIG = {64: (128, 64, 4, 3), 128: (128, 64, 8, 2), 256: (64, 32, 4, 2)}
+def head_split(d: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_T): the largest power of two <= d (at least 16), and the rest padded to a power of
+    two (0 when d is one): 80 -> (64, 16), 96 -> (64, 32), 128 -> (128, 0)."""
+    main = max(16, 1 << (d.bit_length() - 1))
+    return main, (_pow2(d - main, 16) if d > main else 0)
 
 
-def tile_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+def tile_config(head_dim: int, dtype: torch.dtype, longest_context: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages), from a sweep on an H200 (tools/attention_bench.py,
+    docs/performance.md): small tiles for prompts up to ~2k tokens, large ones over long cached contexts."""
     if dtype == torch.float32:               # fp32 tiles take twice the registers and shared memory
         return 32, 32, 4, 1
-    return _CONFIG[min(max(_pow2(head_dim, 16), 64), 256)]
+    if head_dim > 128:
+        return 64, 32, 4, 2
+    if longest_context > 2048:
+        return 128, 128, 8, 2
+    return 64, 64, 4, 2
 
 
 def atoms(meta, block_m: int) -> list[int]:
@@ -143,7 +175,8 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     hk = k_cache.shape[-2]
     if q.stride(2) != 1 or q.stride(1) != d or out.stride(2) != 1 or out.stride(1) != d:
         raise ValueError("paged_prefill needs each row's heads contiguous ([T, Hq, D] with unit inner strides)")
-    block_m, block_n, warps, stages = config or tile_config(d, q.dtype)
+    block_m, block_n, warps, stages = config or tile_config(d, q.dtype, max(
+        meta.context_lens_host[s] for s in meta.prefill_seqs))
     key = ("prefill-atoms", block_m)
     if key not in meta.memo:                 # the same q-blocks for every layer of this step
         flat = atoms(meta, block_m)
@@ -156,9 +189,11 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if not n_atoms:
         return
     tables = meta.block_tables
+    main, tail = head_split(d)
     _kernel()[(n_atoms, hq)](
         q, k_cache, v_cache, out, tables, meta.context_lens, atom_t,
         float(scale) * LOG2E, int(sliding_window or 0), tables.stride(0), q.stride(0), out.stride(0),
         G=hq // hk, D=d, HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=_pow2(d, 16), WINDOWED=bool(sliding_window), IEEE=q.dtype == torch.float32,
+        BLOCK_D=main, BLOCK_T=max(tail, 16), HAS_TAIL=tail > 0, WINDOWED=bool(sliding_window),
+        IEEE=q.dtype == torch.float32,
         num_warps=warps, num_stages=stages)

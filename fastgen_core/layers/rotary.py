@@ -82,9 +82,9 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.cos_sin(positions)
         cos = cos.unsqueeze(1).to(q.dtype)
         sin = sin.unsqueeze(1).to(q.dtype)
-        return self._apply(q, cos, sin), self._apply(k, cos, sin)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
-    def _apply(self, x, cos, sin):
+    def _rotate(self, x, cos, sin):
         r = self.rotary_dim
         if r == self.head_dim:
             return x * cos + self._rotate_half(x) * sin

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap, fused, kernels
@@ -49,35 +48,31 @@ class PhiConfig(DecoderConfig):
         return c
 
 
-def bias_gelu_new_ref(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """gelu_new(x + bias): the reference of kernels/gelu_new.cu."""
-    return get_activation("gelu_new")(x if bias is None else x + bias)
+def gelu_new_ref(x: torch.Tensor) -> torch.Tensor:
+    """gelu_new(x), transformers' formula op by op: the reference of kernels/gelu_new.cu."""
+    return get_activation("gelu_new")(x)
 
 
-def bias_gelu_new(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """One kernel on CUDA with FASTGEN_KERNELS=cupy (see fastgen_core.kernels), else the reference."""
-    if not (kernels.use(x, "bias_gelu_new") and x.is_contiguous() and (bias is None or bias.dtype == x.dtype)):
-        return bias_gelu_new_ref(x, bias)
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """One kernel on CUDA (see fastgen_core.kernels; FASTGEN_KERNELS=reference switches back), else the reference."""
+    if not (kernels.use(x, "gelu_new") and x.is_contiguous() and x.data_ptr() % 16 == 0):
+        return gelu_new_ref(x)
     out = torch.empty_like(x)
-    total, inter = x.numel(), x.shape[-1]
+    total = x.numel()
     if total:
-        kernels.launch(GELU_NEW_CU, f"bias_gelu_new_{kernels.SUFFIX[x.dtype]}", (min(-(-total // 256), 65535),),
-                       (256,), (kernels.ptr(out), kernels.ptr(x), kernels.ptr(bias), kernels.i64(total),
-                                kernels.i32(inter)), x.device)
+        vecs = -(-total // (16 // x.element_size()))
+        kernels.launch(GELU_NEW_CU, f"gelu_new_{kernels.SUFFIX[x.dtype]}", (min(-(-vecs // 256), 65535),), (256,),
+                       (kernels.ptr(out), kernels.ptr(x), kernels.i64(total)), x.device)
     return out
 
 
 class PhiMLP(MLP):
-    """The shared MLP; with the CuPy kernels on, fc1's bias and gelu_new run as one kernel after a bias-free GEMM."""
+    """The shared MLP; with gelu_new, the activation is one kernel (fc1's bias stays in fc1's GEMM)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str):
         super().__init__(hidden_size, intermediate_size, act, bias=True)
-        self.fused = act == "gelu_new"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and kernels.use(x, "bias_gelu_new"):
-            return self.fc2(bias_gelu_new(F.linear(x, self.fc1.weight), self.fc1.bias))
-        return super().forward(x)
+        if act == "gelu_new":
+            self.act = gelu_new
 
 
 class PhiDecoderLayer(nn.Module):
