@@ -1,6 +1,7 @@
 """Load an HF model directory: config.json, safetensors (single or sharded), .bin fallback, dummy weights."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterator
@@ -144,3 +145,23 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
                 p.copy_(parallel.take_slice(p, full.normal_(0.0, 0.02, generator=gens[p.device])))
             else:
                 p.normal_(0.0, 0.02, generator=gens[p.device])
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                   "sparse_")
+
+
+@contextlib.contextmanager
+def skip_parameter_init():
+    """Build modules without drawing their initial weights (``torch.nn.init`` calls do nothing inside):
+    every parameter is then overwritten by the checkpoint, the snapshot or the dummy weights (each loader
+    checks that every parameter was filled), so the draw is dead work -- on a CPU, seconds for a 7B model."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS if hasattr(torch.nn.init, name)}
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)

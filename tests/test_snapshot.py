@@ -89,3 +89,24 @@ def test_bad_snapshots_are_refused_by_name(tiny_model_dir, tmp_path):
         pipeline(str(snap), device="cpu")
     with pytest.raises(ConfigError, match="is the model directory itself"):
         pipeline(str(snap), device="cpu", load_format="dummy").engine.save_snapshot(snap)
+
+
+def test_streamed_load_fills_every_tensor_across_chunk_edges(tmp_path):
+    """The CUDA fast path (large reads into pinned buffers, tensors cut by chunk edges) run on CPU tensors with
+    a chunk far smaller than the tensors: every parameter gets exactly the snapshot's bytes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fastgen_core import snapshot
+    tensors = {"a.weight": torch.randn(33, 7), "b.bias": torch.randn(5).to(torch.bfloat16),
+               "c.weight": torch.randn(3, 4, 9).to(torch.float16), "d": torch.arange(11)}
+    path = tmp_path / "s.safetensors"
+    save_file(tensors, str(path))
+    header, start = snapshot._header(path)
+    targets = {k: torch.full_like(v, 7) for k, v in tensors.items()}
+    assert snapshot._stream(path, header, start, targets, chunk=37, on_cpu=True)
+    for k, v in tensors.items():
+        assert torch.equal(targets[k], v), k
+    # a target of another dtype is left to the tensor-by-tensor path (nothing copied here)
+    wrong = {**targets, "a.weight": torch.zeros(33, 7, dtype=torch.float64)}
+    assert not snapshot._stream(path, header, start, wrong, chunk=37, on_cpu=True)

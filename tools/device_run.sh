@@ -27,8 +27,8 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WAR
 for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e "$p" 2>&1 | grep -v WARNING; done
 OLD="FASTGEN_KERNELS=reference FASTGEN_ATTENTION=sdpa"
 B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl --peer none --max-ragged-batch-size 2048"
-if has tests; then
-  timeout 300 python3 -m pytest -q -rs tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+if has tests; then     # GPU_TESTS narrows the files (default: all of tests/gpu)
+  timeout 300 python3 -m pytest -q -rs ${GPU_TESTS:-tests/gpu} -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if has agreement; then
   for mode in "" "FASTGEN_KERNELS=reference" "FASTGEN_ATTENTION=sdpa" "FASTGEN_KERNELS=reference FASTGEN_ATTENTION=sdpa"; do
@@ -46,12 +46,14 @@ if has profile; then
       --requests 128 --json "$OUT/profile.jsonl" --tag $mode 2>&1 | tee -a "$OUT/profile.txt" | head -40
   done
 fi
-if has bench; then
-  for mode in new old; do
-    env $([ $mode = old ] && echo $OLD) timeout 150 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag $mode 2>&1 | tail -3
-    env $([ $mode = old ] && echo $OLD) timeout 100 $B --preset llama-2-7b --num-requests 64 --gen-mean 60 --tag $mode 2>&1 | tail -2
-    env $([ $mode = old ] && echo $OLD) timeout 100 $B --preset falcon-7b --num-requests 64 --gen-mean 60 --tag $mode 2>&1 | tail -2
-    env $([ $mode = old ] && echo $OLD) timeout 200 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag $mode 2>&1 | tail -2
+if has bench; then     # BENCH_OLD: presets also run on the old path (default: phi-2 llama-2-7b)
+  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
+    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
+    for mode in new old; do
+      [ $mode = old ] && [[ " ${BENCH_OLD:-phi-2 llama-2-7b} " != *" $p "* ]] && continue
+      env $([ $mode = old ] && echo $OLD) timeout 200 $B --preset $p --num-requests $n --gen-mean $g --tag $mode 2>&1 \
+        | grep -E "^fastgen" | sed "s/^/$p $mode /"
+    done
   done
 fi
 if has online; then

@@ -15,7 +15,8 @@ import torch
 from .. import parallel, snapshot
 from ..config import EngineConfig
 from ..errors import ConfigError, FastgenError, InvalidRequestError
-from ..loader import checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config
+from ..loader import (checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config,
+                      skip_parameter_init)
 from ..registry import FamilyRegistry
 from ..sampling import Sampler, SamplingParams, SamplingRow, logprobs_of, token_logprobs
 from ..tokenizer import IncrementalDetokenizer, load_tokenizer
@@ -122,7 +123,8 @@ class LLMEngine:
         self.max_context = min(config.max_context or mc.max_position_embeddings, mc.max_position_embeddings)
         self.num_kv_heads = parallel.kv_head_shard(mc.num_key_value_heads, self.tp)[0]     # on this rank
         model_cls = self.family.family.load_model_class()
-        with torch.device(self.device), _default_dtype(self.dtype), parallel.building(self.tp):
+        with (torch.device(self.device), _default_dtype(self.dtype), parallel.building(self.tp),
+              skip_parameter_init()):
             try:
                 self.model = model_cls(mc)
             except (TypeError, ValueError) as e:

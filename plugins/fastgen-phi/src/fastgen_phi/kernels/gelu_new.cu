@@ -23,7 +23,8 @@ template <typename T> __device__ __forceinline__ float rnd(float x) { return to_
 template <typename T>
 __device__ __forceinline__ T gelu_new_one(T xv) {
     const float x = to_f(xv);
-    const float cube = rnd<T>(__fmul_rn(__fmul_rn(x, x), x));                 // torch.pow(x, 3.0)
+    // torch.pow(x, 3.0) is base * base * base in the tensor's own type: rounded after each product
+    const float cube = rnd<T>(__fmul_rn(rnd<T>(__fmul_rn(x, x)), x));
     const float inner = rnd<T>(__fadd_rn(x, rnd<T>(__fmul_rn(0.044715f, cube))));
     const float t = rnd<T>(tanhf(rnd<T>(__fmul_rn(0.7978845608028654f, inner))));
     return from_f<T>(__fmul_rn(rnd<T>(__fmul_rn(0.5f, x)), rnd<T>(__fadd_rn(1.0f, t))));
