@@ -63,6 +63,10 @@ def decode_bench(rows):
             res[str(cfg)] = [round(ms, 4), round(gb / ms, 2)]           # ms, TB/s
             best = min(best or (ms, str(cfg)), (ms, str(cfg)))
         res["best"] = [round(best[0], 4), best[1], round(gb / best[0], 2)]
+        for splits in (1, 2, 4, 8, 16):                # flash-decoding splits at the default tiles
+            ms = triton.testing.do_bench(lambda: PD.paged_decode(q, kc, vc, meta, d ** -0.5, None, out, None, splits),
+                                         warmup=25, rep=100, return_mode="median")
+            res[f"splits={splits}"] = [round(ms, 4), round(gb / ms, 2)]
         rows.append(res)
         print(json.dumps(res), flush=True)
 
@@ -115,10 +119,11 @@ def main():
             continue
         print(f"{r['shape']:<20}{r['mix']:<24}{r['tflop']:>7}{r['sdpa_ms']:>9}{r['kernel_default_ms']:>10}"
               f"{r['kernel_default_TFLOPs']:>9}  {r['best']}")
-    print(f"\n{'decode':<26}{'GB':>7}{'default ms':>11}{'TB/s':>6}  best (ms, cfg, TB/s)")
+    print(f"\n{'decode':<26}{'GB':>7}{'default ms':>11}{'TB/s':>6}  best (ms, cfg, TB/s)   ms by splits 1/2/4/8/16")
     for r in rows:
         if "decode" in r:
-            print(f"{r['decode']:<26}{r['GB']:>7}{r['None'][0]:>11}{r['None'][1]:>6}  {r['best']}")
+            print(f"{r['decode']:<26}{r['GB']:>7}{r['None'][0]:>11}{r['None'][1]:>6}  {r['best']}   "
+                  + " / ".join(str(r[f"splits={n}"][0]) for n in (1, 2, 4, 8, 16)))
     if a.json:
         with open(a.json, "a") as fh:
             for r in rows:

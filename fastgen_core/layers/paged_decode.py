@@ -37,12 +37,13 @@ def _kernel():
     # the block-table stride is the step's widest table (eager steps): left unspecialised, or every new
     # divisibility class of it would compile the kernel again in the middle of serving
     @triton.jit(do_not_specialize=["stride_table"])
-    def _paged_decode(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seqs_ptr, rows_ptr, ctx_ptr,
-                      scale, window, stride_table, stride_q, stride_o, G, D,
+    def _paged_decode(q_ptr, k_ptr, v_ptr, out_ptr, part_o_ptr, part_lse_ptr, tables_ptr, seqs_ptr, rows_ptr,
+                      ctx_ptr, scale, window, stride_table, stride_q, stride_o, G, D,
                       HK: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr):
         i = tl.program_id(0)          # decode row index
         h = tl.program_id(1)          # KV head
+        sp = tl.program_id(2)         # split of the context (flash-decoding); SPLITS == 1: the whole of it
         seq = tl.load(seqs_ptr + i)
         row = tl.load(rows_ptr + i)
         ctx = tl.load(ctx_ptr + seq)
@@ -59,7 +60,12 @@ def _kernel():
         acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
         # sliding window: skip whole tiles before the window (no window is passed as a huge one)
         lo = tl.maximum(ctx - window, 0) // BLOCK_N * BLOCK_N
-        for n0 in range(lo, ctx, BLOCK_N):
+        hi = ctx
+        if SPLITS > 1:                # this split's run of whole tiles; every tile holds a key it may see
+            per = tl.cdiv(tl.cdiv(ctx - lo, BLOCK_N), SPLITS) * BLOCK_N
+            lo = lo + sp * per
+            hi = tl.minimum(lo + per, ctx)
+        for n0 in range(lo, hi, BLOCK_N):
             tok = n0 + offs_n
             ok = (tok < ctx) & (tok >= ctx - window)
             blk = tl.load(tables_ptr + seq * stride_table + tok // BLOCK_SIZE, mask=tok < ctx, other=0)
@@ -83,11 +89,36 @@ def _kernel():
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
-        o = acc / l[:, None]
-        tl.store(out_ptr + row * stride_o + qh[:, None] * D + offs_d[None, :], o.to(out_ptr.dtype.element_ty),
-                 mask=g_ok[:, None] & d_ok[None, :])
+        if SPLITS == 1:
+            o = acc / l[:, None]
+            tl.store(out_ptr + row * stride_o + qh[:, None] * D + offs_d[None, :], o.to(out_ptr.dtype.element_ty),
+                     mask=g_ok[:, None] & d_ok[None, :])
+        else:                         # normalised partial output and its log-sum-exp, merged by _merge
+            has = l > 0.0
+            o = acc / tl.where(has, l, 1.0)[:, None]
+            lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))
+            base = (i * HK * G + qh) * SPLITS + sp                  # [row, query head, split]
+            tl.store(part_o_ptr + base[:, None] * D + offs_d[None, :], o, mask=g_ok[:, None] & d_ok[None, :])
+            tl.store(part_lse_ptr + base, lse, mask=g_ok)
 
-    return _paged_decode
+    @triton.jit
+    def _merge(out_ptr, part_o_ptr, part_lse_ptr, rows_ptr, stride_o, HQ, D,
+               SPLITS: tl.constexpr, BLOCK_D: tl.constexpr):
+        i = tl.program_id(0)
+        h = tl.program_id(1)
+        row = tl.load(rows_ptr + i)
+        offs_s = tl.arange(0, SPLITS)
+        offs_d = tl.arange(0, BLOCK_D)
+        base = (i * HQ + h) * SPLITS
+        lse = tl.load(part_lse_ptr + base + offs_s)
+        big = tl.max(lse, 0)
+        w = tl.exp(lse - big)                     # empty splits: exp(-inf) = 0
+        o = tl.load(part_o_ptr + (base + offs_s)[:, None] * D + offs_d[None, :], mask=(offs_d < D)[None, :],
+                    other=0.0)
+        res = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+        tl.store(out_ptr + row * stride_o + h * D + offs_d, res.to(out_ptr.dtype.element_ty), mask=offs_d < D)
+
+    return _paged_decode, _merge
 
 
 def _pow2(x: int, lo: int) -> int:
@@ -103,19 +134,41 @@ def tile_config(programs: int, dtype: torch.dtype) -> tuple[int, int, int]:
     return (128, 4, 3) if programs < 256 else (64, 4, 3)
 
 
+def num_splits(programs: int) -> int:
+    """Context splits (flash-decoding) for ``programs`` = sequences x KV heads: enough programs to fill the
+    GPU's ~132 multiprocessors about twice when few sequences decode (batch 1: 32 heads -> 8 splits), none
+    when there are plenty. It depends on the batch shape only, not on the context lengths, so a CUDA graph
+    captured for a batch size serves every context."""
+    if programs >= 256:
+        return 1
+    return min(16, 1 << max(0, (256 // programs - 1).bit_length()))
+
+
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
-                 sliding_window: int | None, out: torch.Tensor, config: tuple | None = None) -> None:
+                 sliding_window: int | None, out: torch.Tensor, config: tuple | None = None,
+                 splits: int | None = None) -> None:
     """Write attention for the decode rows of ``q`` [T, Hq, D] into ``out`` (same shape).
-    ``config``: (BLOCK_N, num_warps, num_stages) instead of the default (tuning)."""
+    ``config``: (BLOCK_N, num_warps, num_stages) instead of the default; ``splits``: context splits instead
+    of ``num_splits``' choice (1: none)."""
     hq, d = q.shape[1:]
     hk = k_cache.shape[-2]
     g = hq // hk
     sd = meta.decode_rows.numel()
     tables = meta.block_tables
     block_n, warps, stages = config or tile_config(sd * hk, q.dtype)
+    splits = splits or num_splits(sd * hk)
     extra = {} if stages is None else {"num_stages": stages}
-    _kernel()[(sd, hk)](
-        q, k_cache, v_cache, out, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
+    decode, merge = _kernel()
+    if splits > 1:
+        part_o = torch.empty(sd, hq, splits, d, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(sd, hq, splits, dtype=torch.float32, device=q.device)
+    else:
+        part_o = part_lse = out                  # unused
+    decode[(sd, hk, splits)](
+        q, k_cache, v_cache, out, part_o, part_lse, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
         float(scale), int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), g, d,
         HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_G=_pow2(g, 16), BLOCK_D=_pow2(d, 16),
-        BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=warps, **extra)
+        BLOCK_N=block_n, SPLITS=splits, IEEE=q.dtype == torch.float32, num_warps=warps, **extra)
+    if splits > 1:
+        merge[(sd, hq)](out, part_o, part_lse, meta.decode_rows, out.stride(0), hq, d, SPLITS=splits,
+                        BLOCK_D=_pow2(d, 16), num_warps=4)

@@ -77,3 +77,37 @@ def test_torch_fallback_matches_reference(dtype):
     A._decode_torch(q, kc, vc, meta, out, 0.1, None)
     rows = meta.decode_rows
     assert _err(out[rows], ref[rows]) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("splits", [2, 16])
+def test_split_decode_matches_reference(shape, dtype, splits):
+    """Flash-decoding: a few sequences' contexts (up to 6k) split into parts and merged by log-sum-exp."""
+    hq, hk, d, bs, win = shape
+    q, _, _, kc, vc, meta = random_case(3, [], hq, hk, d, bs, "cuda", dtype, seed=splits, max_ctx=6000)
+    ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
+    out = torch.full_like(q, float("nan"))
+    paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, win, out, splits=splits)
+    assert not out.isnan().any()
+    assert _err(out, ref) < TOL[dtype]
+
+
+def test_split_decode_is_chosen_for_few_sequences_and_replays_in_a_graph():
+    assert paged_decode.num_splits(32) == 8 and paged_decode.num_splits(1) == 16
+    assert paged_decode.num_splits(4096) == 1
+    q, _, _, kc, vc, meta = random_case(1, [], 32, 32, 80, 32, "cuda", torch.bfloat16, seed=2, max_ctx=3000)
+    out = torch.empty_like(q)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        paged_decode.paged_decode(q, kc, vc, meta, 0.1, None, out)     # compile outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        paged_decode.paged_decode(q, kc, vc, meta, 0.1, None, out)
+    meta.context_lens.fill_(2500)                      # another context, same graph
+    g.replay()
+    torch.cuda.synchronize()
+    ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, 0.1, None)
+    assert _err(out, ref) < 1e-2
