@@ -72,8 +72,8 @@ class ModelFamily:
             kinds = sorted({type(r).__name__ for r in wm})
             hint = ("wrap the rules: WeightMap(rules, ignore=[...])" if kinds == [Rule.__name__]
                     else "a WeightMap(rules, ignore) of fastgen_core.Rule objects")
-            raise WeightLoadError(f"{what} a {type(wm).__name__} of {len(wm)} {'/'.join(kinds) or 'items'}; a "
-                                  f"fastgen_core.WeightMap is needed: {hint}")
+            raise WeightLoadError(f"{what} a {type(wm).__name__} of {len(wm)} {'/'.join(kinds) or 'no'} objects; "
+                                  f"a fastgen_core.WeightMap is needed: {hint}")
         if not isinstance(wm, WeightMap):
             raise WeightLoadError(f"{what} a {type(wm).__name__} ({wm!r:.80}); a fastgen_core.WeightMap, or a "
                                   "callable f(config) returning one, is needed")

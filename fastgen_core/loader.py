@@ -129,10 +129,11 @@ def _no_such_target(weight_map: WeightMap, rule, name: str, target: str, params:
     head = (f"{_whose(weight_map)} weight map rule {rule.source!r} -> {rule.target!r} sends checkpoint tensor "
             f"{name!r} to {target!r}, but the model has no parameter of that name")
     shape = re.sub(r"\.\d+(?=\.)", ".N", target)
-    indexed = sorted(p for p in params if re.sub(r"\.\d+(?=\.)", ".N", p) == shape)
+    indexed = [p for p in params if re.sub(r"\.\d+(?=\.)", ".N", p) == shape]
     if indexed:
-        return (f"{head}; it has {len(indexed)} like it ({indexed[0]!r} ... {indexed[-1]!r}): the checkpoint has "
-                "more layers or experts than config.json describes (num_hidden_layers / num_local_experts)")
+        some = repr(indexed[0]) if len(indexed) == 1 else f"{indexed[0]!r} ... {indexed[-1]!r}"
+        return (f"{head}; it has {len(indexed)} like it ({some}): the checkpoint has more layers or experts than "
+                "config.json describes (num_hidden_layers / num_local_experts)")
     near = difflib.get_close_matches(target, list(params), n=3, cutoff=0.6)
     return (f"{head}; nearest parameter names: {near or 'none'} (the rule's target must be a name from "
             "model.named_parameters())")
