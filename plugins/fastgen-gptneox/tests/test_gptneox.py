@@ -119,3 +119,4 @@ def test_variants_the_core_cannot_run_are_refused_with_the_value(overrides, mess
     hf = {**HUB["pythia-1b"], **overrides}
     with pytest.raises(UnsupportedModelError, match=message):
         GPTNeoXConfig.from_hf(hf)
+
