@@ -1,6 +1,7 @@
 """ModelFamily: what a plugin registers. Heavy parts are lazy "module:attr" strings."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 
@@ -56,5 +57,24 @@ class ModelFamily:
         return load_object(self.model)
 
     def load_weight_map(self, config):
+        """The family's WeightMap for ``config`` (``weights`` names a WeightMap or a callable returning one),
+        marked with the family's name for the loader's error messages."""
+        from .errors import WeightLoadError
+        from .weights import Rule, WeightMap
         wm = load_object(self.weights)
-        return wm(config) if callable(wm) else wm
+        what = f"the {self.name!r} family's weights {self.weights!r}"
+        if callable(wm) and not isinstance(wm, WeightMap):
+            wm = wm(config)
+            what += " returned"
+        else:
+            what += " is"
+        if isinstance(wm, (list, tuple)):
+            kinds = sorted({type(r).__name__ for r in wm})
+            hint = ("wrap the rules: WeightMap(rules, ignore=[...])" if kinds == [Rule.__name__]
+                    else "a WeightMap(rules, ignore) of fastgen_core.Rule objects")
+            raise WeightLoadError(f"{what} a {type(wm).__name__} of {len(wm)} {'/'.join(kinds) or 'no'} objects; "
+                                  f"a fastgen_core.WeightMap is needed: {hint}")
+        if not isinstance(wm, WeightMap):
+            raise WeightLoadError(f"{what} a {type(wm).__name__} ({wm!r:.80}); a fastgen_core.WeightMap, or a "
+                                  "callable f(config) returning one, is needed")
+        return dataclasses.replace(wm, family=self.name)

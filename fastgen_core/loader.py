@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -89,12 +91,12 @@ def load_weights(model: nn.Module, weight_map: WeightMap, tensors: Iterator[tupl
         if hit is None:
             if weight_map.ignored(name):
                 continue
-            raise WeightLoadError(f"unexpected tensor {name!r} {tuple(tensor.shape)} in the checkpoint: "
-                                  "no rule of this family's weight map uses it")
+            raise WeightLoadError(f"unexpected tensor {name!r} {tuple(tensor.shape)} in the checkpoint: no rule of "
+                                  f"{_whose(weight_map)} weight map uses it (add a Rule for it, or an ignore "
+                                  "pattern if the engine does not need it)")
         rule, target = hit
         if target not in params:
-            raise WeightLoadError(f"checkpoint tensor {name!r} maps to {target!r}, which this model does not have "
-                                  "(config.json and checkpoint disagree?)")
+            raise WeightLoadError(_no_such_target(weight_map, rule, name, target, params))
         if rule.num_shards > 1:
             parts = pending.setdefault(target, {})
             parts[rule.shard] = tensor
@@ -115,6 +117,26 @@ def load_weights(model: nn.Module, weight_map: WeightMap, tensors: Iterator[tupl
         n = missing[0]
         raise WeightLoadError(f"checkpoint is missing {weight_map.sources_for(n) or [n]} (for parameter {n!r}); "
                               f"{len(missing)} parameter(s) unfilled in all")
+
+
+def _whose(weight_map: WeightMap) -> str:
+    return f"the {weight_map.family!r} family's" if weight_map.family else "this family's"
+
+
+def _no_such_target(weight_map: WeightMap, rule, name: str, target: str, params: dict) -> str:
+    """Why a rule's target is not a parameter: a typo in the rule (nearest names), or a checkpoint with
+    more layers or experts than config.json builds (the same name exists at other indices)."""
+    head = (f"{_whose(weight_map)} weight map rule {rule.source!r} -> {rule.target!r} sends checkpoint tensor "
+            f"{name!r} to {target!r}, but the model has no parameter of that name")
+    shape = re.sub(r"\.\d+(?=\.)", ".N", target)
+    indexed = [p for p in params if re.sub(r"\.\d+(?=\.)", ".N", p) == shape]
+    if indexed:
+        some = repr(indexed[0]) if len(indexed) == 1 else f"{indexed[0]!r} ... {indexed[-1]!r}"
+        return (f"{head}; it has {len(indexed)} like it ({some}): the checkpoint has more layers or experts than "
+                "config.json describes (num_hidden_layers / num_local_experts)")
+    near = difflib.get_close_matches(target, list(params), n=3, cutoff=0.6)
+    return (f"{head}; nearest parameter names: {near or 'none'} (the rule's target must be a name from "
+            "model.named_parameters())")
 
 
 def copy_checked(param: torch.Tensor, tensor: torch.Tensor, what: str, target: str) -> None:

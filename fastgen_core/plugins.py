@@ -25,6 +25,7 @@ class PluginInfo:
     dist: str          # distribution name ("fastgen-llama")
     version: str
     value: str         # "fastgen_llama.plugin"
+    entry_point: bool = False   # loaded from an entry point (FASTGEN_DISABLE_PLUGINS can skip it)
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,12 @@ class PluginSet:
     failed: list[PluginLoadFailure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # e.g. two distributions using one entry-point name
 
-    def register(self, module, name: str, dist: str = "<local>", version: str = "", value: str = ""):
+    def register(self, module, name: str, dist: str = "<local>", version: str = "", value: str = "",
+                 entry_point: bool = False):
         """Register an already imported plugin object (tests, in-process plugins)."""
         self.pm.register(module, name=name)
-        self.loaded[name] = PluginInfo(name, dist, version, value or getattr(module, "__name__", repr(module)))
+        self.loaded[name] = PluginInfo(name, dist, version, value or getattr(module, "__name__", repr(module)),
+                                       entry_point)
 
 
 def _names(var: str) -> set[str] | None:
@@ -86,7 +89,7 @@ def _load_entry_points(ps: PluginSet) -> None:
             continue
         try:
             module = ep.load()
-            ps.register(module, name=ep.name, dist=dist, version=version, value=ep.value)
+            ps.register(module, name=ep.name, dist=dist, version=version, value=ep.value, entry_point=True)
         except Exception as exc:  # a broken plugin must not take the others down
             if strict:
                 raise

@@ -57,16 +57,43 @@ class FamilyRegistry:
 
     def _check_clash(self, key: str) -> None:
         if key in self.clashes:
-            who = ", ".join(f"{rf.dist} (family {rf.family.name!r})" for rf in self.clashes[key])
+            claimants = self.clashes[key]
+            who = ", ".join(f"{rf.dist} (family {rf.family.name!r}, entry point {rf.plugin!r})" for rf in claimants)
+            disable = self._disable_hint(claimants)
+            names = [rf.family.name for rf in claimants if self._unambiguous(rf.family.name)]
+            choose = ""
+            if names:
+                choose = (f", or choose the family for this model: fastgen_core.pipeline(model, family={names[0]!r}) "
+                          f"or fastgen serve --engine-options '{{\"family\": \"{names[0]}\"}}' (families: "
+                          f"{', '.join(map(repr, names))})")
             raise DuplicateFamilyError(
                 f"{key.removeprefix('model_type:')!r} is claimed by more than one installed plugin: {who}. "
-                "Uninstall one, disable it with FASTGEN_DISABLE_PLUGINS=<entry point name>, "
-                "or choose explicitly with family=<name>.")
+                f"Uninstall one, disable one with {disable}{choose}.")
+
+    def _disable_hint(self, claimants: list[RegisteredFamily]) -> str:
+        """How to drop each claimant: its entry-point name for FASTGEN_DISABLE_PLUGINS, or (registered in
+        this process, not through an entry point) not registering it."""
+        hints = []
+        for rf in claimants:
+            info = self.plugins.loaded.get(rf.plugin)
+            if info is not None and info.entry_point:
+                hints.append(f"FASTGEN_DISABLE_PLUGINS={rf.plugin} (drops {rf.dist})")
+            else:
+                hints.append(f"not registering plugin {rf.plugin!r} ({rf.dist}, registered in this process)")
+        return " or ".join(hints)
+
+    def _unambiguous(self, name: str) -> bool:
+        return len({rf.dist for rf in self.families if rf.family.name == name}) == 1
 
     def get(self, name: str) -> RegisteredFamily:
-        for rf in self.families:
-            if rf.family.name == name:
-                return rf
+        found = [rf for rf in self.families if rf.family.name == name]
+        if len({rf.dist for rf in found}) > 1:
+            disable = self._disable_hint(found)
+            raise DuplicateFamilyError(f"family {name!r} is registered by more than one installed plugin: "
+                                       f"{', '.join(rf.dist for rf in found)}; uninstall one or disable one with "
+                                       f"{disable}")
+        if found:
+            return found[0]
         raise UnsupportedModelError(f"no installed plugin provides a family named {name!r}; "
                                     f"installed families: {sorted({rf.family.name for rf in self.families})}")
 

@@ -10,6 +10,10 @@ the first generated token are within 1e-4, under several token budgets (prompts 
 under a KV cache small enough that preemption happens, and with prefix caching on (the prompts twice,
 the second time from cached blocks, under the same small cache). Every other run serves its decode-only steps of up
 to ``decode_graph_batch`` sequences through the CUDA-graph path's padded static buffers (without capture).
+``check_family_tp`` does the same with the model sharded over CPU processes.
+
+``check_plugin_isolation(package, tests)`` checks that a plugin imports only the core's public API and no
+other plugin, and that its ``plugin.py`` imports without torch (see ``fastgen_core.isolation``).
 """
 from __future__ import annotations
 
@@ -19,14 +23,20 @@ from pathlib import Path
 
 import torch
 
+from .isolation import IsolationReport, check_plugin_import_is_cheap, check_plugin_isolation, check_public_api
 from .pipeline import pipeline
+
+__all__ = ["check_family", "check_family_tp", "check_registration", "ConformanceReport", "save_tiny_model",
+           "random_prompts", "hf_greedy", "hf_last_logits", "make_tiny_tokenizer", "CHAT_TEMPLATE",
+           "check_plugin_isolation", "check_public_api", "check_plugin_import_is_cheap", "IsolationReport"]
 
 
 def save_tiny_model(hf_config, path: str | Path, seed: int = 0, shards: int = 1, safe: bool = True,
                     tokenizer=None, init_std: float | None = None):
     """Build a random transformers model from ``hf_config`` (float32), save it to ``path``, return it.
 
-    ``shards > 1`` writes a sharded checkpoint with its index; ``safe=False`` writes pytorch_model*.bin.
+    ``shards > 1`` writes a sharded checkpoint with its index; ``safe=False`` writes pytorch_model*.bin
+    (with pytorch_model.bin.index.json when sharded) instead of safetensors.
     ``init_std`` widens the random init so that logits are well separated (fewer argmax near-ties).
     Vectors (biases, norm weights) are always perturbed: transformers initialises them to 0 and 1, and a
     swapped or dropped bias or norm weight would otherwise load "correctly".
@@ -43,13 +53,34 @@ def save_tiny_model(hf_config, path: str | Path, seed: int = 0, shards: int = 1,
     path = Path(path)
     if shards > 1:
         nbytes = sum(p.numel() * 4 for p in model.state_dict().values())
-        max_shard = max(nbytes // shards + 1, 1024)
-        model.save_pretrained(path, max_shard_size=max_shard, safe_serialization=safe)
+        model.save_pretrained(path, max_shard_size=max(nbytes // shards + 1, 1024))
     else:
-        model.save_pretrained(path, safe_serialization=safe)
+        model.save_pretrained(path)
+    if not safe:
+        _safetensors_to_bin(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return model
+
+
+def _safetensors_to_bin(path: Path) -> None:
+    """Rewrite a saved checkpoint as pytorch_model*.bin (and its index when sharded): transformers 5's
+    save_pretrained writes only safetensors, whatever ``safe_serialization`` says."""
+    import json
+
+    from safetensors.torch import load_file
+    files = sorted(path.glob("*.safetensors"))
+    names = {f.name: ("pytorch_model.bin" if len(files) == 1 else
+                      f"pytorch_model-{k + 1:05d}-of-{len(files):05d}.bin") for k, f in enumerate(files)}
+    for f in files:
+        torch.save(load_file(str(f)), path / names[f.name])
+        f.unlink()
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k: names[v] for k, v in data["weight_map"].items()}
+        (path / "pytorch_model.bin.index.json").write_text(json.dumps(data, indent=2))
+        index.unlink()
 
 
 def random_prompts(n: int, vocab_size: int, min_len: int = 1, max_len: int = 200, seed: int = 0) -> list[list[int]]:
@@ -105,10 +136,16 @@ def check_registration(plugin_module, name: str, architectures, model_types, dis
 
 @dataclass
 class ConformanceReport:
+    """What ``check_family`` / ``check_family_tp`` ran: one dict per engine setting, holding the setting
+    (``max_ragged_batch_size``, ``num_kv_blocks``, ``enable_prefix_caching``, or ``tensor_parallel_size``)
+    and what happened (``preemptions``, ``steps``, ``graph_steps``: decode steps on the CUDA-graph path's
+    padded buffers)."""
+
     runs: list[dict]
 
     @property
     def preemptions(self) -> int:
+        """The most preemptions any run saw (> 0: the tight-KV run really preempted)."""
         return max(r["preemptions"] for r in self.runs)
 
 

@@ -1,8 +1,10 @@
 """Declarative weight maps: HF tensor-name patterns -> engine parameters, with named transforms.
 
 Patterns use ``{i}`` for the layer index and ``{e}`` for an expert index, e.g.
-``Rule("model.layers.{i}.self_attn.q_proj.weight", "layers.{i}.attn.qkv_proj.weight", shard=0, num_shards=3)``.
-Shards of one target are concatenated along ``dim`` in shard order (fused QKV, fused gate/up).
+``Rule("model.layers.{i}.self_attn.q_proj.weight", "layers.{i}.self_attn.qkv_proj.weight", shard=0, num_shards=3)``.
+Shards of one target are concatenated along ``dim`` in shard order (fused QKV, fused gate/up); a rule's
+``transform`` is applied to the whole (fused) tensor before it is copied (and, under tensor parallelism,
+before it is cut to the rank's slice).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class Rule:
 class WeightMap:
     rules: list[Rule]
     ignore: list[str] = field(default_factory=list)     # regexes of checkpoint tensors we do not need
+    family: str = ""        # set by the core when it loads a family's map: loading errors name the family
 
     def __post_init__(self):
         self._compiled = [(r, r.regex()) for r in self.rules]

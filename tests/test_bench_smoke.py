@@ -149,3 +149,18 @@ def test_tensor_parallel_bench_counts_the_whole_model_and_both_ranks_ceilings(tm
                   + o2["kv_read_bytes"] / (2 * ceil[1]["copy_TBps"] * 1e12))
     # (both floors are stored to 4 significant digits)
     assert o2["floor_s"] - o2["floor_linear_s"] == pytest.approx(want_extra, abs=2e-3 * o2["floor_s"])
+
+
+def test_pythia_1b_preset_builds_pythia_1b_through_its_plugin(tmp_path):
+    """`--preset pythia-1b` is a GPT-NeoX model at Pythia-1B's size (its published parameter count), built by
+    whichever installed plugin claims it."""
+    import torch
+
+    from fastgen_core.registry import FamilyRegistry
+    hf = json.loads((write_preset("pythia-1b", tmp_path) / "config.json").read_text())
+    family = FamilyRegistry().resolve(hf).family
+    c = family.load_config_class().from_hf(hf)
+    assert (family.name, c.head_dim, c.rotary_dim, c.use_parallel_residual) == ("gptneox", 256, 64, True)
+    with torch.device("meta"):
+        model = family.load_model_class()(c)
+    assert sum(p.numel() for p in model.parameters()) == 1_011_781_632

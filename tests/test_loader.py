@@ -1,5 +1,6 @@
 """Checkpoint loading errors name the offending tensor; dummy weights need only config.json."""
 import json
+import re
 import shutil
 
 import pytest
@@ -71,3 +72,64 @@ def test_config_missing_a_key_the_family_needs_is_named(ckpt):
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(fg.ConfigError, match="cannot build a model from these values"):
         fg.pipeline(str(ckpt), device="cpu")
+
+
+# weight maps with a plugin author's mistakes, as a module the family names lazily
+MAPS = '''
+import dataclasses
+from fastgen_core import WeightMap
+from fastgen_llama.model import weight_map
+
+def typo(c):
+    wm = weight_map(c)
+    return WeightMap([dataclasses.replace(r, target=r.target.replace("qkv_proj", "qkv_prj")) for r in wm.rules],
+                     wm.ignore)
+
+def rules_only(c):
+    return weight_map(c).rules
+'''
+
+
+@pytest.fixture
+def registry_with_weights(tmp_path, monkeypatch):
+    """A registry whose one family is the Llama plugin's model with the weight map ``fgtest_maps:<name>``."""
+    (tmp_path / "fgtest_maps.py").write_text(MAPS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def make(name):
+        class Plugin:
+            @fg.hookimpl
+            def register_model_families(self, register):
+                register(fg.ModelFamily(name="llama-test", architectures=("LlamaForCausalLM",),
+                                        config="fastgen_llama.model:LlamaConfig",
+                                        model="fastgen_llama.model:LlamaForCausalLM", weights=f"fgtest_maps:{name}"))
+        ps = fg.get_plugin_set(autoload=False)
+        ps.register(Plugin(), "llama-test")
+        return fg.FamilyRegistry(ps)
+    return make
+
+
+def test_rule_target_the_model_lacks_names_family_rule_and_nearest_names(ckpt, registry_with_weights):
+    with pytest.raises(fg.WeightLoadError) as e:
+        fg.pipeline(str(ckpt), device="cpu", registry=registry_with_weights("typo"))
+    msg = str(e.value)
+    assert re.search(r"the 'llama-test' family's weight map rule 'model\.layers\.\{i\}\.self_attn\.(.)_proj\.weight' "
+                     r"-> 'layers\.\{i\}\.self_attn\.qkv_prj\.weight' sends checkpoint tensor "
+                     r"'model\.layers\.0\.self_attn\.\1_proj\.weight' to 'layers\.0\.self_attn\.qkv_prj\.weight'", msg), msg
+    assert "nearest parameter names: ['layers.0.self_attn.qkv_proj.weight'" in msg, msg
+
+
+def test_checkpoint_with_more_layers_than_config_says_so(ckpt):
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["num_hidden_layers"] = 1
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(fg.WeightLoadError, match=r"the 'llama' family's weight map rule .* to 'layers\.1\.[^']*', but .*; it "
+                                                 r"has 1 like it \('layers\.0\.[^']*'\): the checkpoint has more layers or experts than config\.json describes"):
+        fg.pipeline(str(ckpt), device="cpu")
+
+
+def test_weights_callable_returning_a_list_says_what_to_return(ckpt, registry_with_weights):
+    with pytest.raises(fg.WeightLoadError, match=r"the 'llama-test' family's weights 'fgtest_maps:rules_only' "
+                                                 r"returned a list of \d+ Rule objects; a fastgen_core\.WeightMap is "
+                                                 r"needed: wrap the rules: WeightMap\(rules, ignore=\[\.\.\.\]\)"):
+        fg.pipeline(str(ckpt), device="cpu", registry=registry_with_weights("rules_only"))

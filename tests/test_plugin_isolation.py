@@ -1,11 +1,10 @@
 """Plugins stay independent of each other and of the core's internals, load selectively, and are cheap
-to import. Plugin packages are discovered from plugins/*/src/*/ so new families are checked as they land."""
+to import. Plugin packages are discovered from plugins/*/src/*/ so new families are checked as they land,
+with the same checks fastgen_core.testing offers an outside plugin (check_plugin_isolation)."""
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -14,72 +13,49 @@ from pathlib import Path
 
 import pytest
 
-import fastgen_core
+from fastgen_core.testing import check_plugin_import_is_cheap, check_plugin_isolation, check_public_api
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {p.name: p for p in sorted(ROOT.glob("plugins/*/src/*/")) if (p / "__init__.py").is_file()}
-# The plugin written as an outside contributor would: it may use only these core modules.
-PUBLIC_CORE_SRC = {"fastgen_core", "fastgen_core.layers"}
-PUBLIC_CORE_TESTS = PUBLIC_CORE_SRC | {"fastgen_core.testing"}
-LAZY_SPEC = re.compile(r"^([A-Za-z_]\w*)(?:\.\w+)*:\w+(?:\.\w+)*$")     # "fastgen_x.model:Class"
-
-
-def plugin_files(pkg: str) -> list[Path]:
-    """Every .py file of the distribution that ships ``pkg`` (its package and its tests)."""
-    dist_dir = PACKAGES[pkg].parents[1]
-    return sorted(f for f in dist_dir.rglob("*.py") if "build" not in f.relative_to(dist_dir).parts)
-
-
-def imported_modules(path: Path) -> list[tuple[str, list[str], int]]:
-    """(absolute module, imported names, line) for each import statement; relative imports are skipped."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out += [(a.name, [], node.lineno) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.append((node.module, [a.name for a in node.names], node.lineno))
-    return out
-
-
-def lazy_specs(path: Path) -> list[tuple[str, int]]:
-    """String constants shaped like ModelFamily's lazy "module:attr" references."""
-    return [(n.value, n.lineno) for n in ast.walk(ast.parse(path.read_text()))
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and LAZY_SPEC.match(n.value)]
 
 
 def test_plugin_packages_are_discovered():
-    assert "fastgen_qwen2" in PACKAGES and "fastgen_llama" in PACKAGES, sorted(PACKAGES)
+    assert {"fastgen_qwen2", "fastgen_llama", "fastgen_gptneox"} <= set(PACKAGES), sorted(PACKAGES)
 
 
 @pytest.mark.parametrize("pkg", sorted(PACKAGES))
-def test_no_plugin_imports_another_plugin(pkg):
-    others = set(PACKAGES) - {pkg}
-    bad = []
-    for f in plugin_files(pkg):
-        for module, _, line in imported_modules(f):
-            if module.split(".")[0] in others:
-                bad.append(f"{f.relative_to(ROOT)}:{line} imports {module}")
-        for spec, line in lazy_specs(f):
-            if LAZY_SPEC.match(spec).group(1) in others:
-                bad.append(f"{f.relative_to(ROOT)}:{line} names {spec!r}")
-    assert not bad, f"plugin {pkg} depends on another plugin's package (shared code belongs in fastgen_core): {bad}"
+def test_plugin_uses_only_the_public_api_and_no_other_plugin(pkg):
+    """The checks fastgen_core.testing offers every plugin, run on each in-tree one (its package and tests),
+    with the other in-tree packages as the plugins it must not import."""
+    tests = PACKAGES[pkg].parents[1] / "tests"
+    report = check_public_api(PACKAGES[pkg], tests=tests, other_plugins=set(PACKAGES))
+    assert any(f.name == "plugin.py" for f in report.files) and any(tests in f.parents for f in report.files)
 
 
-def test_qwen2_uses_only_the_public_core_api():
-    public_names = set(fastgen_core.__all__)
-    bad = []
-    for f in plugin_files("fastgen_qwen2"):
-        allowed = PUBLIC_CORE_TESTS if "tests" in f.parts else PUBLIC_CORE_SRC
-        for module, names, line in imported_modules(f):
-            where = f"{f.relative_to(ROOT)}:{line}"
-            if module.split(".")[0] != "fastgen_core":
-                continue
-            if module not in allowed:
-                bad.append(f"{where} imports {module} (allowed: {sorted(allowed)})")
-            elif module == "fastgen_core" and set(names) - public_names:
-                bad.append(f"{where} imports {sorted(set(names) - public_names)} from fastgen_core, "
-                           "which are not in fastgen_core.__all__")
-    assert not bad, bad
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_plugin_module_imports_without_torch(pkg):
+    check_plugin_import_is_cheap(PACKAGES[pkg])
+
+
+BAD_PLUGINS = {
+    "imports torch": ("import torch\nfrom fastgen_core import hookimpl\n", "imported torch"),
+    "imports a core internal": ("from fastgen_core.loader import load_weights\n",
+                                "imports fastgen_core.loader; a plugin may import only"),
+    "imports a private name": ("from fastgen_core import first\n", "not in fastgen_core.__all__"),
+    "imports another plugin": ("from fastgen_llama.model import weight_map\n", "another plugin's package"),
+    "names another plugin lazily": ('SPEC = "fastgen_llama.model:LlamaForCausalLM"\n', "in another plugin's package"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PLUGINS))
+def test_isolation_checks_catch_each_violation(tmp_path, case):
+    source, message = BAD_PLUGINS[case]
+    pkg = tmp_path / "fgtest_badplugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "plugin.py").write_text(source)
+    with pytest.raises(AssertionError, match=message):
+        check_plugin_isolation(pkg, other_plugins={"fastgen_llama"})
 
 
 def _run(code: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -129,19 +105,3 @@ def test_load_plugins_allowlist_runs_qwen2_and_refuses_llama(tmp_path):
     listing = _run("from fastgen_core.cli import main; main(['plugins'])", {"FASTGEN_LOAD_PLUGINS": "qwen2"})
     assert listing.returncode == 0, listing.stderr[-2000:]
     assert [line.split()[0] for line in listing.stdout.splitlines()] == ["qwen2", "qwen3"], listing.stdout
-
-
-@pytest.mark.parametrize("pkg", sorted(PACKAGES))
-def test_plugin_module_imports_without_torch(pkg):
-    assert (PACKAGES[pkg] / "plugin.py").is_file(), f"{pkg} has no plugin.py (hookimpls live there, cheap to import)"
-    code = f"""
-        import sys
-        sys.path.insert(0, {str(PACKAGES[pkg].parent)!r})   # works whether or not the plugin is installed
-        import {pkg}.plugin
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "cupy"))
-        print(",".join(heavy[:5]))
-    """
-    proc = _run(code)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "", (f"importing {pkg}.plugin imported {proc.stdout.strip()}; "
-                                       "name heavy objects as lazy 'module:attr' strings instead")

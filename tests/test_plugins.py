@@ -1,9 +1,11 @@
 """Plugin discovery through real entry points: throwaway distributions are written to a directory on sys.path."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -103,16 +105,50 @@ def test_strict_mode_reraises(site, monkeypatch):
         get_plugin_set()
 
 
-def test_clash_names_both_distributions(site, monkeypatch):
+def test_clash_names_both_distributions_and_every_way_out_works(site, monkeypatch, llama_dir):
+    """The error names both claimants with their entry points, and each remedy it suggests really works:
+    each FASTGEN_DISABLE_PLUGINS value, family= in the pipeline, and the serve command line it prints."""
     write_dist(site, "fastgen-clash", "9.9", "fgtest_clash", CLASH)
     reg = FamilyRegistry()
-    with pytest.raises(fg.DuplicateFamilyError, match=r"LlamaForCausalLM.*(fastgen-llama.*fastgen-clash|fastgen-clash.*fastgen-llama)"):
+    with pytest.raises(fg.DuplicateFamilyError, match=r"LlamaForCausalLM.*(fastgen-llama.*fastgen-clash|fastgen-clash.*fastgen-llama)") as e:
         reg.resolve({"architectures": ["LlamaForCausalLM"]})
-    assert reg.resolve({"architectures": ["LlamaForCausalLM"]}, family="llama").dist == "fastgen-llama"
+    msg = str(e.value)
+    assert "fastgen-clash (family 'llama-clone', entry point 'clash')" in msg, msg
+    assert "fastgen-llama (family 'llama', entry point 'llama')" in msg, msg
     # other architectures are unaffected
     assert reg.resolve({"architectures": ["MistralForCausalLM"]}).family.name == "llama"
-    monkeypatch.setenv("FASTGEN_DISABLE_PLUGINS", "clash")
-    assert FamilyRegistry().resolve({"architectures": ["LlamaForCausalLM"]}).dist == "fastgen-llama"
+
+    disabled = re.findall(r"FASTGEN_DISABLE_PLUGINS=(\S+) \(drops (\S+)\)", msg)
+    assert sorted(disabled) == [("clash", "fastgen-clash"), ("llama", "fastgen-llama")], msg
+    for entry_point, dropped in disabled:
+        monkeypatch.setenv("FASTGEN_DISABLE_PLUGINS", entry_point)
+        rf = FamilyRegistry().resolve({"architectures": ["LlamaForCausalLM"]})
+        assert rf.dist != dropped and rf.dist in ("fastgen-llama", "fastgen-clash")
+    monkeypatch.delenv("FASTGEN_DISABLE_PLUGINS")
+
+    family = re.search(r"pipeline\(model, family='([^']+)'\)", msg).group(1)
+    out = fg.pipeline(str(llama_dir), device="cpu", family=family)([[1, 2, 3]], max_new_tokens=2, ignore_eos=True)
+    assert out[0].generated_length == 2
+    from fastgen_core.cli import build_parser
+    from fastgen_core.server.cli import settings_from_args
+    from fastgen_core.server.frontdoor import _check_model
+    options = re.search(r"fastgen serve --engine-options '([^']+)'", msg).group(1)
+    settings = settings_from_args(build_parser().parse_args(["serve", "--model", str(llama_dir), "--engine-options",
+                                                             options]))
+    assert settings.engine_options == {"family": family}
+    _check_model(settings)          # what `fastgen serve` does before starting replicas: resolves, no clash
+
+
+def test_a_family_name_two_distributions_register_is_refused_by_name(site):
+    # its own module name: an earlier test may have imported fgtest_clash already
+    write_dist(site, "fastgen-samename", "9.9", "fgtest_samename", CLASH.replace('name="llama-clone"', 'name="llama"'))
+    reg = FamilyRegistry()
+    with pytest.raises(fg.DuplicateFamilyError) as e:
+        reg.resolve({"architectures": ["LlamaForCausalLM"]})
+    assert "family=" not in str(e.value), "family='llama' cannot choose between two families named 'llama'"
+    with pytest.raises(fg.DuplicateFamilyError, match=r"family 'llama' is registered by more than one .*"
+                                                      r"FASTGEN_DISABLE_PLUGINS=samename \(drops fastgen-samename\)"):
+        reg.resolve({"architectures": ["LlamaForCausalLM"]}, family="llama")
 
 
 def test_load_plugins_allowlist(site, monkeypatch):
@@ -159,10 +195,12 @@ def test_model_family_validates_itself():
         fg.ModelFamily(name="x", architectures=("X",), config="a.b", model="a:b", weights="a:b")
 
 
-def test_fastgen_plugins_lists_all_six_families_with_their_packages():
+def test_fastgen_plugins_lists_all_seven_distributions_with_their_families():
     out = subprocess.run([sys.executable, "-m", "fastgen_core.cli", "plugins", "--json"], capture_output=True,
                          text=True, check=True).stdout
     got = {f["family"]: f["distribution"] for f in json.loads(out)["families"]}
     want = {"llama": "fastgen-llama", "mixtral": "fastgen-mixtral", "falcon": "fastgen-falcon", "phi": "fastgen-phi",
-            "opt": "fastgen-opt", "qwen2": "fastgen-qwen2", "qwen3": "fastgen-qwen2"}
+            "opt": "fastgen-opt", "qwen2": "fastgen-qwen2", "qwen3": "fastgen-qwen2", "gptneox": "fastgen-gptneox"}
     assert {k: got.get(k) for k in want} == want
+    in_tree = {p.name for p in (Path(__file__).resolve().parents[1] / "plugins").glob("fastgen-*")}
+    assert set(want.values()) == in_tree and len(in_tree) == 7, sorted(in_tree)

@@ -59,7 +59,7 @@ def make_workload(n: int, mean_prompt: int, mean_gen: int, seed: int = 0, vocab_
 
 
 def _preset_configs() -> dict:
-    from transformers import FalconConfig, LlamaConfig, MixtralConfig, PhiConfig
+    from transformers import FalconConfig, GPTNeoXConfig, LlamaConfig, MixtralConfig, PhiConfig
     return {
         "phi-2": PhiConfig(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=32, partial_rotary_factor=0.4,
@@ -79,13 +79,18 @@ def _preset_configs() -> dict:
         "mixtral-8x7b": MixtralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
                                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                                       num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=32768),
+        # EleutherAI/pythia-1b: parallel residual, a quarter of each 256-channel head rotated
+        "pythia-1b": GPTNeoXConfig(vocab_size=50304, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                   num_attention_heads=8, rotary_pct=0.25, rotary_emb_base=10000,
+                                   use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
+                                   max_position_embeddings=2048, tie_word_embeddings=False),
         # CPU smoke tests
         "tiny-llama": LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
     }
 
 
-PRESETS = ("phi-2", "falcon-7b", "llama-2-7b", "mixtral-small", "mixtral-8x7b", "tiny-llama")
+PRESETS = ("phi-2", "falcon-7b", "llama-2-7b", "mixtral-small", "mixtral-8x7b", "pythia-1b", "tiny-llama")
 
 
 def write_preset(name: str, directory: str | Path, num_layers: int | None = None) -> Path:

@@ -3,11 +3,13 @@ from .activations import get_activation
 from .attention import AttentionMetadata, ForwardContext, PagedAttention, paged_attention_ref, write_kv_ref
 from .mlp import GatedMLP, MLP
 from .moe import GroupedExperts, SparseMoE, grouped_experts_ref, moe_dense_ref, route_topk
-from .norm import RMSNorm
-from .rotary import RotaryEmbedding, rope_from_hf
-from .transformer import CausalLM, PreNormDecoderLayer, RotaryAttention, gated_mlp_rules, prenorm_decoder_weight_map
+from .norm import LayerNorm, RMSNorm
+from .rotary import RopeParams, RotaryEmbedding, rope_from_hf
+from .transformer import (CausalLM, ParallelDecoderLayer, PreNormDecoderLayer, RotaryAttention, gated_mlp_rules,
+                          prenorm_decoder_weight_map, ungroup_qkv)
 
 __all__ = ["get_activation", "AttentionMetadata", "ForwardContext", "PagedAttention", "paged_attention_ref",
-           "write_kv_ref", "GatedMLP", "MLP", "RMSNorm", "RotaryEmbedding", "rope_from_hf",
-           "CausalLM", "PreNormDecoderLayer", "RotaryAttention", "gated_mlp_rules", "prenorm_decoder_weight_map",
+           "write_kv_ref", "GatedMLP", "MLP", "LayerNorm", "RMSNorm", "RopeParams", "RotaryEmbedding", "rope_from_hf",
+           "CausalLM", "ParallelDecoderLayer", "PreNormDecoderLayer", "RotaryAttention", "gated_mlp_rules",
+           "prenorm_decoder_weight_map", "ungroup_qkv",
            "GroupedExperts", "SparseMoE", "grouped_experts_ref", "moe_dense_ref", "route_topk"]

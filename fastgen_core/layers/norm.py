@@ -1,3 +1,5 @@
+"""Normalisations families compose: RMSNorm (Llama, Qwen2, Mixtral) and LayerNorm with bias (GPT-NeoX, Phi,
+Falcon). Both offer ``add_and_norm`` (residual add fused with the norm), which the decoder blocks use."""
 import torch
 from torch import nn
 
@@ -19,3 +21,19 @@ class RMSNorm(nn.Module):
         """``residual += x`` (in place: the residual stream) and return the norm of the sum, in one kernel
         where the CuPy kernels run."""
         return kernels.rms_norm(x, self.weight, self.eps, residual)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with a bias (GPT-NeoX, Phi, Falcon, OPT): ``nn.LayerNorm``'s parameters (``weight``,
+    ``bias``) and numerics, computed in the input's dtype as transformers' ``nn.LayerNorm`` is.
+
+    ``add_and_norm`` gives it the interface of ``RMSNorm``, so the shared decoder blocks take either.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__(hidden_size, eps=eps, bias=bias)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual += x`` (in place: the residual stream) and return the norm of the sum."""
+        residual.add_(x)
+        return self(residual)

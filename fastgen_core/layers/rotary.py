@@ -1,21 +1,65 @@
-"""Rotary position embedding (rotate-half / NeoX layout, as transformers), with partial rotary."""
+"""Rotary position embedding, with partial rotary, and the rotary settings of a config.json.
+
+The convention is rotate-half (GPT-NeoX's, transformers' default): channel ``j`` of a head's rotated part
+pairs with channel ``j + rotary_dim / 2``, not with ``j + 1`` (GPT-J's interleaved pairs). A checkpoint
+trained with interleaved pairs needs its q/k projection rows permuted to this layout in the weight map.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..errors import UnsupportedModelError
+from ..model_config import first as first_of
 
-def rope_from_hf(hf: dict) -> tuple[float, dict | None]:
-    """(rope_theta, scaling dict or None) from a config.json, old ("rope_theta", "rope_scaling") or
-    transformers-5 ("rope_parameters") style."""
+
+@dataclass(frozen=True)
+class RopeParams:
+    """What a config.json says about rotary embeddings, whichever spelling it uses (``rope_from_hf``).
+
+    theta: the base frequency (``rope_theta``; GPT-NeoX / Pythia: ``rotary_emb_base``).
+    scaling: the scaling dict (``rope_scaling`` or a non-default ``rope_parameters``), None for plain RoPE.
+    partial_rotary_factor: the fraction of each head's channels that rotate, the first ones (GPT-NeoX:
+    ``rotary_pct``); 1.0 rotates all of them.
+
+    It unpacks as ``theta, scaling``, the pair earlier versions of ``rope_from_hf`` returned.
+    """
+
+    theta: float
+    scaling: dict | None
+    partial_rotary_factor: float = 1.0
+
+    def __iter__(self):
+        return iter((self.theta, self.scaling))
+
+    def rotary_dim(self, head_dim: int) -> int:
+        """Channels per head that rotate, ``int(head_dim * partial_rotary_factor)`` as transformers computes
+        it; an UnsupportedModelError unless that is a positive even number (RotaryEmbedding rotates pairs)."""
+        r = int(head_dim * self.partial_rotary_factor)
+        if r <= 0 or r % 2 or r > head_dim:
+            raise UnsupportedModelError(
+                f"partial rotary factor {self.partial_rotary_factor} x head_dim {head_dim} gives rotary_dim {r}; "
+                f"it must be a positive even number <= head_dim")
+        return r
+
+
+def rope_from_hf(hf: dict, partial_rotary_factor: float = 1.0) -> RopeParams:
+    """The rotary settings of a config.json: transformers-5 style (``rope_parameters``: ``rope_theta``,
+    ``partial_rotary_factor``, ``rope_type``...) or the older top-level keys (``rope_theta`` or GPT-NeoX's
+    ``rotary_emb_base``; ``rope_scaling``; ``partial_rotary_factor`` or GPT-NeoX's ``rotary_pct``), in that
+    order of precedence. ``partial_rotary_factor`` is the family's default when the file names none
+    (transformers' GPTNeoXConfig: 0.25). Unpacks as ``theta, scaling``."""
     params = hf.get("rope_parameters") or {}
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = first_of(params, "rope_theta", default=first_of(hf, "rope_theta", "rotary_emb_base", default=10000.0))
     scaling = hf.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
     if scaling and scaling.get("rope_type", scaling.get("type", "default")) == "default":
         scaling = None
-    return float(theta), scaling
+    factor = first_of(params, "partial_rotary_factor",
+                      default=first_of(hf, "partial_rotary_factor", "rotary_pct", default=partial_rotary_factor))
+    return RopeParams(float(theta), scaling, float(factor))
 
 
 def _inv_freq(rotary_dim: int, base: float, scaling: dict | None) -> torch.Tensor:

@@ -61,13 +61,17 @@ class RotaryAttention(nn.Module):
 
 
 class PreNormDecoderLayer(nn.Module):
-    """x + attn(norm(x)); then h + mlp(norm(h)). Llama, Mistral, Qwen2, Mixtral (the mlp may be an MoE)."""
+    """x + attn(norm(x)); then h + mlp(norm(h)). Llama, Mistral, Qwen2, Mixtral (the mlp may be an MoE) with
+    the default RMSNorms; GPT-NeoX (``use_parallel_residual: false``) and Falcon (``parallel_attn: false``)
+    pass LayerNorms. A norm passed in needs ``add_and_norm(x, residual)``, as RMSNorm and LayerNorm have."""
 
-    def __init__(self, hidden_size: int, eps: float, self_attn: nn.Module, mlp: nn.Module):
+    def __init__(self, hidden_size: int, eps: float, self_attn: nn.Module, mlp: nn.Module,
+                 input_layernorm: nn.Module | None = None, post_attention_layernorm: nn.Module | None = None):
         super().__init__()
-        self.input_layernorm = RMSNorm(hidden_size, eps)
+        self.input_layernorm = input_layernorm if input_layernorm is not None else RMSNorm(hidden_size, eps)
         self.self_attn = self_attn
-        self.post_attention_layernorm = RMSNorm(hidden_size, eps)
+        self.post_attention_layernorm = (post_attention_layernorm if post_attention_layernorm is not None
+                                         else RMSNorm(hidden_size, eps))
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -75,6 +79,29 @@ class PreNormDecoderLayer(nn.Module):
         h = x       # the residual stream: x + attn is added in place, fused with the norm that follows
         normed = self.post_attention_layernorm.add_and_norm(attn, h)
         return h + self.mlp(normed)
+
+
+class ParallelDecoderLayer(nn.Module):
+    """x + attn(input_layernorm(x)) + mlp(post_attention_layernorm(x)): attention and MLP side by side, both
+    reading the layer's input (GPT-NeoX's ``use_parallel_residual``, Falcon-40B's ``ln_attn`` / ``ln_mlp``).
+    With ``post_attention_layernorm=None`` one norm feeds both (Phi, Falcon-7B).
+
+    The sum is ``(attn + mlp) + x``, the order (up to the commutative first addition) transformers' GPT-NeoX,
+    Phi and Falcon use, so float32 results match them bit for bit.
+    """
+
+    def __init__(self, self_attn: nn.Module, mlp: nn.Module, input_layernorm: nn.Module,
+                 post_attention_layernorm: nn.Module | None = None):
+        super().__init__()
+        self.input_layernorm = input_layernorm
+        self.self_attn = self_attn
+        self.post_attention_layernorm = post_attention_layernorm
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        m = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
+        return self.self_attn(h, ctx) + self.mlp(m) + x
 
 
 class CausalLM(nn.Module):
@@ -139,3 +166,26 @@ def prenorm_decoder_weight_map(mlp_rules: list[Rule], tie_word_embeddings: bool,
     else:
         rules.append(Rule("lm_head.weight", "lm_head.weight"))
     return WeightMap(rules, ignore)
+
+
+def ungroup_qkv(t: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """A fused QKV weight [rows, in] or bias [rows] whose rows are grouped per KV head, [q_0..q_{g-1}, k, v]
+    for each of the ``num_kv_heads`` groups, reordered to the [Q; K; V] rows ``qkv_proj`` expects. With one
+    query head per group (``num_kv_heads`` = the number of heads) that is the per-head [q_h, k_h, v_h]
+    layout of GPT-NeoX's ``query_key_value``; with more, Falcon-40B's. Use it as a ``Rule``'s transform:
+    ``Rule(src, "layers.{i}.self_attn.qkv_proj.weight", transform=functools.partial(ungroup_qkv,
+    num_kv_heads=..., head_dim=...))``.
+
+    Query heads keep their group-major order, so query head ``j`` reads KV head ``j // g``, which is what
+    the shared attention's grouped-query attention gives.
+    """
+    rows = t.shape[0]
+    if rows % (num_kv_heads * head_dim) or rows // (num_kv_heads * head_dim) < 3:
+        raise ValueError(f"a fused QKV tensor of {rows} rows cannot be {num_kv_heads} KV groups of "
+                         f"[q.., k, v] heads of {head_dim} rows each")
+    rest = t.shape[1:]
+    groups = t.reshape(num_kv_heads, -1, head_dim, *rest)          # [kv, g + 2, D, ...]
+    q = groups[:, :-2].reshape(-1, *rest)
+    k = groups[:, -2].reshape(-1, *rest)
+    v = groups[:, -1].reshape(-1, *rest)
+    return torch.cat([q, k, v], dim=0)

@@ -34,6 +34,8 @@ def _configs():
         "falcon-40b-style": lambda: t.FalconConfig(vocab_size=256, hidden_size=512, num_hidden_layers=2,
                                                    num_attention_heads=8, num_kv_heads=2,
                                                    new_decoder_architecture=True, bias=False, alibi=False),
+        "gptneox-pythia-style": lambda: t.GPTNeoXConfig(**common, intermediate_size=2048, rotary_pct=0.25,
+                                                        use_parallel_residual=True),
         "opt": lambda: t.OPTConfig(vocab_size=256, hidden_size=512, num_hidden_layers=2, num_attention_heads=8,
                                    ffn_dim=1024, word_embed_proj_dim=512, max_position_embeddings=1024),
     }

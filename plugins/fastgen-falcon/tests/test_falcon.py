@@ -101,7 +101,7 @@ def test_layouts_transformers_cannot_run_are_refused(overrides, message):
 def test_ungroup_qkv_matches_transformers_split(new_arch, heads, kv):
     # transformers splits a grouped fused projection its own way; ours slices [Q; K; V] after ungroup_qkv
     from transformers.models.falcon.modeling_falcon import FalconAttention
-    from fastgen_falcon.model import ungroup_qkv
+    from fastgen_core.layers import ungroup_qkv
     hf_cfg = tiny_falcon(new_decoder_architecture=new_arch, multi_query=False, num_attention_heads=heads,
                          num_kv_heads=kv, bias=True)
     attn = FalconAttention(hf_cfg, layer_idx=0)

@@ -55,3 +55,13 @@ def test_clash_is_reported_naming_both_distributions():
         reg.resolve({"architectures": ["Qwen2ForCausalLM"]})
     assert "fastgen-qwen2" in str(e.value) and "fastgen-impostor" in str(e.value)
     assert reg.resolve({"architectures": ["Qwen2ForCausalLM"]}, family="qwen2").dist == "fastgen-qwen2"
+
+
+def test_stays_a_plugin():
+    """Only the core's public API, no other plugin, and a plugin.py that imports without torch: the checks
+    fastgen_core.testing offers every plugin."""
+    from pathlib import Path
+
+    from fastgen_core.testing import check_plugin_isolation
+    report = check_plugin_isolation("fastgen_qwen2", tests=Path(__file__).resolve().parent)
+    assert {"plugin.py", "model.py", "weights.py", "test_qwen2_registration.py"} <= {f.name for f in report.files}

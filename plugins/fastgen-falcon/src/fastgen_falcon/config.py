@@ -95,7 +95,7 @@ class FalconConfig(DecoderConfig):
                     f"Falcon num_kv_heads={kv_from_config} needs new_decoder_architecture: true or multi_query: "
                     f"true; with both false every head has its own K/V (num_kv_heads must be {heads})")
 
-        # Which layer norms, exactly as FalconDecoderLayer builds and uses them.
+        # Which layer norms, exactly as transformers' FalconDecoderLayer builds and uses them.
         num_ln = hf.get("num_ln_in_parallel_attn")
         if num_ln is None and new_arch:
             num_ln = 2

@@ -5,11 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap, fused, kernels
-from fastgen_core.layers import (MLP, CausalLM, ForwardContext, RotaryAttention, RotaryEmbedding, get_activation,
-                                 rope_from_hf)
+from fastgen_core.layers import (MLP, CausalLM, LayerNorm, ParallelDecoderLayer, RotaryAttention, RotaryEmbedding,
+                                 get_activation, rope_from_hf)
 
 GELU_NEW_CU = Path(__file__).resolve().parent / "kernels" / "gelu_new.cu"
 
@@ -23,25 +22,17 @@ class PhiConfig(DecoderConfig):
     rope_scaling: dict | None = None
     partial_rotary_factor: float = 0.5
     qk_layernorm: bool = False
-
-    @property
-    def rotary_dim(self) -> int:
-        return int(self.partial_rotary_factor * self.head_dim)
+    rotary_dim: int = 0             # partial_rotary_factor x head_dim, checked by RopeParams.rotary_dim
 
     @classmethod
     def from_hf(cls, hf: dict) -> "PhiConfig":
-        theta, scaling = rope_from_hf(hf)
-        # transformers 5 keeps the factor in rope_parameters; hub configs (microsoft/phi-2) at top level.
-        factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor",
-                                                         hf.get("partial_rotary_factor", 0.5))
+        # rope_from_hf reads the factor from rope_parameters (transformers 5) or the top level (microsoft/phi-2)
+        rope = rope_from_hf(hf, partial_rotary_factor=0.5)
         c = cls(**cls.common_from_hf(hf), intermediate_size=hf["intermediate_size"],
                 layer_norm_eps=hf.get("layer_norm_eps", 1e-5), hidden_act=hf.get("hidden_act", "gelu_new"),
-                rope_theta=theta, rope_scaling=scaling, partial_rotary_factor=float(factor),
+                rope_theta=rope.theta, rope_scaling=rope.scaling, partial_rotary_factor=rope.partial_rotary_factor,
                 qk_layernorm=bool(hf.get("qk_layernorm", False)))
-        r = c.rotary_dim
-        if r <= 0 or r % 2:
-            raise UnsupportedModelError(f"partial_rotary_factor {factor} x head_dim {c.head_dim} gives rotary_dim "
-                                        f"{r}; it must be a positive even number")
+        c.rotary_dim = rope.rotary_dim(c.head_dim)
         if c.qk_layernorm and c.num_attention_heads * c.head_dim != c.hidden_size:
             raise UnsupportedModelError(f"qk_layernorm needs head_dim == hidden_size / num_attention_heads "
                                         f"({c.hidden_size // c.num_attention_heads}), got head_dim {c.head_dim}")
@@ -75,30 +66,22 @@ class PhiMLP(MLP):
             self.act = gelu_new
 
 
-class PhiDecoderLayer(nn.Module):
+def phi_layer(c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding) -> ParallelDecoderLayer:
     """x + attn(ln(x)) + mlp(ln(x)): attention and MLP read the same normalised input."""
-
-    def __init__(self, c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding):
-        super().__init__()
-        self.input_layernorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        # optional per-head LayerNorm on q and k before the rotation
-        qk_norm = [nn.LayerNorm(c.head_dim, eps=c.layer_norm_eps) if c.qk_layernorm else None for _ in "qk"]
-        self.self_attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-                                         layer_idx, rotary, qkv_bias=True, o_bias=True,
-                                         sliding_window=c.sliding_window, q_norm=qk_norm[0], k_norm=qk_norm[1])
-        self.mlp = PhiMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
-
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        h = self.input_layernorm(x)
-        # Summed in transformers' order (attn + mlp + residual) so float rounding matches.
-        return self.self_attn(h, ctx) + self.mlp(h) + x
+    # optional per-head LayerNorm on q and k before the rotation
+    qk_norm = [LayerNorm(c.head_dim, c.layer_norm_eps) if c.qk_layernorm else None for _ in "qk"]
+    attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, layer_idx, rotary,
+                           qkv_bias=True, o_bias=True, sliding_window=c.sliding_window, q_norm=qk_norm[0],
+                           k_norm=qk_norm[1])
+    return ParallelDecoderLayer(attn, PhiMLP(c.hidden_size, c.intermediate_size, c.hidden_act),
+                                LayerNorm(c.hidden_size, c.layer_norm_eps))
 
 
 class PhiForCausalLM(CausalLM):
     def __init__(self, c: PhiConfig):
         rotary = RotaryEmbedding(c.head_dim, c.rotary_dim, c.rope_theta, c.rope_scaling)
-        super().__init__(c.vocab_size, c.hidden_size, [PhiDecoderLayer(c, i, rotary) for i in range(c.num_hidden_layers)],
-                         nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps), c.tie_word_embeddings, lm_head_bias=True)
+        super().__init__(c.vocab_size, c.hidden_size, [phi_layer(c, i, rotary) for i in range(c.num_hidden_layers)],
+                         LayerNorm(c.hidden_size, c.layer_norm_eps), c.tie_word_embeddings, lm_head_bias=True)
 
 
 def weight_map(c: PhiConfig) -> WeightMap:
