@@ -8,6 +8,7 @@ import torch
 from .errors import ConfigError
 from .loader import LOAD_FORMATS
 
+DEFAULT_KV_BLOCK_SIZE = 32
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -18,7 +19,7 @@ class EngineConfig:
 
     max_ragged_batch_size: tokens per forward pass (the SplitFuse budget).
     max_ragged_sequence_count: sequences per forward pass.
-    kv_block_size: tokens per KV block (None: 32). num_kv_blocks: None sizes the cache from free memory
+    kv_block_size: tokens per KV block (None: DEFAULT_KV_BLOCK_SIZE, 32). num_kv_blocks: None sizes the cache from free memory
     (``gpu_memory_fraction`` of the GPU, or ``cpu_kv_cache_bytes`` on CPU).
     cuda_graphs: on CUDA, serve decode-only steps of up to ``cuda_graph_max_batch`` sequences from CUDA
     graphs captured at start-up (False: always eager, like vLLM's ``enforce_eager``).
@@ -26,6 +27,9 @@ class EngineConfig:
     whose tokens begin with cached blocks after them (shared system prompts, multi-turn chats, retries).
     tensor_parallel_size: shard every layer over this many GPUs (``device``'s index and the ones after
     it) or, on CPU, processes; rank 0 runs in this process, the others in child processes.
+    tp_cuda_graphs: capture decode graphs under tensor parallelism too (off until measured on GPUs).
+    async_scheduling: schedule and prepare step N+1 while the GPU runs step N (see engine.engine); None:
+    on for CUDA with one rank, off elsewhere. Outputs are the same either way.
     """
 
     model: str
@@ -45,9 +49,11 @@ class EngineConfig:
     cuda_graph_max_batch: int = 256
     enable_prefix_caching: bool = False
     tensor_parallel_size: int = 1
+    tp_cuda_graphs: bool = False
+    async_scheduling: bool | None = None
 
     def __post_init__(self):
-        for name in ("cuda_graphs", "enable_prefix_caching"):
+        for name in ("cuda_graphs", "enable_prefix_caching", "tp_cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("max_ragged_batch_size", "max_ragged_sequence_count", "cuda_graph_max_batch",
@@ -56,6 +62,8 @@ class EngineConfig:
         for name in ("kv_block_size", "num_kv_blocks", "max_context"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
+            raise ConfigError(f"async_scheduling must be true, false or null (auto), got {self.async_scheduling!r}")
         if self.load_format not in LOAD_FORMATS:
             raise ConfigError(f"load_format must be one of {list(LOAD_FORMATS)}, got {self.load_format!r}")
         if not 0 < self.gpu_memory_fraction <= 1:
@@ -85,6 +93,16 @@ class EngineConfig:
         if unknown:
             raise ConfigError(f"unknown engine option(s) {unknown}; allowed: {sorted(known - {'model'})}")
         return cls(model=model, **kwargs)
+
+    def resolve_async_scheduling(self, device: torch.device, tp_size: int) -> bool:
+        if tp_size > 1:            # the workers would need each step's tokens from rank 0's device
+            if self.async_scheduling:
+                raise ConfigError("async_scheduling needs tensor_parallel_size=1")
+            return False
+        return device.type == "cuda" if self.async_scheduling is None else self.async_scheduling
+
+    def block_size(self) -> int:
+        return self.kv_block_size or DEFAULT_KV_BLOCK_SIZE
 
     def torch_device(self) -> torch.device:
         if self.device is None:

@@ -26,6 +26,10 @@ class WeightLoadError(FastgenError, ValueError):
     """A checkpoint is missing tensors, has unexpected ones, or has tensors of the wrong shape."""
 
 
+class ResourceError(FastgenError, RuntimeError):
+    """The engine cannot start with the memory it may use (the KV cache does not fit, the GPU's share is taken)."""
+
+
 def exit_reason(rc: int) -> str:
     """How a process ended, from its exit code (negative: the signal that ended it), for error messages."""
     if rc < 0:

@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import time
-import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -253,9 +252,11 @@ def destroy_group() -> None:
 
 
 class Workers:
-    """Ranks 1..size-1 as child processes of rank 0, each an engine that runs the plans rank 0 sends."""
+    """Ranks 1..size-1 as child processes of rank 0, each running ``target(config, rank, size, init_method,
+    conn, threads, parent_pid)`` (fastgen_core.engine.tp_worker.main: a model runner that runs the plans rank
+    0 sends)."""
 
-    def __init__(self, config, size: int):
+    def __init__(self, config, size: int, target):
         import torch.multiprocessing as mp
         ctx = mp.get_context("spawn")
         self.init_method = f"tcp://127.0.0.1:{_free_port()}"
@@ -263,8 +264,7 @@ class Workers:
         self.conns, self.procs = [], []
         for rank in range(1, size):
             mine, theirs = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(config, rank, size, self.init_method, theirs, threads,
-                                                       os.getpid()),
+            p = ctx.Process(target=target, args=(config, rank, size, self.init_method, theirs, threads, os.getpid()),
                             name=f"fastgen-tp{rank}", daemon=True)
             p.start()
             theirs.close()
@@ -327,36 +327,3 @@ class Workers:
                 p.terminate()
                 p.join(5)
         self.conns, self.procs = [], []
-
-
-def _worker_main(config, rank: int, size: int, init_method: str, conn, threads: int, parent: int) -> None:
-    torch.set_num_threads(threads)
-    from .engine.engine import LLMEngine
-    conn.send(("started", rank))           # rank 0 waits for this before it waits in the group's start-up
-    try:
-        engine = LLMEngine(config, _tp=(rank, size, init_method))
-    except BaseException:
-        log.error("tensor-parallel worker rank %d could not start:\n%s", rank, traceback.format_exc())
-        os._exit(1)
-    try:
-        while True:
-            if not conn.poll(1.0):
-                if os.getppid() != parent:      # rank 0's process is gone: nobody will send work again
-                    break
-                continue
-            kind, payload = conn.recv()
-            if kind == "close":
-                break
-            if kind == "step":
-                engine.runner.run_plan(payload)       # lm_head too: its vocabulary slice is gathered
-            elif kind == "graph_step":
-                with torch.inference_mode():
-                    engine.runner.graphs.run_plan(payload)
-            elif kind == "graphs":
-                engine.runner.enable_decode_graphs(*payload)
-    except EOFError:
-        pass
-    except BaseException:
-        log.error("tensor-parallel worker rank %d failed:\n%s", rank, traceback.format_exc())
-        os._exit(1)
-    engine.close()

@@ -168,6 +168,9 @@ def check_family(hf_config, tmp_path: str | Path, num_prompts: int = 16, max_new
     settings.append(dict(max_ragged_batch_size=budgets[min(1, len(budgets) - 1)], num_kv_blocks=tight_blocks))
     # prefix caching under preemption: the prompts go through twice, the second pass from cached blocks
     settings.append(dict(max_ragged_batch_size=budgets[0], num_kv_blocks=tight_blocks, enable_prefix_caching=True))
+    # the step loop both ways: asynchronous scheduling (one step ahead of the forward) on runs 1, 3, 4
+    for i_s, s in enumerate(settings):
+        s["async_scheduling"] = i_s in (1, 3, 4)
     runs = []
     for i_s, s in enumerate(settings):
         pipe = pipeline(str(tmp_path), device="cpu", dtype="float32", kv_block_size=kv_block_size,

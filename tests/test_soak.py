@@ -1,6 +1,7 @@
 """Engine soak: a long random mix of arrivals, aborts, bad requests, greedy and seeded sampling, stop
-strings and min/max tokens, through a small KV cache (preemption), with prefix caching on and off and the
-CUDA-graph decode path's padded buffers (without capture). Every request that was not aborted finishes
+strings and min/max tokens, through a small KV cache (preemption), with prefix caching on and off, the step
+loop synchronous and asynchronous (one step ahead), and the CUDA-graph decode path's padded buffers (without
+capture). Every request that was not aborted finishes
 with exactly the tokens it gets when run alone, bad requests are refused without disturbing anything, and
 no KV block leaks. FASTGEN_SOAK_STEPS makes it longer (default 400 steps: ~15 s on CPU)."""
 import os
@@ -32,12 +33,14 @@ BAD = [("", {}), ([], {}), ([1, 2, 10 ** 6], {}), ([1, 2], {"max_new_tokens": 10
        ([1, 2], {"min_new_tokens": 5, "max_new_tokens": 2}), ([1] * 300, {})]
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("prefix_caching", [False, True], ids=["plain", "prefix-cache"])
-def test_soak_random_traffic(tiny_model_dir, prefix_caching):
+def test_soak_random_traffic(tiny_model_dir, prefix_caching, async_scheduling):
     path, _ = tiny_model_dir
     rng = random.Random(1234 + prefix_caching)
     p = pipeline(str(path), device="cpu", max_ragged_batch_size=48, max_ragged_sequence_count=12,
-                 kv_block_size=4, num_kv_blocks=60, enable_prefix_caching=prefix_caching)
+                 kv_block_size=4, num_kv_blocks=60, enable_prefix_caching=prefix_caching,
+                 async_scheduling=async_scheduling)
     eng = p.engine
     eng.runner.enable_decode_graphs(6, eng.max_context, capture=False)
     vocab = eng.model_config.vocab_size

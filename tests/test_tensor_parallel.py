@@ -168,8 +168,9 @@ def test_vocabulary_is_split_when_the_ranks_divide_it():
 
 def test_a_worker_that_dies_while_starting_is_named_at_once(tmp_path):
     from fastgen_core.config import EngineConfig
+    from fastgen_core.engine import tp_worker
     save_tiny_model(FAMILIES["llama-gqa"], tmp_path)
-    workers = parallel.Workers(EngineConfig(str(tmp_path), device="cpu", tensor_parallel_size=2), 2)
+    workers = parallel.Workers(EngineConfig(str(tmp_path), device="cpu", tensor_parallel_size=2), 2, tp_worker.main)
     try:
         os.kill(workers.procs[0].pid, signal.SIGKILL)        # before it could import anything
         t = time.monotonic()

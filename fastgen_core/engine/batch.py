@@ -110,3 +110,14 @@ def plan_to_device(plan: BatchPlan, block_size: int, kv_caches, device: torch.de
 
 def prepare_batch(batch: ScheduledBatch, block_size: int, kv_caches, device: torch.device) -> PreparedBatch:
     return plan_to_device(plan_batch(batch, block_size), block_size, kv_caches, device)
+
+
+def feed_from_device(input_ids: torch.Tensor, fed: tuple) -> None:
+    """input_ids[rows] = tokens[indices]: tokens sampled on the device by the step before, never read back."""
+    rows, tokens, indices = fed
+    dev = input_ids.device
+    r = torch.tensor(rows, dtype=torch.long)
+    i = torch.tensor(indices, dtype=torch.long)
+    if dev.type == "cuda":
+        r, i = r.pin_memory(), i.pin_memory()
+    input_ids.index_copy_(0, r.to(dev, non_blocking=True), tokens.index_select(0, i.to(dev, non_blocking=True)))

@@ -23,6 +23,7 @@ import time
 import torch
 
 from ..layers.attention import AttentionMetadata, ForwardContext
+from .batch import feed_from_device
 from .scheduler import ScheduledBatch
 
 log = logging.getLogger("fastgen.engine")
@@ -105,13 +106,16 @@ class DecodeGraphs:
         """[n, vocab] float32 logits for a decode-only batch of n <= max_batch sequences."""
         return self.run_plan(self.plan(batch))
 
-    def run_plan(self, plan: tuple[int, int, int, int, list[int]]) -> torch.Tensor:
+    def run_plan(self, plan: tuple[int, int, int, int, list[int]], fed: tuple | None = None) -> torch.Tensor:
+        """``fed``: rows whose input token is on the device (see ModelRunner.forward)."""
         n, b, width, max_ctx, packed = plan
         host = torch.tensor(packed, dtype=torch.long)
         if self.device.type == "cuda":
             host = host.pin_memory()
         self.inputs[:, :b].copy_(host[:4 * b].view(4, b), non_blocking=True)
         self.tables[:b, :width].copy_(host[4 * b:].view(b, width), non_blocking=True)
+        if fed is not None:
+            feed_from_device(self.inputs[0], fed)
         if self.capture:
             self.graphs[b].replay()
             out = self.outputs[b]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..parallel import TPGroup
-from .batch import BatchPlan, plan_batch, plan_to_device
+from .batch import BatchPlan, feed_from_device, plan_batch, plan_to_device
 from .graphs import DecodeGraphs, is_decode_only
 from .scheduler import ScheduledBatch
 
@@ -43,23 +43,27 @@ class ModelRunner:
         return self.graphs
 
     @torch.inference_mode()
-    def forward(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int], tuple | None]:
+    def forward(self, batch: ScheduledBatch, fed: tuple | None = None) -> tuple[torch.Tensor, list[int], tuple | None]:
         """Logits [n_sampled, vocab] (float32) for the chunks that sample, those chunks' indices, and for
-        prompt_logprobs requests (plan.prompt_rows, their rows' float32 logits) or None."""
+        prompt_logprobs requests (plan.prompt_rows, their rows' float32 logits) or None.
+        ``fed`` = (rows, tokens, indices): input rows whose token is ``tokens[index]`` on the device (sampled
+        by the step before, not yet read back: asynchronous scheduling)."""
         if self.graphs is not None and len(batch.chunks) <= self.graphs.max_batch and is_decode_only(batch):
             plan = self.graphs.plan(batch)
             if self.workers is not None:
                 self.workers.send(("graph_step", plan))
-            return self.graphs.run_plan(plan), list(range(len(batch.chunks))), None
+            return self.graphs.run_plan(plan, fed), list(range(len(batch.chunks))), None
         plan = plan_batch(batch, self.block_size)
         if self.workers is not None:
             self.workers.send(("step", plan))       # the other ranks run the same forward on their slices
-        return self.run_plan(plan)
+        return self.run_plan(plan, fed)
 
     @torch.inference_mode()
-    def run_plan(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int], tuple | None]:
+    def run_plan(self, plan: BatchPlan, fed: tuple | None = None) -> tuple[torch.Tensor, list[int], tuple | None]:
         """The forward of a plan (every tensor-parallel rank runs it: lm_head gathers across ranks)."""
         pb = plan_to_device(plan, self.block_size, self.kv_caches, self.device)
+        if fed is not None:
+            feed_from_device(pb.input_ids, fed)
         hidden = self.model(pb.input_ids, pb.ctx)
         prompt = None
         if plan.prompt_rows:

@@ -15,6 +15,11 @@ KV policy, and why it cannot deadlock:
 - With prefix caching, cached blocks nobody holds count as free (any allocation may evict them), and an
   admission that revives some of them counts those against the free space too, so the arithmetic above
   is unchanged; a sequence admitted onto cached blocks starts its first chunk after them.
+
+Asynchronous scheduling (the engine's ``async_scheduling``) schedules step N+1 before step N's sampled
+tokens are read back: a sequence sampled at N has a pending last token (fed from the device), and one
+whose pending token is its last (max_new_tokens) is neither scheduled nor chosen as a victim until the
+engine finishes it. Blocks are registered in the prefix cache only once every token in them is known.
 """
 from __future__ import annotations
 
@@ -100,6 +105,7 @@ class Scheduler:
         self.allocator.free(seq.block_table)
         seq.block_table = []
         seq.num_computed_tokens = 0
+        seq.registered_blocks = 0
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.running.remove(seq)
@@ -115,7 +121,7 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.max_ragged_batch_size
         scheduled: set[int] = set()
-        decodes = [s for s in self.running if s.num_uncomputed == 1]
+        decodes = [s for s in self.running if s.num_uncomputed == 1 and not s.last_pending]
         prefills = [s for s in self.running if s.num_uncomputed > 1]
         for seq in decodes + prefills:
             if budget == 0 or len(batch.chunks) >= self.max_ragged_sequence_count:
@@ -125,7 +131,8 @@ class Scheduler:
             n = min(seq.num_uncomputed, budget)
             end = seq.num_computed_tokens + n
             while not self.allocator.can_grow(seq.block_table, end):
-                victim = max((s for s in self.running if s.seq_id not in scheduled), key=lambda s: s.seq_id)
+                victim = max((s for s in self.running if s.seq_id not in scheduled and not s.last_pending),
+                             key=lambda s: s.seq_id, default=seq)
                 self._preempt(victim, batch)
                 if victim is seq:
                     break
@@ -148,6 +155,7 @@ class Scheduler:
             alloc.acquire(hits)
             seq.block_table = hits + alloc.allocate(need)
             seq.num_computed_tokens = len(hits) * alloc.block_size
+            seq.registered_blocks = len(hits)
             self.num_cached_tokens += seq.num_computed_tokens
             seq.status = SequenceStatus.RUNNING
             bisect.insort(self.running, seq, key=lambda s: s.seq_id)
@@ -173,12 +181,21 @@ class Scheduler:
         bs = self.allocator.block_size
         for c in batch.chunks:
             seq = c.seq
+            if seq.is_finished:              # ended (or aborted) while this batch was being built
+                continue
             seq.num_computed_tokens = c.start + c.length
-            if self.allocator.prefix_caching:
-                full = seq.num_computed_tokens // bs
-                extend_block_keys(seq.block_keys, _Tokens(seq), bs, full)
-                for i in range(c.start // bs, full):
-                    self.allocator.register(seq.block_table[i], seq.block_keys[i])
+            self.register_blocks(seq)
+
+    def register_blocks(self, seq: Sequence) -> None:
+        """Put the sequence's full, computed blocks whose tokens are all known into the prefix cache."""
+        if not self.allocator.prefix_caching or seq.status is not SequenceStatus.RUNNING:
+            return
+        bs = self.allocator.block_size
+        full = min(seq.num_computed_tokens, seq.num_known_tokens) // bs
+        extend_block_keys(seq.block_keys, _Tokens(seq), bs, full)
+        for i in range(seq.registered_blocks, full):
+            self.allocator.register(seq.block_table[i], seq.block_keys[i])
+        seq.registered_blocks = max(seq.registered_blocks, full)
 
 
 class _Tokens:

@@ -29,7 +29,12 @@ class Sequence:
     finish_reason: str | None = None
     num_preemptions: int = 0
     block_keys: list = field(default_factory=list)   # prefix-cache keys of its full blocks (kv_cache)
-    extra: dict = field(default_factory=dict)   # engine-side state (detokenizer, generator, timings)
+    registered_blocks: int = 0        # leading blocks of block_table in the prefix cache (or taken from it)
+    # asynchronous scheduling: the last ``pending`` output tokens are sampled on the GPU but not yet read
+    # back (placeholders, fed to the next forward from the device); ``last_pending`` when the pending token
+    # is the sequence's last one (max_new_tokens), so there is nothing more to schedule for it
+    pending: int = 0
+    last_pending: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -55,6 +60,11 @@ class Sequence:
         if start >= p:
             return self.output_token_ids[start - p:stop - p]
         return self.prompt_token_ids[start:] + self.output_token_ids[:stop - p]
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens the host knows (all but the pending ones)."""
+        return self.num_tokens - self.pending
 
     @property
     def is_finished(self) -> bool:
