@@ -18,7 +18,8 @@ LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "snapshot")
 def read_hf_config(model_dir: str | Path) -> dict:
     path = Path(model_dir)
     if not path.is_dir():
-        raise ConfigError(f"model directory {str(model_dir)!r} does not exist (give a Hugging Face model directory)")
+        raise ConfigError(f"model directory {str(model_dir)!r} does not exist (give a Hugging Face model directory "
+                          "or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct)")
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ConfigError(f"{path} has no config.json; a Hugging Face model directory is expected")

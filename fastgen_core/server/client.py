@@ -54,8 +54,11 @@ class Client:
     def generate(self, prompts, stream: bool = False, **options) -> list[Response] | Iterator[str]:
         """One prompt or many (strings or token-id lists) -> list[Response] in prompt order.
 
-        ``stream=True`` (one prompt) returns an iterator of text pieces as they are generated.
+        ``stream=True`` (one prompt) returns an iterator of text pieces as they are generated. The options
+        are the pipeline's: greedy unless ``do_sample=True`` (sampling options without it warn once).
         """
+        from ..sampling import warn_unused_sampling_options
+        warn_unused_sampling_options(options)
         payload = {"prompts": prompts, **options}
         if stream:
             return self._stream(payload)
