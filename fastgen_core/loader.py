@@ -33,6 +33,10 @@ def checkpoint_files(model_dir: Path, load_format: str = "auto") -> tuple[str, l
     """("safetensors" | "pt", files), preferring safetensors and honouring index files."""
     if load_format not in LOAD_FORMATS:
         raise ConfigError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}")
+    if load_format in ("safetensors", "pt") and (model_dir / "fastgen_snapshot.json").is_file():
+        raise ConfigError(f"{model_dir} is a fastgen snapshot (it has fastgen_snapshot.json), whose tensors are in the "
+                          f"engine's layout, not a checkpoint's: load it with load_format 'snapshot' or 'auto' "
+                          f"(--load-format snapshot), not {load_format!r}")
     for kind, single, index, glob in (("safetensors", "model.safetensors", "model.safetensors.index.json", "*.safetensors"),
                                       ("pt", "pytorch_model.bin", "pytorch_model.bin.index.json", "*.bin")):
         if load_format not in ("auto", kind):

@@ -53,3 +53,21 @@ def test_a_kernel_that_does_not_compile_fails_the_check(tmp_path, source):
     out = r.stdout + r.stderr
     assert "not_declared_anywhere" in out and "is undefined" in out, out         # nvcc's own error
     assert f"1 of 2 CUDA file(s) do not compile: {bad}" in out, out
+
+
+def test_the_cuda_extra_matches_the_cuda_release():
+    """`pip install -e '.[cuda]'` brings the CuPy built for the CUDA major the kernels are checked against (and, on
+    a CUDA build of torch, the one torch runs on)."""
+    import tomllib
+
+    import torch
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from cu_check import NVCC_VERSION
+    finally:
+        sys.path.pop(0)
+    major = NVCC_VERSION.split(".")[0]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cuda"]
+    assert extra == [f"cupy-cuda{major}x"]
+    if torch.version.cuda is not None:
+        assert torch.version.cuda.split(".")[0] == major, torch.version.cuda
