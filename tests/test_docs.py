@@ -70,3 +70,28 @@ def test_the_readme_install_block_is_accepted_by_pip():
         r = subprocess.run([sys.executable, "-m", *shlex.split(line), "--dry-run", "--no-deps", "--ignore-installed",
                             "-q"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"{line!r}: {r.stderr[-2000:]}"
+
+
+def test_architecture_lists_every_cli_command():
+    import argparse
+
+    from fastgen_core.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    front_ends = (ROOT / "docs" / "architecture.md").read_text().split("## Front ends", 1)[1].split("\n## ", 1)[0]
+    offers = front_ends.split("offers", 1)[1].split(".", 1)[0]
+    missing = [c for c in sub.choices if f"`{c}`" not in offers]
+    assert not missing, f"docs/architecture.md's front ends leave out {missing}: {offers!r}"
+
+
+def test_the_performance_summary_quotes_the_measured_per_token_latency():
+    """"Where the remaining gap is" quotes the per-token P50 at 1 client of the online table in the same file."""
+    text = (ROOT / "docs" / "performance.md").read_text()
+    table = next(block for block in text.split("\n\n") if "per-token P50" in block and block.lstrip().startswith("|"))
+    header, *rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.strip().splitlines()]
+    col = next(i for i, h in enumerate(header) if h.startswith("per-token P50"))
+    one_client = next(r for r in rows if r[0] == "1")
+    p50 = one_client[col].split("/")[0].strip()
+    gap = text.split("## Where the remaining gap is", 1)[1].split("\n## ", 1)[0]
+    assert f"{p50} ms" in gap, f"the gap section does not quote the measured per-token P50 at 1 client ({p50} ms)"
+    stale = [ms for ms in re.findall(r"per-token[^.]*?(\d+(?:\.\d+)?) ms", gap) if ms != p50]
+    assert not stale, f"the gap section quotes per-token latencies that are not the table's: {stale}"
