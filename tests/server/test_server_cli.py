@@ -40,3 +40,21 @@ def test_serve_without_the_server_extra_names_the_install_command(tiny_model_dir
     assert r.returncode == 2
     assert r.stderr == ("error: serving needs the server extra, and prometheus-client is not installed: "
                         "pip install -e '.[server]' (in the fastgen repository)\n")
+
+
+def test_the_python_client_warns_once_when_sampling_options_lack_do_sample(cli_server, pipe, monkeypatch):
+    import warnings
+
+    import pytest
+
+    import fastgen_core as fg
+    from fastgen_core import sampling
+    monkeypatch.setattr(sampling, "_warned_unused", set())        # as in a fresh process
+    client = fg.client(cli_server["url"], api_key=cli_server["key"])
+    greedy = pipe("Hi", max_new_tokens=6, ignore_eos=True)[0].token_ids
+    with pytest.warns(UserWarning, match=r"top_k=5, seed=7 only act when sampling, but do_sample is False"):
+        got = client.generate("Hi", max_new_tokens=6, ignore_eos=True, top_k=5, seed=7)[0].token_ids
+    assert got == greedy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.generate("Hi", max_new_tokens=2, top_k=5, seed=7)
