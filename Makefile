@@ -22,7 +22,7 @@ install-test: install
 	$(PIP) install -q -e ".[server,test]"
 
 demo: install
-	fastgen generate "The capital of France is"
+	$(PYTHON) -m fastgen_core.cli generate "The capital of France is"
 
 test: install-test cu-check
 	$(PYTHON) -m pytest -q
