@@ -3,8 +3,8 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PLUGINS := $(sort $(wildcard plugins/fastgen-*))
 # torch, when this Python has none (one already installed, e.g. a GPU machine's CUDA build, is kept): on a
-# machine without an NVIDIA GPU PyTorch's CPU build (https://download.pytorch.org/whl/cpu), on one with a GPU
-# the package index's default. TORCH_INDEX_URL=URL chooses the index ("" the package index's default);
+# machine without an NVIDIA GPU a CPU build (pip's configured one if it is a CPU build, else from PyTorch's CPU
+# index https://download.pytorch.org/whl/cpu), on one with a GPU the package index's default. TORCH_INDEX_URL=URL chooses the index ("" the package index's default);
 # tools/install_torch.py prints which build it installs and why.
 TORCH_PIN ?= torch==2.13.0
 ifneq ($(origin TORCH_INDEX_URL),undefined)
