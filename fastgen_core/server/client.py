@@ -58,12 +58,14 @@ class Client:
         are the pipeline's: greedy unless ``do_sample=True`` (sampling options without it warn once).
         """
         from ..sampling import warn_unused_sampling_options
-        warn_unused_sampling_options(options)
         payload = {"prompts": prompts, **options}
         if stream:
-            return self._stream(payload)
+            pieces = self._stream(payload)
+            warn_unused_sampling_options(options)       # once the server took the options
+            return pieces
         resp = self._http.post("/generate", json=payload)
         _raise_for(resp)
+        warn_unused_sampling_options(options)
         return [Response(**d) for d in resp.json()]
 
     __call__ = generate

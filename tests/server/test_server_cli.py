@@ -13,7 +13,9 @@ def test_sigint_to_the_front_door_stops_the_deployment_without_a_traceback(tiny_
     cache = tmp_path / "cache"
     cmd = [sys.executable, "-m", "fastgen_core.cli", "serve", "--model", str(tiny_model_dir[0]), "--port", "0",
            "--deployment-name", "sigint", "--device", "cpu", "--cpu-threads", "1"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "FASTGEN_CACHE": str(cache)}, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's SIGINT as at a terminal: a process started in the background (nohup, `cmd &`) inherits it ignored
+    proc = subprocess.Popen(cmd, env={**os.environ, "FASTGEN_CACHE": str(cache)}, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         record = wait_for_record(cache, "sigint", proc)
         proc.send_signal(signal.SIGINT)
