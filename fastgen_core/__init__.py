@@ -66,6 +66,8 @@ sys.modules[__name__].__class__ = _LazyPackage
 
 def serve(*args, **kwargs):
     """Start a persistent deployment and return a client (see fastgen_core.server.deployment.serve)."""
+    from .server import require_extras
+    require_extras()
     from .server.deployment import serve as _serve
     return _serve(*args, **kwargs)
 

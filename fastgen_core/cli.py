@@ -12,32 +12,66 @@ EXTERNAL_COMMANDS = {
 }
 
 
+MODEL_HELP = ("HF model directory or Hugging Face Hub id (org/name: the cached snapshot, else downloaded) "
+              "(default: the embedded SmolLM2-135M-Instruct)")
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default; options whose help already says it, flags, and options without a
+    default are shown as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="+", help="prompt text (several words are joined with spaces)")
-    p.add_argument("--model", default=None, help="HF model directory (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--min-new-tokens", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="EOS and stop strings are ignored before this many")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sample at this temperature; 0: greedy (default: greedy, or 1.0 when another sampling "
+                        "flag is given)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens; implies sampling "
+                                                          "(default: no limit)")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens whose "
+                                                            "probability reaches p; implies sampling (default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler; implies sampling (default: random)")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating after the end-of-sequence token")
     p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to the prompt")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--load-format", default="auto")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's on GPU, "
+                                                 "float32 on CPU)")
+    p.add_argument("--load-format", default="auto", help="auto, safetensors, pt, dummy or snapshot")
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="shard the model over this many GPUs from --device on (on CPU: processes)")
 
 
+def sampling_options(args) -> dict:
+    """The generate options of the sampling flags: greedy unless one is given (any of them means sampling);
+    --temperature 0 is greedy, which the other flags contradict."""
+    given = [f"--{f.replace('_', '-')}" for f in SAMPLING_FLAGS if getattr(args, f) is not None]
+    if args.temperature == 0:
+        if len(given) > 1:
+            from .errors import InvalidRequestError
+            raise InvalidRequestError(f"--temperature 0 means greedy decoding, but {', '.join(given[1:])} only act "
+                                      "when sampling: drop them, or give a temperature > 0")
+        return {"do_sample": False}
+    if not given:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": 1.0 if args.temperature is None else args.temperature,
+            "top_k": args.top_k or 0, "top_p": 1.0 if args.top_p is None else args.top_p, "seed": args.seed}
+
+
 def _generate(args) -> int:
     import fastgen_core as fg
-    do_sample = args.temperature is not None and args.temperature > 0
     # validate the options before paying for loading the model
-    options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=do_sample,
-                   temperature=args.temperature if args.temperature is not None else 1.0, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed, stop=args.stop, ignore_eos=args.ignore_eos)
+    options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, stop=args.stop,
+                   ignore_eos=args.ignore_eos, **sampling_options(args))
     fg.SamplingParams(**options)
     pipe = fg.pipeline(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format,
                        tensor_parallel_size=args.tensor_parallel_size)
@@ -79,7 +113,7 @@ def _plugins(args) -> int:
         print(json.dumps(data, indent=1))
         return 0
     if not data["families"]:
-        print("no model families installed (pip install fastgen-llama, for example)")
+        print("no model families installed (from the repository: pip install -e plugins/fastgen-llama, for example)")
     for f in data["families"]:
         print(f"{f['family']:<10} {f['distribution']} {f['version']}  architectures: {', '.join(f['architectures'])}")
     for f in data["failed"]:
@@ -93,10 +127,10 @@ def _plugins(args) -> int:
 
 def _snapshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", help="directory to write the snapshot to")
-    p.add_argument("--model", default=None, help="HF model directory (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--dtype", default=None, help="dtype to store (default: the engine's: checkpoint's on GPU, "
                                                    "float32 on CPU)")
-    p.add_argument("--load-format", default="auto")
+    p.add_argument("--load-format", default="auto", help="auto, safetensors, pt or dummy")
 
 
 def _snapshot(args) -> int:
@@ -110,13 +144,18 @@ def _snapshot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: Dynamic SplitFuse LLM inference")
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: Dynamic SplitFuse LLM inference",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fastgen {__version__} (fastgen-core)")
     sub = parser.add_subparsers(dest="command", required=True)
-    _generate_args(sub.add_parser("generate", help="generate a continuation of a prompt"))
-    _plugins_args(sub.add_parser("plugins", help="list installed family plugins (and failed ones)"))
-    _snapshot_args(sub.add_parser("snapshot", help="save a model in the engine's layout for fast reloads"))
+    _generate_args(sub.add_parser("generate", help="generate a continuation of a prompt", formatter_class=HelpFormatter))
+    _plugins_args(sub.add_parser("plugins", help="list installed family plugins (and failed ones)",
+                                 formatter_class=HelpFormatter))
+    _snapshot_args(sub.add_parser("snapshot", help="save a model in the engine's layout for fast reloads",
+                                  formatter_class=HelpFormatter))
     for name, (module, help_text) in EXTERNAL_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
         try:
             importlib.import_module(module).add_arguments(p)
         except ImportError as e:
@@ -141,6 +180,9 @@ def main(argv=None) -> int:
     except FastgenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:       # Ctrl-C (what was in flight has been aborted, a deployment drained): no traceback
+        print(f"fastgen {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "snapshot")
 def read_hf_config(model_dir: str | Path) -> dict:
     path = Path(model_dir)
     if not path.is_dir():
-        raise ConfigError(f"model directory {str(model_dir)!r} does not exist (give a Hugging Face model directory)")
+        raise ConfigError(f"model directory {str(model_dir)!r} does not exist (give a Hugging Face model directory "
+                          "or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct)")
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ConfigError(f"{path} has no config.json; a Hugging Face model directory is expected")
@@ -35,6 +36,10 @@ def checkpoint_files(model_dir: Path, load_format: str = "auto") -> tuple[str, l
     """("safetensors" | "pt", files), preferring safetensors and honouring index files."""
     if load_format not in LOAD_FORMATS:
         raise ConfigError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}")
+    if load_format in ("safetensors", "pt") and (model_dir / "fastgen_snapshot.json").is_file():
+        raise ConfigError(f"{model_dir} is a fastgen snapshot (it has fastgen_snapshot.json), whose tensors are in the "
+                          f"engine's layout, not a checkpoint's: load it with load_format 'snapshot' or 'auto' "
+                          f"(--load-format snapshot), not {load_format!r}")
     for kind, single, index, glob in (("safetensors", "model.safetensors", "model.safetensors.index.json", "*.safetensors"),
                                       ("pt", "pytorch_model.bin", "pytorch_model.bin.index.json", "*.bin")):
         if load_format not in ("auto", kind):

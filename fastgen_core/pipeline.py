@@ -8,7 +8,7 @@ import torch
 from .config import EngineConfig
 from .engine.engine import LLMEngine, Response
 from .errors import InvalidRequestError
-from .sampling import SamplingParams
+from .sampling import SamplingParams, warn_unused_sampling_options
 
 
 class Pipeline:
@@ -19,6 +19,8 @@ class Pipeline:
         """Generate for one prompt or many; returns Responses in prompt order.
 
         Every prompt and option is validated before any request is queued, so a bad call changes nothing.
+        Decoding is greedy unless ``do_sample=True`` (as in transformers); sampling options given without it
+        are ignored, with a warning the first time.
         """
         if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and
                                          all(isinstance(t, int) and not isinstance(t, bool) for t in prompts)):
@@ -30,6 +32,7 @@ class Pipeline:
         except TypeError as e:
             allowed = sorted(SamplingParams.__dataclass_fields__)
             raise InvalidRequestError(f"{e}; allowed generate options: {allowed}") from None
+        warn_unused_sampling_options(generate_options)
         eng = self.engine
         prepared = []
         for i, p in enumerate(prompts):
@@ -72,10 +75,14 @@ class Pipeline:
 def pipeline(model: str | None = None, device=None, dtype=None, max_ragged_batch_size: int = 768,
              max_ragged_sequence_count: int = 512, kv_block_size: int | None = None,
              num_kv_blocks: int | None = None, load_format: str = "auto", registry=None, **engine_options) -> Pipeline:
-    """Load ``model`` (an HF model directory; None: the embedded SmolLM2-135M-Instruct) and return a Pipeline."""
+    """Load ``model`` and return a Pipeline: an HF model directory, a Hugging Face Hub id (``org/name``: the
+    cached snapshot, else downloaded; see fastgen_core.hub) or None (the embedded SmolLM2-135M-Instruct)."""
     if model is None:
         from .default_model import default_model_dir
         model = str(default_model_dir())
+    else:
+        from .hub import resolve_model
+        model = resolve_model(str(model))
     cfg = EngineConfig.from_kwargs(str(model), device=device, dtype=dtype, max_ragged_batch_size=max_ragged_batch_size,
                                    max_ragged_sequence_count=max_ragged_sequence_count, kv_block_size=kv_block_size,
                                    num_kv_blocks=num_kv_blocks, load_format=load_format, **engine_options)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -90,6 +91,24 @@ class SamplingParams:
 
 
 MAX_LOGPROBS = 20
+# options that only act when sampling, with the values that mean "not given"
+SAMPLING_ONLY = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
+_warned_unused: set[tuple[str, ...]] = set()
+
+
+def warn_unused_sampling_options(options: dict) -> None:
+    """As transformers' generate does: sampling options given without ``do_sample=True`` are ignored
+    (decoding is greedy), which a UserWarning says, once per process for each set of such options."""
+    if options.get("do_sample"):
+        return
+    given = tuple(k for k, unset in SAMPLING_ONLY.items() if options.get(k, unset) != unset)
+    if not given or given in _warned_unused:
+        return
+    _warned_unused.add(given)
+    shown = ", ".join(f"{k}={options[k]!r}" for k in given)
+    warnings.warn(f"{shown} only act when sampling, but do_sample is False, so decoding is greedy and "
+                  f"{'they are' if len(given) > 1 else 'it is'} ignored; pass do_sample=True to sample "
+                  "(this warning is shown once)", UserWarning, stacklevel=3)
 
 
 def _check_int(name, v, lo, allow_none=False):

@@ -66,8 +66,9 @@ def save(model: nn.Module, hf_config: dict, family: str, dist: str, dtype: torch
             continue
         seen[key] = name
         tensors[name] = t.detach().to("cpu").contiguous()
-    save_file(tensors, str(out / TENSORS))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2))
+    save_file(tensors, str(out / TENSORS))
+    shutil.copymode(out / "config.json", out / TENSORS)     # safetensors writes 0600; the umask's mode as the rest
     for f in SIDE_FILES:
         if (Path(source_dir) / f).is_file():
             shutil.copyfile(Path(source_dir) / f, out / f)

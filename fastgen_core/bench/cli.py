@@ -3,14 +3,16 @@
     fastgen bench --preset phi-2 --num-requests 128 --prompt-mean 1200 --gen-mean 60 128 \\
                   --online 1,2,4,8,16,32 --peer static,continuous --output results.jsonl --plot phi2.png
 
-Every measurement is appended to ``--output`` as one JSON line; a table is printed at the end.
-Python: ``fastgen_core.bench.run_bench(preset="tiny-llama", device="cpu", ...) -> list[dict]``.
+Every measurement is appended as one JSON line to ``--output``, by default a new file per run under
+``--results-dir`` ($FASTGEN_CACHE/bench, i.e. ~/.cache/fastgen/bench); the terminal shows a progress bar
+and, at the end, a summary table and the file's path. Python: ``fastgen_core.bench.run_bench(preset="tiny-llama", device="cpu", ...) -> list[dict]``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -40,21 +42,21 @@ def _peer_modes(s: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="HF model directory")
+    src.add_argument("--model", help="HF model directory or Hugging Face Hub id (org/name)")
     src.add_argument("--preset", choices=PRESETS, help="a full-size architecture from a built-in config (dummy weights)")
     p.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
     p.add_argument("--load-format", default="auto", help="auto | safetensors | pt | dummy (presets: dummy)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--num-requests", type=int, default=128)
-    p.add_argument("--prompt-mean", type=int, default=1200)
-    p.add_argument("--gen-mean", type=int, nargs="+", default=[60], help="one scenario per value")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-ragged-batch-size", type=int, default=768)
-    p.add_argument("--max-ragged-sequence-count", type=int, default=512)
-    p.add_argument("--kv-block-size", type=int, default=None)
-    p.add_argument("--num-kv-blocks", type=int, default=None)
-    p.add_argument("--gpu-memory-fraction", type=float, default=0.9)
+    p.add_argument("--num-requests", type=int, default=128, help="requests per offline scenario")
+    p.add_argument("--prompt-mean", type=int, default=1200, help="mean prompt length in tokens")
+    p.add_argument("--gen-mean", type=int, nargs="+", default=[60], help="mean output length; one scenario per value")
+    p.add_argument("--seed", type=int, default=0, help="of the workload and the dummy weights")
+    p.add_argument("--max-ragged-batch-size", type=int, default=768, help="tokens per forward pass")
+    p.add_argument("--max-ragged-sequence-count", type=int, default=512, help="sequences per forward pass")
+    p.add_argument("--kv-block-size", type=int, default=None, help="tokens per KV block (default: the engine's)")
+    p.add_argument("--num-kv-blocks", type=int, default=None, help="KV cache blocks (default: what the memory allows)")
+    p.add_argument("--gpu-memory-fraction", type=float, default=0.9, help="share of the GPU the engine may use")
     p.add_argument("--shared-prefix", type=int, default=0,
                    help="tokens every prompt starts with (a system prompt); lengths are unchanged")
     p.add_argument("--enable-prefix-caching", action="store_true",
@@ -65,18 +67,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shard the model over this many GPUs; the floor then uses this many cards' ceilings")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="run decode steps eagerly (default: CUDA graphs on CUDA)")
-    p.add_argument("--online", type=_int_list, default=[], help="client counts for the closed-loop run, e.g. 1,2,4,8,16,32")
+    p.add_argument("--online", type=_int_list, default=[],
+                   help="client counts for the closed-loop run, e.g. 1,2,4,8,16,32 (default: no online run)")
     p.add_argument("--online-requests", type=int, default=None, help="requests per client count (default max(8, 2C))")
-    p.add_argument("--peer", type=_peer_modes, default=["static", "continuous"], help="none | static,continuous")
-    p.add_argument("--peer-batch-size", type=_int_list, default=[64])
-    p.add_argument("--output", default="bench-results.jsonl", help="JSON lines are appended here")
+    p.add_argument("--peer", type=_peer_modes, default=["static", "continuous"],
+                   help="transformers' modes to compare with: none | static,continuous (default: static,continuous)")
+    p.add_argument("--peer-batch-size", type=_int_list, default=[64],
+                   help="batch sizes of the static peer, e.g. 16,64 (default: 64)")
+    p.add_argument("--results-dir", default=None,
+                   help="where each run writes its records, as <run>-<model>.jsonl (default: $FASTGEN_CACHE/bench, "
+                        "i.e. ~/.cache/fastgen/bench)")
+    p.add_argument("--output", default=None, help="append the records (JSON lines) to this file instead")
     p.add_argument("--plot", default=None, help="PNG path for throughput vs latency (needs matplotlib)")
-    p.add_argument("--tag", default="", help="free text stored with every record")
+    p.add_argument("--tag", default="", help="free text stored with every record (default: none)")
 
 
 def run(args) -> int:
     run_bench_args(args)
     return 0
+
+
+def results_dir(args) -> Path:
+    if args.results_dir:
+        return Path(args.results_dir)
+    return Path(os.environ.get("FASTGEN_CACHE", Path.home() / ".cache" / "fastgen")) / "bench"
 
 
 def run_bench(**options) -> list[dict]:
@@ -109,6 +123,7 @@ def _env(device) -> dict:
 
 def run_bench_args(args) -> list[dict]:
     import torch
+    from tqdm.auto import tqdm
 
     from ..config import EngineConfig
     from ..engine.engine import LLMEngine
@@ -121,7 +136,8 @@ def run_bench_args(args) -> list[dict]:
         model_dir = write_preset(args.preset, tmp.name, args.num_layers)
         load_format, name = "dummy", args.preset + (f"-{args.num_layers}L" if args.num_layers else "")
     else:
-        model_dir, load_format, name = Path(args.model), args.load_format, Path(args.model).name
+        from ..hub import resolve_model
+        model_dir, load_format, name = Path(resolve_model(args.model)), args.load_format, Path(args.model).name
     cfg = EngineConfig(str(model_dir), device=args.device, dtype=args.dtype, load_format=load_format,
                        max_ragged_batch_size=args.max_ragged_batch_size, kv_block_size=args.kv_block_size,
                        max_ragged_sequence_count=args.max_ragged_sequence_count, num_kv_blocks=args.num_kv_blocks,
@@ -137,7 +153,10 @@ def run_bench_args(args) -> list[dict]:
             "cuda_graphs": bool(args.cuda_graphs and device.type == "cuda"), "shared_prefix": args.shared_prefix,
             "prefix_caching": args.enable_prefix_caching, "tensor_parallel_size": args.tensor_parallel_size}
     records: list[dict] = []
-    out_path = Path(args.output)
+    out_path = Path(args.output) if args.output else results_dir(args) / f"{run_id}-{name}.jsonl"
+    # one tick per stage: ceilings, load, warm-up, our scenarios, online client counts, the peer's scenarios
+    stages = 3 + len(args.gen_mean) * (1 + bool(args.peer)) + len(args.online)
+    bar = tqdm(total=stages, desc=f"bench {name}", unit="stage", dynamic_ncols=True)
 
     def emit(**rec):
         rec = {**base, **rec}
@@ -145,10 +164,14 @@ def run_bench_args(args) -> list[dict]:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with out_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(json.dumps(rec), flush=True)
+
+    def stage(done: str) -> None:
+        bar.set_postfix_str(done, refresh=False)
+        bar.update()
 
     ceilings = roofline.measure_ceilings(device, torch.bfloat16)
     emit(kind="ceilings", **ceilings)
+    stage("ceilings")
     # N cards: N times one card's GEMM rate and bandwidth (measured on the first; replicated weights such as
     # the embeddings are read by every card, which this floor leaves out, so it errs low)
     tp = args.tensor_parallel_size
@@ -160,6 +183,7 @@ def run_bench_args(args) -> list[dict]:
     geometry = roofline.attention_geometry(mc, engine.dtype)
     emit(kind="model", load_s=round(time.perf_counter() - t, 2), kv_blocks=engine.allocator.num_blocks,
          kv_block_size=engine.allocator.block_size, **counts)
+    stage("model loaded")
     scenarios = []
     for g in args.gen_mean:
         w = make_workload(args.num_requests, args.prompt_mean, g, args.seed, mc.vocab_size, engine.max_context,
@@ -172,16 +196,19 @@ def run_bench_args(args) -> list[dict]:
     # untimed full passes of the first scenario: a first pass meets kernel variants (Triton
     # specialisations, cuBLAS kernels loaded lazily) that a steady-state server has long loaded
     warm_walls = [offline.run_offline(engine, scenarios[0][1])["wall_s"] for _ in range(args.warm_passes)]
+    stage("warm-up")
     ours = {}
     for scen, w, floor in scenarios:
         r = offline.run_offline(engine, w)
         ours[scen["mean_gen"]] = r
         emit(kind="offline", engine="fastgen", **scen, **_vs_floor(r["wall_s"], floor), **r,
              warm_pass_wall_s=warm_walls)
+        stage(f"fastgen gen {scen['mean_gen']}")
     scen0, w0, _ = scenarios[0]
     for c in args.online:
         n = args.online_requests or max(8, 2 * c)
         emit(kind="online", engine="fastgen", **scen0, **online.run_online(engine, w0, c, n))
+        stage(f"online C={c}")
     engine.close()              # graphs and KV cache: the peer needs the memory
     del engine
     if device.type == "cuda":
@@ -198,13 +225,16 @@ def run_bench_args(args) -> list[dict]:
                              "ours_over_theirs": round(ours[scen["mean_gen"]]["gen_tok_s"] / r["gen_tok_s"], 3)}
                     theirs[(scen["mean_gen"], r["engine"], r.get("batch_size"))] = r
                 emit(kind="offline", **scen, **r, **extra)
+            stage(f"transformers gen {scen['mean_gen']}")
         del m
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    bar.close()
     if args.plot:
         png = plot.plot(records, args.plot, f"{name} on {base['card']}, {base['date']}")
         print(f"plot: {png}" if png else "plot skipped: matplotlib is not installed", file=sys.stderr)
     _table(records)
+    print(f"\nrecords ({len(records)} JSON lines): {out_path}")
     if tmp is not None:
         tmp.cleanup()
     return records

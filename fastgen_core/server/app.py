@@ -50,6 +50,7 @@ class APIKeyMiddleware:
             else:
                 err = None
             if err is not None:
+                log_rejection(scope["method"], scope["path"], err)
                 resp = JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await resp(scope, receive, send)
                 return
@@ -70,6 +71,18 @@ class JSONBodyMiddleware:
         await self.app(scope, receive, send)
 
 
+def log_rejection(method: str, path: str, err: APIError) -> None:
+    """One line per request refused for what it asked (4xx): what was wrong, never a traceback. A client that
+    left (499) was not refused."""
+    if 400 <= err.status < 500 and err.status != 499:
+        log.warning("rejected %s %s (%d): %s", method, path, err.status, err.message)
+
+
+def _answer(request, err: APIError) -> JSONResponse:
+    log_rejection(request.method, request.url.path, err)
+    return JSONResponse(err.body(), status_code=err.status)
+
+
 def create_app(backend, name: str, model_path: str, api_key: str | None = None, lifespan=None) -> FastAPI:
     app = FastAPI(title="fastgen", version=_version(), lifespan=lifespan,
                   description="OpenAI- and DeepSpeed-MII-compatible text generation (see docs/serving.md).")
@@ -86,21 +99,20 @@ def create_app(backend, name: str, model_path: str, api_key: str | None = None, 
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return _answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
-        message, param = describe_validation_errors(exc.errors())
-        return JSONResponse(APIError(400, message, param).body(), status_code=400)
+        return _answer(request, APIError(400, *describe_validation_errors(exc.errors())))
 
     @app.exception_handler(InvalidRequestError)
     async def _invalid_request(request, exc):
-        return JSONResponse(APIError(400, str(exc)).body(), status_code=400)
+        return _answer(request, APIError(400, str(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
         msg = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return JSONResponse(APIError(exc.status_code, msg).body(), status_code=exc.status_code)
+        return _answer(request, APIError(exc.status_code, msg))
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc):

@@ -9,8 +9,9 @@ from ..errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="HF model directory (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--model", default=None, help="HF model directory or Hugging Face Hub id (org/name) (default: the "
+                                                  "embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--host", default="127.0.0.1", help="address the front door listens on")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed, and in the record)")
     p.add_argument("--device", default=None, help="device of every replica (cpu, cuda, cuda:1)")
     p.add_argument("--device-map", default=None,
@@ -36,12 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or stuck) or unanswered for this many seconds (0: never)")
     p.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads per CPU replica (default: (cores - 1) / CPU replicas, at least 1)")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--max-ragged-batch-size", type=int, default=None)
-    p.add_argument("--num-kv-blocks", type=int, default=None)
-    p.add_argument("--kv-block-size", type=int, default=None)
-    p.add_argument("--max-context", type=int, default=None)
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="of the front door and the replicas")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's on GPU, "
+                                                 "float32 on CPU)")
+    p.add_argument("--max-ragged-batch-size", type=int, default=None, help="tokens per forward pass (default: 768)")
+    p.add_argument("--num-kv-blocks", type=int, default=None, help="KV cache blocks (default: what the memory allows)")
+    p.add_argument("--kv-block-size", type=int, default=None, help="tokens per KV block (default: the engine's)")
+    p.add_argument("--max-context", type=int, default=None, help="longest prompt + output (default: the model's)")
     p.add_argument("--tensor-parallel-size", type=int, default=None,
                    help="each replica shards the model over this many GPUs (--device-map names each one's first)")
     p.add_argument("--engine-options", default=None, help="more pipeline options as a JSON object")
@@ -69,5 +72,7 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
+    from . import require_extras
+    require_extras()
     from .frontdoor import run_frontdoor
     return run_frontdoor(settings_from_args(args))

@@ -54,13 +54,18 @@ class Client:
     def generate(self, prompts, stream: bool = False, **options) -> list[Response] | Iterator[str]:
         """One prompt or many (strings or token-id lists) -> list[Response] in prompt order.
 
-        ``stream=True`` (one prompt) returns an iterator of text pieces as they are generated.
+        ``stream=True`` (one prompt) returns an iterator of text pieces as they are generated. The options
+        are the pipeline's: greedy unless ``do_sample=True`` (sampling options without it warn once).
         """
+        from ..sampling import warn_unused_sampling_options
         payload = {"prompts": prompts, **options}
         if stream:
-            return self._stream(payload)
+            pieces = self._stream(payload)
+            warn_unused_sampling_options(options)       # once the server took the options
+            return pieces
         resp = self._http.post("/generate", json=payload)
         _raise_for(resp)
+        warn_unused_sampling_options(options)
         return [Response(**d) for d in resp.json()]
 
     __call__ = generate

@@ -28,37 +28,46 @@ class APIError(Exception):
 
 
 def describe_validation_errors(errors) -> tuple[str, str | None]:
-    """pydantic/FastAPI validation errors -> one readable message and the first offending field."""
-    errors = list(errors)
-    locs = [[str(x) for x in e.get("loc", ()) if x != "body"] for e in errors]
-    parts, first_param, seen = [], None, set()
+    """pydantic/FastAPI validation errors -> one readable message and the first offending field.
+
+    A union (``content: str | list[TextPart]``) reports one error per member; they are described once, by
+    the member whose shape the value had (``[]`` for text parts: "at least 1 item"), else as the list of
+    the types allowed there."""
+    groups: dict[tuple, list] = {}
     for e in errors:
         loc = [str(x) for x in e.get("loc", ()) if x != "body"]
         kind = e.get("type", "")
         if kind == "json_invalid":
             detail = (e.get("ctx") or {}).get("error", "")
             return f"the request body is not valid JSON: {detail}".rstrip(": "), None
-        field = loc[0] if loc else None
         if kind == "missing" and not loc:
             return "the request needs a JSON object body", None
-        if first_param is None:
-            first_param = field
-        if field in seen:       # a union reports one error per member: described once, below
-            continue
-        seen.add(field)
-        where = ".".join(x for x in loc if not _is_union_tag(x)) or "body"
-        got = e.get("input")
-        members = [m[1] for m in locs if len(m) > 1 and m[0] == field and _is_union_tag(m[1])]
-        if len(set(members)) > 1:
-            allowed = ", ".join(dict.fromkeys(members))
-            parts.append(f"{field}: must be one of these types: {allowed} (got {_short(got)})")
-        elif kind == "missing":
-            parts.append(f"{where}: field required")
-        elif kind == "extra_forbidden":
-            parts.append(f"{where}: unknown field (check the spelling; see /openapi.json for the allowed fields)")
-        else:
-            parts.append(f"{where}: {e.get('msg', 'invalid value')} (got {_short(got)})")
-    return "; ".join(parts) or "invalid request", first_param
+        cut = next((i for i, x in enumerate(loc) if _is_union_tag(x)), len(loc))
+        groups.setdefault(tuple(loc[:cut]), []).append((loc[cut] if cut < len(loc) else None, loc, e))
+    parts = []
+    for where, items in groups.items():
+        tags = list(dict.fromkeys(tag for tag, _, _ in items if tag))
+        if len(tags) > 1:
+            shaped = [(loc, e) for _, loc, e in items if not e.get("type", "").endswith("_type")]
+            if not shaped:
+                parts.append(f"{'.'.join(where) or 'body'}: must be one of these types: {', '.join(tags)} "
+                             f"(got {_short(items[0][2].get('input'))})")
+                continue
+            items = [(None, *shaped[0])]
+        for _, loc, e in items:
+            parts.append(_describe(loc, e))
+    first = next(iter(groups), ())
+    return "; ".join(parts) or "invalid request", (first[0] if first else None)
+
+
+def _describe(loc: list[str], e: dict) -> str:
+    where = ".".join(x for x in loc if not _is_union_tag(x)) or "body"
+    kind = e.get("type", "")
+    if kind == "missing":
+        return f"{where}: field required"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field (check the spelling; see /openapi.json for the allowed fields)"
+    return f"{where}: {e.get('msg', 'invalid value')} (got {_short(e.get('input'))})"
 
 
 def _is_union_tag(x: str) -> bool:

@@ -48,8 +48,6 @@ class RequestHandle:
         if kind == "rejected":
             if isinstance(value, InvalidRequestError):
                 raise APIError(400, str(value))
-            if any(c.__name__ == "TemplateError" for c in type(value).__mro__):      # jinja2: e.g. roles must alternate
-                raise APIError(400, f"the model's chat template refused these messages: {value}", "messages")
             raise APIError(500, f"could not prepare the request: {type(value).__name__}: {value}")
         if kind == "gone":
             raise APIError(499, "the client closed the connection before the request was accepted")

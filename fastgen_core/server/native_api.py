@@ -5,7 +5,7 @@ from starlette.responses import JSONResponse, Response
 
 from .errors import APIError
 from .openai_api import _collect, sse_response
-from .options import completion_prompts, generate_params, mii_prepare, same_for_each
+from .options import completion_prompts, generate_params, mii_prepare, render_chat, same_for_each, template_messages
 
 MII_FINISH_REASONS = {"stop": "stop", "length": "length"}      # anything else is MII's "none"
 
@@ -54,14 +54,7 @@ async def tokenize(backend, body, request) -> Response:
     if body.prompt is not None:
         ids = tok(body.prompt, add_special_tokens=body.add_special_tokens).input_ids
     else:
-        if not getattr(tok, "chat_template", None):
-            raise APIError(400, "this model's tokenizer has no chat template; tokenize a prompt instead",
-                           param="messages")
-        msgs = [{"role": m.role, "content": m.content if isinstance(m.content, str) or m.content is None
-                 else "".join(p.text for p in m.content) or ""} for m in body.messages]
-        ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=body.add_generation_prompt,
-                                      return_dict=False)
-        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        ids = render_chat(tok, template_messages(body.messages), body.add_generation_prompt)
     return JSONResponse({"tokens": list(ids), "count": len(ids), "max_model_len": backend.info.max_context})
 
 

@@ -91,23 +91,42 @@ def same_for_each(prompts: list, params: SamplingParams, n: int = 1) -> Prepare:
     return prepare
 
 
-def chat_prepare(messages, params: SamplingParams, n: int = 1) -> Prepare:
-    """Render the messages with the tokenizer's chat template (on the engine thread)."""
-    msgs = []
+def template_messages(messages) -> list[dict]:
+    """Validated chat messages as chat templates read them: text parts joined, an assistant's null content ''."""
+    out = []
     for m in messages:
         content = m.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        msgs.append({"role": m.role, "content": content or ""})
+        out.append({"role": m.role, "content": content or ""})
+    return out
+
+
+def render_chat(tok, msgs: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of ``msgs`` through the tokenizer's chat template. A template that refuses the messages
+    (jinja's raise_exception, e.g. "roles must alternate") or cannot render them is a bad request."""
+    if tok is None or not getattr(tok, "chat_template", None):
+        raise InvalidRequestError("this model's tokenizer has no chat template; send a prompt to /v1/completions "
+                                  "(or /tokenize) instead of messages")
+    try:
+        ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=add_generation_prompt,
+                                      return_dict=False)
+    except Exception as e:      # noqa: BLE001 - jinja2's TemplateError family, without importing jinja2
+        if not any(c.__name__ == "TemplateError" for c in type(e).__mro__):
+            raise
+        raise InvalidRequestError(f"the model's chat template refused these messages: {e}") from None
+    if hasattr(ids, "keys"):           # some tokenizers still answer a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def chat_prepare(messages, params: SamplingParams, n: int = 1) -> Prepare:
+    """Render the messages with the tokenizer's chat template (on the engine thread)."""
+    msgs = template_messages(messages)
 
     def prepare(engine):
-        tok = engine.tokenizer
-        if tok is None or not getattr(tok, "chat_template", None):
-            raise InvalidRequestError("this model's tokenizer has no chat template; use /v1/completions")
-        ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=False)
-        if hasattr(ids, "keys"):           # some tokenizers still answer a BatchEncoding
-            ids = ids["input_ids"]
-        return [(list(ids), c) for c in copies(params, n)]
+        ids = render_chat(engine.tokenizer, msgs)
+        return [(ids, c) for c in copies(params, n)]
     return prepare
 
 

@@ -47,9 +47,13 @@ class ServeSettings:
     engine_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        given = self.model
         if self.model is None:
             from ..default_model import default_model_dir
             self.model = str(default_model_dir())
+        else:
+            from ..hub import resolve_model      # a Hub id: its cached (or downloaded) snapshot
+            self.model = resolve_model(str(self.model))
         self.model = str(Path(self.model).expanduser().resolve())
         if not (Path(self.model) / "config.json").is_file():
             raise ConfigError(f"--model {self.model!r} is not an HF model directory (no config.json in it)")
@@ -72,7 +76,9 @@ class ServeSettings:
             raise ConfigError(f"unhealthy_restart_s must be a number of seconds >= 0 (restart a live replica "
                               f"unhealthy that long; 0: never), got {v!r}")
         if self.deployment_name is None:
-            self.deployment_name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(self.model).name) or "fastgen"
+            from ..hub import is_hub_id      # a Hub id's name, not its snapshot's commit hash
+            named = Path(given).name if given is not None and is_hub_id(str(given)) else Path(self.model).name
+            self.deployment_name = re.sub(r"[^A-Za-z0-9._-]", "-", named) or "fastgen"
         if not NAME_RE.match(self.deployment_name):
             raise ConfigError(f"deployment_name must be 1-128 characters of letters, digits, '.', '_' or '-' "
                               f"(it is part of the URL /mii/<name>), got {self.deployment_name!r}")
