@@ -75,6 +75,10 @@ def _preset_configs() -> dict:
         "mixtral-small": MixtralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
                                        num_hidden_layers=8, num_attention_heads=32, num_key_value_heads=8,
                                        num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=4096),
+        # Falcon-40B (new decoder architecture: grouped KV heads, two layernorms): 83.7 GB in bf16, one H200
+        "falcon-40b": FalconConfig(vocab_size=65024, hidden_size=8192, num_hidden_layers=60, num_attention_heads=128,
+                                   num_kv_heads=8, new_decoder_architecture=True, parallel_attn=True, bias=False,
+                                   alibi=False, max_position_embeddings=2048),
         # the whole Mixtral-8x7B (46.7B, 93 GB in bf16): fits one H200
         "mixtral-8x7b": MixtralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
                                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -90,7 +94,7 @@ def _preset_configs() -> dict:
     }
 
 
-PRESETS = ("phi-2", "falcon-7b", "llama-2-7b", "mixtral-small", "mixtral-8x7b", "pythia-1b", "tiny-llama")
+PRESETS = ("phi-2", "falcon-7b", "falcon-40b", "llama-2-7b", "mixtral-small", "mixtral-8x7b", "pythia-1b", "tiny-llama")
 
 
 def write_preset(name: str, directory: str | Path, num_layers: int | None = None) -> Path:
