@@ -12,6 +12,9 @@
 #   online     fastgen bench --online (clients 1..32) on Phi-2
 #   load       tools/load_time.py: engine start from sharded safetensors vs from a snapshot (Llama-2-7B)
 #   agreement  bf16 top-1 agreement with transformers, kernels on / all CuPy kernels off / SDPA prefill
+#   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
+#              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
+#              seed's other Phi-2 scenarios and Falcon-40B 1200/60 while time lasts
 # Wheels the machine lacks (the server extras) travel in .whl/ (name it in the call's carry).
 export PYTHONUNBUFFERED=1
 STAGES=",${1:-tests},"
@@ -27,6 +30,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WAR
 for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e "$p" 2>&1 | grep -v WARNING; done
 OLD="FASTGEN_KERNELS=reference FASTGEN_ATTENTION=sdpa"
 B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl --peer none --max-ragged-batch-size 2048"
+OL="$B --no-offline"
 if has tests; then     # GPU_TESTS narrows the files (default: all of tests/gpu)
   timeout 300 python3 -m pytest -q -rs ${GPU_TESTS:-tests/gpu} -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
@@ -59,6 +63,19 @@ fi
 if has online; then
   timeout 300 $B --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,2,4,8,16,32 --warm-passes 0 \
     --tag online --plot "$OUT/phi2-online.png" 2>&1 | tail -8
+fi
+if has speed2; then
+  timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,8,32 --tag async \
+    --plot "$OUT/phi2-online.png" 2>&1 | grep -E "^fastgen|^online"
+  timeout 60 $OL --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,32 --no-async-scheduling --tag sync \
+    2>&1 | grep -E "^online"
+  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag async 2>&1 | grep -E "^online"
+  timeout 80 $OL --preset mixtral-8x7b --num-requests 16 --gen-mean 60 --online 1 --tag async 2>&1 | grep -E "^online"
+  timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen \
+    --only-overlapped --json "$OUT/profile.jsonl" --tag decode-host 2>&1 | grep -E "no synchronise"
+  timeout 90 $B --preset phi-2 --num-requests 64 --prompt-mean 1200 1900 --gen-mean 60 128 --online 1,8,32 \
+    --no-offline --tag seed-scenarios --plot "$OUT/phi2-scenarios.png" 2>&1 | grep -E "^online"
+  timeout 60 $OL --preset falcon-40b --num-requests 16 --gen-mean 60 --online 1,8 --tag async 2>&1 | grep -E "^online"
 fi
 if has load; then
   timeout 300 python3 tools/load_time.py --preset llama-2-7b --json "$OUT/load.jsonl" 2>&1 | tail -6
