@@ -42,8 +42,11 @@ def test_bad_setting_is_named(monkeypatch):
 def test_every_kernel_source_is_where_the_loaders_look():
     from fastgen_core.layers.rotary import ROTARY_KV_CU
     from fastgen_phi.model import GELU_NEW_CU
-    assert (kernels.KERNEL_DIR / "fused_ops.cu").is_file() and GELU_NEW_CU.is_file()
-    assert (kernels.KERNEL_DIR / ROTARY_KV_CU).is_file()
+    assert kernels.core_source(kernels.FUSED_OPS_CU).is_file() and GELU_NEW_CU.is_file()
+    assert kernels.core_source(ROTARY_KV_CU).is_file()
+    with pytest.raises(FileNotFoundError, match=r"'missing.cu' is not in .*\(installed: \['fused_ops.cu', "
+                                                r"'rotary_kv.cu'\]\)"):
+        kernels.core_source("missing.cu")
 
 
 def test_kernels_default_on_and_switch_off_by_name(monkeypatch):

@@ -167,7 +167,7 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     if t:
         rot = rotary.rotary_dim if rotary is not None else 0
         inv_freq = rotary.inv_freq_f32() if rotary is not None else None
-        kernels.launch(kernels.KERNEL_DIR / ROTARY_KV_CU, f"rotary_kv_{kernels.SUFFIX[dtype]}", (t,),
+        kernels.launch(kernels.core_source(ROTARY_KV_CU), f"rotary_kv_{kernels.SUFFIX[dtype]}", (t,),
                        (kernels.threads(max(hk * d, hq * (rot // 2))),),
                        (kernels.ptr(q), kernels.i64(q.stride(0)), kernels.ptr(k), kernels.i64(k.stride(0)),
                         kernels.ptr(v), kernels.i64(v.stride(0)), kernels.ptr(k_cache), kernels.ptr(v_cache),
