@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from .. import parallel
+from ..layers.sharded import full_shape
 
 
 def _timed(fn, reps: int, device: torch.device) -> float:
@@ -74,7 +74,7 @@ def count_params(model: torch.nn.Module, hf_config: dict) -> dict:
         if p.data_ptr() in seen:
             continue
         seen.add(p.data_ptr())
-        n = math.prod(parallel.full_shape(p))
+        n = math.prod(full_shape(p))
         total += n
         nbytes += n * p.element_size()
     active = total

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from ..engine.engine import PreparedRequest
 from ..errors import InvalidRequestError
-from ..parallel import TensorParallelError
+from ..errors import TensorParallelError
 
 log = logging.getLogger("fastgen.server")
 IDLE_WAIT_S = 0.05        # how long an idle loop blocks on its inbox (also its heartbeat period when idle)

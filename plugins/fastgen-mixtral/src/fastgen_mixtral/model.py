@@ -37,14 +37,14 @@ class MixtralForCausalLM(CausalLM):
 
         def layer(i):
             attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, i,
-                                   rotary, sliding_window=c.sliding_window)
+                                   rotary, sliding_window=c.sliding_window, tp=c.tp)
             # Mixtral always renormalises the kept top-k softmax weights to sum to 1.
             moe = SparseMoE(c.hidden_size, c.intermediate_size, c.num_local_experts, c.num_experts_per_tok,
-                            c.hidden_act, renormalize=True)
+                            c.hidden_act, renormalize=True, tp=c.tp)
             return PreNormDecoderLayer(c.hidden_size, c.rms_norm_eps, attn, moe)
 
         super().__init__(c.vocab_size, c.hidden_size, [layer(i) for i in range(c.num_hidden_layers)],
-                         RMSNorm(c.hidden_size, c.rms_norm_eps), c.tie_word_embeddings)
+                         RMSNorm(c.hidden_size, c.rms_norm_eps), c.tie_word_embeddings, tp=c.tp)
 
 
 def _expert_rules(c: MixtralConfig) -> list[Rule]:
