@@ -65,14 +65,14 @@ sys.modules[__name__].__class__ = _LazyPackage
 
 
 def serve(*args, **kwargs):
-    """Start a persistent deployment and return a client (see fastgen_core.server.deployment.serve)."""
+    """Start a persistent deployment and return a client (see fastgen_core.server.frontdoor.deployment.serve)."""
     from .server import require_extras
     require_extras()
-    from .server.deployment import serve as _serve
+    from .server.frontdoor.deployment import serve as _serve
     return _serve(*args, **kwargs)
 
 
 def client(*args, **kwargs):
-    """Connect to a running deployment by name or URL (see fastgen_core.server.deployment.client)."""
-    from .server.deployment import client as _client
+    """Connect to a running deployment by name or URL (see fastgen_core.server.frontdoor.deployment.client)."""
+    from .server.frontdoor.deployment import client as _client
     return _client(*args, **kwargs)

@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args):
-    from .settings import ServeSettings
+    from .frontdoor.settings import ServeSettings
     engine = {}
     if args.engine_options:
         try:
@@ -74,5 +74,5 @@ def settings_from_args(args):
 def run(args) -> int:
     from . import require_extras
     require_extras()
-    from .frontdoor import run_frontdoor
+    from .frontdoor.main import run_frontdoor
     return run_frontdoor(settings_from_args(args))

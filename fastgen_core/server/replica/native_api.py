@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
 
-from .errors import APIError
+from ..errors import APIError
 from .openai_api import _collect, sse_response
 from .options import completion_prompts, generate_params, mii_prepare, render_chat, same_for_each, template_messages
 

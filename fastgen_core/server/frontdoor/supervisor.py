@@ -1,7 +1,8 @@
-"""Replica processes: where they run (device plan), starting them, watching them, stopping them.
+"""The replica processes, supervised: started, watched, restarted, stopped (``ReplicaSet``).
 
-Each replica is ``python -m fastgen_core.server.replica`` serving the full API on a Unix socket in a
-private (0700) directory, so only the front door can reach it and no port can clash.
+Each replica is ``python -m fastgen_core.server.replica.main`` serving the full API on a Unix socket in a
+private (0700) directory, so only the front door can reach it and no port can clash. A replica's state
+changes only along lifecycle.TRANSITIONS.
 """
 from __future__ import annotations
 
@@ -15,183 +16,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 
 import httpx
 
-from ..errors import ConfigError, FastgenError, exit_reason
+from ...errors import FastgenError, exit_reason
+from .lifecycle import ReplicaState
+from .placement import child_device_env
+from .replica_handle import Replica
 
 log = logging.getLogger("fastgen.server")
-
-
-def plan_devices(device: str | None, device_map, replicas: int | None, tensor_parallel_size: int = 1) -> list[str]:
-    """One device per replica: its first GPU when each replica is a tensor-parallel engine over
-    ``tensor_parallel_size`` GPUs (cuda:k holds k..k+N-1).
-
-    device_map: None or "auto" (every replica on ``device``; without it, GPUs in turn, N per replica, else
-    CPU), a list of devices or a comma-separated string ("cuda:0,cuda:2": one replica per entry), or a JSON
-    list.
-    """
-    tp = tensor_parallel_size
-    if isinstance(device_map, str) and device_map.strip().startswith("["):
-        try:
-            device_map = json.loads(device_map)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"device_map {device_map!r} is not a JSON list: {e}") from None
-    if device_map in (None, "auto"):
-        n = replicas or 1
-        if device is not None:
-            return [device] * n
-        import torch
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if gpus and tp > 1:
-            if n * tp > gpus:
-                raise ConfigError(f"{n} replica(s) x tensor_parallel_size {tp} need {n * tp} GPUs, {gpus} are "
-                                  f"here; allowed: replicas up to {gpus // tp}")
-            return [f"cuda:{i * tp}" for i in range(n)]
-        return [f"cuda:{i % gpus}" for i in range(n)] if gpus else ["cpu"] * n
-    devices = [d.strip() for d in device_map.split(",")] if isinstance(device_map, str) else list(device_map)
-    if not devices or not all(isinstance(d, str) and d for d in devices):
-        raise ConfigError(f"device_map must be 'auto', a list of devices or 'cuda:0,cuda:1', got {device_map!r}")
-    if replicas is not None and replicas != len(devices):
-        if len(devices) != 1:
-            raise ConfigError(f"replicas={replicas} but device_map names {len(devices)} devices {devices}; give "
-                              "one device per replica, or one device for all of them")
-        devices = devices * replicas
-    return devices
-
-
-def _child_device_env(device: str, tensor_parallel_size: int = 1) -> tuple[str, dict]:
-    """A replica on cuda:k sees only its GPUs (CUDA_VISIBLE_DEVICES: k, or k..k+N-1 for a tensor-parallel
-    replica), so it cannot touch the others."""
-    env = dict(os.environ)
-    if device.startswith("cuda:"):
-        k = int(device.split(":", 1)[1])
-        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-        ids = range(k, k + tensor_parallel_size)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i] if i < len(visible) else str(i) for i in ids)
-        return "cuda:0", env
-    return device, env
-
 
 RESTART_BACKOFF_S = 1.0          # wait before the first restart of a replica in a window; doubles for each next one
 RESTART_BACKOFF_MAX_S = 30.0
 DELIBERATE_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)    # asked to stop (it drains first): not restarted
 TERM_GRACE_S = 3.0               # an unhealthy replica that still answers gets SIGTERM, then SIGKILL after this
-
-
-@dataclass(eq=False)
-class Replica:
-    index: int
-    device: str
-    socket: str
-    proc: subprocess.Popen | None = None
-    client: httpx.AsyncClient | None = None
-    outstanding: int = 0
-    routed: int = 0
-    healthy: bool = False
-    slow: bool = False             # alive but its health answer timed out (busy, or stopped)
-    detail: str = "starting"       # what /health says about it
-    verdict: str = "starting"      # what its last health check found (detail, without the front door's plans)
-    answered: bool = True          # its last health check got an answer (200 or 503), in time or late
-    unhealthy_since: float | None = None   # while up: when the checks that found it unhealthy began (None: healthy)
-    asking: asyncio.Task | None = None     # a /health request not answered yet (the next check waits for it)
-    asking_since: float = 0.0      # when that request was sent
-    asked_at: float = 0.0          # when the request of the last health check was sent
-    killed_because: str | None = None      # why the front door is ending this live process (to restart it)
-    held_back: bool = False        # logged that it is unhealthy but out of restarts (logged once)
-    # "starting" (first start), "up", "restarting" (dead, being replaced), "stopped" (exited on purpose: not
-    # restarted), "failed" (dead and out of restarts: stays down)
-    state: str = "starting"
-    note: str = ""                 # what the front door does about a dead process, for /health
-    restarts: int = 0              # processes started after the first one
-    restart_times: list = field(default_factory=list)
-    reviver: asyncio.Task | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def name(self) -> str:
-        return f"replica {self.index} ({self.device})"
-
-    def label(self, pid: int | None) -> str:
-        return f"replica {self.index} ({self.device}, pid {pid})"
-
-    def exited(self) -> int | None:
-        return self.proc.poll() if self.proc else None
-
-    def ended(self, rc: int) -> str:
-        """How its process ended, and why the front door ended it if it did."""
-        how = exit_reason(rc)
-        return f"{how}; the front door stopped it: {self.killed_because}" if self.killed_because else how
-
-    async def check(self, timeout: float) -> bool:
-        """Ask the replica's /health; a dead process, no answer in time, or a 503 all mean unhealthy."""
-        rc = self.exited()
-        if rc is not None:
-            self.healthy, self.slow = False, False
-            self.detail = f"replica process {self.pid} exited: {self.ended(rc)}" + (f"; {self.note}" if self.note
-                                                                                     else "")
-            return False
-        if self.state == "restarting":         # a new process loading its model: the restart task asks it
-            self.healthy, self.slow, self.detail = False, False, self.note
-            return False
-        ok = await self.probe(timeout)
-        if ok:
-            self.unhealthy_since, self.held_back = None, False
-        elif self.unhealthy_since is None:
-            self.unhealthy_since = self.asked_at
-        return ok
-
-    async def probe(self, timeout: float) -> bool:
-        """Ask /health and wait up to ``timeout`` for the answer. A request not answered in time stays
-        outstanding, and the next probe waits for it rather than sending another: so an answer that comes
-        late (a busy replica) still counts, and a replica that answers nothing is known to have been silent
-        since that request was sent (``asked_at``)."""
-        task = self.asking
-        if task is None:
-            task = self.asking = asyncio.ensure_future(self.client.get("/health"))
-            task.add_done_callback(_consume)
-            self.asking_since = time.monotonic()
-        asked_at = self.asked_at = self.asking_since
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            self.healthy, self.slow, self.answered = False, True, False
-            self.verdict = self.detail = (f"no health answer from the replica for {time.monotonic() - asked_at:.1f}s "
-                                          f"(health_timeout_s={timeout:g})")
-            return False
-        if self.asking is task:
-            self.asking = None
-        self.slow = False
-        try:
-            r = task.result()
-            self.healthy, self.answered = r.status_code == 200, True
-            self.detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith(
-                "application/json") else r.text
-        except asyncio.CancelledError:              # its client was replaced (a restart)
-            self.healthy, self.answered = False, False
-            self.detail = "its health check was cancelled"
-        except (httpx.HTTPError, ValueError) as e:
-            self.healthy, self.answered = False, False
-            self.detail = f"replica unreachable: {type(e).__name__}: {e}"
-        self.verdict = self.detail
-        return self.healthy
-
-    def forget_health(self) -> None:
-        """A new process: drop what was asked of the old one and what was known about it."""
-        if self.asking is not None:
-            self.asking.cancel()
-        self.asking, self.unhealthy_since, self.answered = None, None, True
-        self.killed_because, self.held_back = None, False
-
-
-def _consume(task: asyncio.Task) -> None:
-    """Retrieve a health request's error, so one nobody waits for any more is not logged as unretrieved."""
-    if not task.cancelled():
-        task.exception()
+UP, RESTARTING, STOPPED, FAILED = ReplicaState.UP, ReplicaState.RESTARTING, ReplicaState.STOPPED, ReplicaState.FAILED
 
 
 class ReplicaSet:
@@ -235,7 +74,7 @@ class ReplicaSet:
         return iter(self.replicas)
 
     def _command(self, r: Replica, device: str, threads: int) -> list[str]:
-        return [sys.executable, "-m", "fastgen_core.server.replica", "--model", self.model, "--name", self.name,
+        return [sys.executable, "-m", "fastgen_core.server.replica.main", "--model", self.model, "--name", self.name,
                 "--index", str(r.index), "--device", device, "--socket", r.socket, "--threads", str(threads),
                 "--queue-limit", str(self.queue_limit), "--stall-timeout", str(self.stall_timeout_s),
                 "--drain-timeout", str(self.drain_timeout_s), "--engine-options", json.dumps(self.engine_options),
@@ -247,7 +86,7 @@ class ReplicaSet:
             os.unlink(r.socket)             # a dead process's socket: "ready" means the new one bound it
         except FileNotFoundError:
             pass
-        device, env = _child_device_env(r.device, int(self.engine_options.get("tensor_parallel_size", 1)))
+        device, env = child_device_env(r.device, int(self.engine_options.get("tensor_parallel_size", 1)))
         r.forget_health()
         r.proc = subprocess.Popen(self._command(r, device, self.threads), env=env)
         r.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=r.socket), base_url="http://replica",
@@ -266,7 +105,7 @@ class ReplicaSet:
         if outcome != "up":
             raise FastgenError(f"replicas {[r.index for r in which]} did not become healthy in {timeout_s}s")
         for r in self.replicas:
-            r.state = "up"
+            r.lifecycle.to(UP)
 
     async def check_all(self) -> None:
         self.revive_dead()
@@ -285,9 +124,9 @@ class ReplicaSet:
         if self.stopping:
             return
         for r in self.replicas:
-            if r.state == "up" and r.exited() is not None:
-                r.state, r.note = "restarting", "the front door is restarting it"
-                r.healthy = False
+            if r.state is UP and r.exited() is not None:
+                r.lifecycle.to(RESTARTING, "the front door is restarting it")
+                r.health.down()
                 r.reviver = asyncio.ensure_future(self._revive(r))
 
     def restart_unhealthy(self) -> None:
@@ -298,31 +137,33 @@ class ReplicaSet:
             return
         now = time.monotonic()
         for r in self.replicas:
-            if r.state != "up" or r.healthy or r.unhealthy_since is None or r.exited() is not None:
+            h = r.health
+            if r.state is not UP or h.healthy or h.unhealthy_since is None or r.exited() is not None:
                 continue
-            age = now - r.unhealthy_since
+            age = now - h.unhealthy_since
             if age < limit:
-                r.detail = f"{r.verdict}; unhealthy for {age:.0f}s, the front door restarts it at {limit:g}s " \
+                h.detail = f"{h.found}; unhealthy for {age:.0f}s, the front door restarts it at {limit:g}s " \
                            "(unhealthy_restart_s)"
                 continue
             why_not = self._no_restart(r, now)
             if why_not is not None:
-                r.detail = f"{r.verdict}; unhealthy for {age:.0f}s but not restarted: {why_not}"
+                h.detail = f"{h.found}; unhealthy for {age:.0f}s but not restarted: {why_not}"
                 if not r.held_back:
                     r.held_back = True
                     log.error("%s has been unhealthy for %.0fs (%s) but is NOT restarted: %s. It stays out of "
-                              "routing while it is unhealthy.", r.label(r.pid), age, r.verdict, why_not)
+                              "routing while it is unhealthy.", r.label(r.pid), age, h.found, why_not)
                 continue
-            r.killed_because = f"unhealthy for {age:.1f}s (unhealthy_restart_s={limit:g}): {r.verdict}"
-            if r.answered:
+            r.killed_because = f"unhealthy for {age:.1f}s (unhealthy_restart_s={limit:g}): {h.found}"
+            answered = h.answered
+            if answered:
                 how = f"SIGTERM, then SIGKILL if it has not exited after {self.term_grace_s:g}s"
             else:
                 how = "SIGKILL, as it answers nothing"
             log.error("%s has been unhealthy for %.1fs (unhealthy_restart_s=%g): %s; ending it (%s) to restart "
-                      "it", r.label(r.pid), age, limit, r.verdict, how)
-            r.state, r.healthy, r.slow = "restarting", False, False
-            r.note = f"the front door is ending it to restart it: {r.killed_because}"
-            r.reviver = asyncio.ensure_future(self._revive(r, graceful=r.answered))
+                      "it", r.label(r.pid), age, limit, h.found, how)
+            r.lifecycle.to(RESTARTING, f"the front door is ending it to restart it: {r.killed_because}")
+            h.down()
+            r.reviver = asyncio.ensure_future(self._revive(r, graceful=answered))
 
     async def _end(self, r: Replica, graceful: bool) -> None:
         """End a live replica: SIGTERM first if graceful (it drains, then exits), SIGKILL if it has not
@@ -347,46 +188,46 @@ class ReplicaSet:
             raise
         except Exception as e:  # noqa: BLE001 - a bug here must leave a clear state, not a silent task
             log.exception("restarting %s failed", r.name)
-            r.state, r.note = "failed", f"not restarted: restarting it failed: {type(e).__name__}: {e}"
+            r.lifecycle.to(FAILED, f"not restarted: restarting it failed: {type(e).__name__}: {e}")
 
     async def _restart_once(self, r: Replica) -> bool:
         """One restart attempt of a dead replica; True when done (back up, or left down for good)."""
         old_pid, rc = r.pid, r.exited()
         how = r.ended(rc)
         if self.stopping:
-            r.state, r.note = "stopped", "the deployment is stopping"
+            r.lifecycle.to(STOPPED, "the deployment is stopping")
             return True
         if rc in DELIBERATE_EXITS and r.killed_because is None:
-            r.state, r.note = "stopped", "it was stopped on purpose, so it is not restarted"
+            r.lifecycle.to(STOPPED, "it was stopped on purpose, so it is not restarted")
             log.warning("%s stopped (%s); not restarting it", r.label(old_pid), how)
             return True
         now = time.monotonic()
         why = self._no_restart(r, now)
         if why is not None:
-            r.state, r.note = "failed", f"not restarted: {why}; it stays down until the deployment is restarted"
+            r.lifecycle.to(FAILED, f"not restarted: {why}; it stays down until the deployment is restarted")
             log.error("%s died (%s) and is NOT restarted: %s. The deployment runs degraded on the other "
                       "replicas.", r.label(old_pid), how, why)
             return True
         done = len(r.restart_times)
         delay = min(RESTART_BACKOFF_S * 2 ** done, RESTART_BACKOFF_MAX_S)
         attempt = f"restart {done + 1} of at most {self.max_restarts} within {self.restart_window_s:g}s"
-        r.note = f"restarting in {delay:g}s ({attempt})"
+        r.lifecycle.explain(f"restarting in {delay:g}s ({attempt})")
         log.error("%s died: %s; restarting it in %gs (%s)", r.label(old_pid), how, delay, attempt)
         await asyncio.sleep(delay)
         if self.stopping:
-            r.state, r.note = "stopped", "the deployment is stopping"
+            r.lifecycle.to(STOPPED, "the deployment is stopping")
             return True
         r.restart_times.append(time.monotonic())
         r.restarts += 1
         old_client = r.client
         self._spawn(r)
-        r.note = f"restarting: new process {r.pid} is starting (replaces pid {old_pid}, {how}; {attempt})"
+        r.lifecycle.explain(f"restarting: new process {r.pid} is starting (replaces pid {old_pid}, {how}; {attempt})")
         if old_client is not None:
             await old_client.aclose()
         started = time.monotonic()
         outcome, _ = await self._wait_healthy([r], started + self.startup_timeout_s)
         if outcome == "up":
-            r.state, r.note = "up", ""
+            r.lifecycle.to(UP)
             log.warning("%s is back: new process %d healthy after %.1fs (replaces pid %d, %s)", r.name, r.pid,
                         time.monotonic() - started, old_pid, how)
             if self.on_restart is not None:
@@ -400,7 +241,7 @@ class ReplicaSet:
         else:
             log.error("%s: new process %d exited while starting (%s); its error is in the log above", r.name,
                       r.pid, exit_reason(new_rc))
-        r.healthy = False
+        r.health.down()
         return False
 
     def _no_restart(self, r: Replica, now: float) -> str | None:
@@ -440,8 +281,8 @@ class ReplicaSet:
         Nothing is restarted from here on."""
         self.stopping = True
         for r in self.replicas:
-            if r.asking is not None:
-                r.asking.cancel()
+            if r.health.asking is not None:
+                r.health.asking.cancel()
         revivers = [r.reviver for r in self.replicas if r.reviver is not None and not r.reviver.done()]
         for t in revivers:
             t.cancel()

@@ -9,7 +9,7 @@ import uuid
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .errors import APIError
+from ..errors import APIError
 from .options import chat_prepare, completion_prompts, openai_params, same_for_each
 
 

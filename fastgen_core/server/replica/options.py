@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from ..errors import InvalidRequestError
-from ..sampling import SamplingParams
-from .errors import APIError
+from ...errors import InvalidRequestError
+from ...sampling import SamplingParams
+from ..errors import APIError
 
 Prepare = Callable[[Any], list[tuple[Any, SamplingParams]]]
 
