@@ -14,7 +14,6 @@ EXTERNAL_COMMANDS = {
 
 MODEL_HELP = ("HF model directory or Hugging Face Hub id (org/name: the cached snapshot, else downloaded) "
               "(default: the embedded SmolLM2-135M-Instruct)")
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -29,49 +28,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="+", help="prompt text (several words are joined with spaces)")
+    from .config import EngineConfig
+    from .sampling import add_cli_flags
     p.add_argument("--model", default=None, help=MODEL_HELP)
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
-    p.add_argument("--min-new-tokens", type=int, default=0, help="EOS and stop strings are ignored before this many")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="sample at this temperature; 0: greedy (default: greedy, or 1.0 when another sampling "
-                        "flag is given)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens; implies sampling "
-                                                          "(default: no limit)")
-    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens whose "
-                                                            "probability reaches p; implies sampling (default: 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the sampler; implies sampling (default: random)")
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true", help="keep generating after the end-of-sequence token")
+    add_cli_flags(p)                 # --max-new-tokens ... --ignore-eos, from SamplingParams' declaration
     p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to the prompt")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's on GPU, "
                                                  "float32 on CPU)")
-    p.add_argument("--load-format", default="auto", help="auto, safetensors, pt, dummy or snapshot")
-    p.add_argument("--tensor-parallel-size", type=int, default=1,
+    p.add_argument("--load-format", default=EngineConfig.load_format, help="auto, safetensors, pt, dummy or snapshot")
+    p.add_argument("--tensor-parallel-size", type=int, default=EngineConfig.tensor_parallel_size,
                    help="shard the model over this many GPUs from --device on (on CPU: processes)")
-
-
-def sampling_options(args) -> dict:
-    """The generate options of the sampling flags: greedy unless one is given (any of them means sampling);
-    --temperature 0 is greedy, which the other flags contradict."""
-    given = [f"--{f.replace('_', '-')}" for f in SAMPLING_FLAGS if getattr(args, f) is not None]
-    if args.temperature == 0:
-        if len(given) > 1:
-            from .errors import InvalidRequestError
-            raise InvalidRequestError(f"--temperature 0 means greedy decoding, but {', '.join(given[1:])} only act "
-                                      "when sampling: drop them, or give a temperature > 0")
-        return {"do_sample": False}
-    if not given:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": 1.0 if args.temperature is None else args.temperature,
-            "top_k": args.top_k or 0, "top_p": 1.0 if args.top_p is None else args.top_p, "seed": args.seed}
 
 
 def _generate(args) -> int:
     import fastgen_core as fg
+    from .sampling import from_cli_flags
     # validate the options before paying for loading the model
-    options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, stop=args.stop,
-                   ignore_eos=args.ignore_eos, **sampling_options(args))
+    options = from_cli_flags(args)
     fg.SamplingParams(**options)
     pipe = fg.pipeline(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format,
                        tensor_parallel_size=args.tensor_parallel_size)
@@ -126,11 +100,12 @@ def _plugins(args) -> int:
 
 
 def _snapshot_args(p: argparse.ArgumentParser) -> None:
+    from .config import EngineConfig
     p.add_argument("output", help="directory to write the snapshot to")
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--dtype", default=None, help="dtype to store (default: the engine's: checkpoint's on GPU, "
                                                    "float32 on CPU)")
-    p.add_argument("--load-format", default="auto", help="auto, safetensors, pt or dummy")
+    p.add_argument("--load-format", default=EngineConfig.load_format, help="auto, safetensors, pt or dummy")
 
 
 def _snapshot(args) -> int:

@@ -11,11 +11,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .config import LOAD_FORMATS  # noqa: F401  (re-exported: the formats checkpoint_files accepts)
 from .errors import ConfigError, WeightLoadError
 from .layers.sharded import full_shape, take_slice
 from .weights import WeightMap
 
-LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "snapshot")
 
 
 def read_hf_config(model_dir: str | Path) -> dict:

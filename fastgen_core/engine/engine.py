@@ -24,7 +24,8 @@ from ..config import EngineConfig
 from ..errors import ConfigError
 from ..layers.sharded import TPGroup, check_model
 from ..registry import FamilyRegistry
-from ..sampling import Sampler, SamplingParams, token_logprobs
+from ..sampler import Sampler, token_logprobs
+from ..sampling import SamplingParams
 from ..tokenizer import load_tokenizer
 from . import build
 from .kv_cache import BlockAllocator

@@ -5,6 +5,8 @@ that touches the engine or its tokenizer) and returns what to queue: ``(prompt, 
 or requests it already prepared with ``engine.prepare_request`` (when it had to tokenize the prompt itself,
 so the prompt is tokenized once).
 
+Each endpoint's generate options become SamplingParams through their one declaration
+(``SamplingParams.from_wire``: names, defaults and conversions per front end; greedy is SamplingParams.greedy).
 OpenAI semantics (decided as vLLM does): ``temperature`` absent means 1.0, i.e. sampling, as on OpenAI's
 API; ``temperature: 0`` is greedy. ``max_tokens`` defaults to 16 for completions (OpenAI's default) and
 to "up to the context" for chat. ``n`` choices per prompt are n requests (with a seed, the i-th gets
@@ -46,19 +48,11 @@ def _refuse_unsupported(body) -> None:
 
 def openai_params(body, max_tokens: int | None, logprobs: int | None = None,
                   prompt_logprobs: int | None = None) -> SamplingParams:
-    """SamplingParams for an OpenAI-style body (completions or chat); ``logprobs`` / ``prompt_logprobs``
-    as each endpoint reads them from its own fields."""
+    """SamplingParams for an OpenAI-style body (completions or chat), after refusing what is not supported;
+    ``max_tokens``, ``logprobs`` / ``prompt_logprobs`` as each endpoint reads them from its own fields."""
     _refuse_unsupported(body)
-    temperature = 1.0 if body.temperature is None else body.temperature
-    do_sample = temperature > 0
-    return SamplingParams(
-        max_new_tokens=max_tokens, min_new_tokens=body.min_tokens or 0, do_sample=do_sample,
-        temperature=temperature if do_sample else 1.0, top_k=0 if body.top_k in (None, -1) else body.top_k,
-        top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop or [],
-        stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos,
-        presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
-        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
-        logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+    return SamplingParams.from_wire("openai", body, max_new_tokens=max_tokens, logprobs=logprobs,
+                                    prompt_logprobs=prompt_logprobs)
 
 
 def copies(params: SamplingParams, n: int) -> list[SamplingParams]:
@@ -130,12 +124,6 @@ def chat_prepare(messages, params: SamplingParams, n: int = 1) -> Prepare:
     return prepare
 
 
-def generate_params(body) -> SamplingParams:
-    """The native endpoint's options are the pipeline's (SamplingParams), with the pipeline's defaults."""
-    fields = body.model_dump(exclude={"prompts", "stream"})
-    return SamplingParams(**fields)
-
-
 def mii_prepare(body) -> tuple[list[str], Prepare]:
     """MII's generate options: do_sample True and top_p 0.9 by default; max_length caps prompt + new."""
     prompts = [body.prompts] if isinstance(body.prompts, str) else list(body.prompts)
@@ -145,12 +133,7 @@ def mii_prepare(body) -> tuple[list[str], Prepare]:
         raise APIError(400, "stream is not supported on /mii (MII's REST API does not stream either); use "
                             "/v1/completions with stream: true or fastgen_core.client(...).generate(stream=True)",
                        param="stream")
-    temperature = 1.0 if body.temperature is None else body.temperature
-    do_sample = body.do_sample and temperature > 0
-    base = SamplingParams(max_new_tokens=body.max_new_tokens, min_new_tokens=body.min_new_tokens,
-                          do_sample=do_sample, temperature=temperature if do_sample else 1.0, top_k=body.top_k or 0,
-                          top_p=body.top_p, stop=body.stop, ignore_eos=body.ignore_eos,
-                          return_full_text=body.return_full_text)
+    base = SamplingParams.from_wire("mii", body)
 
     def prepare(engine):
         if body.max_length is None:
