@@ -12,9 +12,11 @@ from importlib import import_module
 from .errors import (ConfigError, DuplicateFamilyError, FastgenError, InvalidRequestError, UnsupportedModelError,
                      WeightLoadError)
 from .family import ModelFamily
+from .commands import Command
 from .hookspecs import hookimpl
 from .model_config import DecoderConfig
 from .plugins import PluginSet, get_plugin_set
+from .presets import BenchPreset
 from .registry import FamilyRegistry
 
 __version__ = "0.1.0"
@@ -32,7 +34,7 @@ _LAZY = {
 _SUBMODULES = ("kernels", "parallel")
 
 __all__ = ["pipeline", "serve", "client", "Pipeline", "LLMEngine", "EngineConfig", "SamplingParams", "Response", "RequestOutput",
-           "ModelFamily", "DecoderConfig", "FamilyRegistry", "PluginSet", "get_plugin_set", "hookimpl", "Rule", "WeightMap", "fused",
+           "ModelFamily", "DecoderConfig", "BenchPreset", "Command", "FamilyRegistry", "PluginSet", "get_plugin_set", "hookimpl", "Rule", "WeightMap", "fused",
            "FastgenError", "InvalidRequestError", "ConfigError", "UnsupportedModelError", "DuplicateFamilyError",
            "WeightLoadError", *_SUBMODULES]
 

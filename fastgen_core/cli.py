@@ -1,15 +1,11 @@
-"""fastgen generate | plugins | snapshot | serve | bench."""
+"""``fastgen COMMAND``: the parser is built from the commands registered through the ``register_commands``
+hook (commands.py: the core's generate, plugins, snapshot, serve and bench, then any plugin's). The core's
+generate, plugins and snapshot are here."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-
-# subcommands that live in their own modules: name -> module with add_arguments(parser) and run(args) -> int
-EXTERNAL_COMMANDS = {
-    "serve": ("fastgen_core.server.cli", "start a persistent deployment (REST: OpenAI- and MII-compatible)"),
-    "bench": ("fastgen_core.bench.cli", "measure throughput/latency against the roofline and transformers"),
-}
+import warnings
 
 
 MODEL_HELP = ("HF model directory or Hugging Face Hub id (org/name: the cached snapshot, else downloaded) "
@@ -26,7 +22,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _generate_args(p: argparse.ArgumentParser) -> None:
+def generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="+", help="prompt text (several words are joined with spaces)")
     from .config import EngineConfig
     from .sampling import add_cli_flags
@@ -41,7 +37,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="shard the model over this many GPUs from --device on (on CPU: processes)")
 
 
-def _generate(args) -> int:
+def generate(args) -> int:
     import fastgen_core as fg
     from .sampling import from_cli_flags
     # validate the options before paying for loading the model
@@ -64,11 +60,11 @@ def _generate(args) -> int:
     return 0
 
 
-def _plugins_args(p: argparse.ArgumentParser) -> None:
+def plugins_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _plugins(args) -> int:
+def list_plugins(args) -> int:
     import json
 
     from .registry import FamilyRegistry
@@ -99,7 +95,7 @@ def _plugins(args) -> int:
     return 0
 
 
-def _snapshot_args(p: argparse.ArgumentParser) -> None:
+def snapshot_arguments(p: argparse.ArgumentParser) -> None:
     from .config import EngineConfig
     p.add_argument("output", help="directory to write the snapshot to")
     p.add_argument("--model", default=None, help=MODEL_HELP)
@@ -108,7 +104,7 @@ def _snapshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-format", default=EngineConfig.load_format, help="auto, safetensors, pt or dummy")
 
 
-def _snapshot(args) -> int:
+def snapshot(args) -> int:
     import fastgen_core as fg
     pipe = fg.pipeline(args.model, device="cpu", dtype=args.dtype, load_format=args.load_format, num_kv_blocks=1,
                        max_context=1)
@@ -118,21 +114,23 @@ def _snapshot(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins=None) -> argparse.ArgumentParser:
+    """The parser of every registered command (``plugins``: a PluginSet; default: the installed plugins)."""
     from . import __version__
+    from .commands import collect_commands
+    from .family import load_object
     parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: Dynamic SplitFuse LLM inference",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastgen {__version__} (fastgen-core)")
     sub = parser.add_subparsers(dest="command", required=True)
-    _generate_args(sub.add_parser("generate", help="generate a continuation of a prompt", formatter_class=HelpFormatter))
-    _plugins_args(sub.add_parser("plugins", help="list installed family plugins (and failed ones)",
-                                 formatter_class=HelpFormatter))
-    _snapshot_args(sub.add_parser("snapshot", help="save a model in the engine's layout for fast reloads",
-                                  formatter_class=HelpFormatter))
-    for name, (module, help_text) in EXTERNAL_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
+    commands, notes = collect_commands(plugins)
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    for name, rc in commands.items():
+        p = sub.add_parser(name, help=rc.command.help, formatter_class=HelpFormatter)
+        p.set_defaults(_run=rc.command.run)
         try:
-            importlib.import_module(module).add_arguments(p)
+            load_object(rc.command.arguments)(p)
         except ImportError as e:
             p.set_defaults(_unavailable=f"'fastgen {name}' is unavailable: {e}")
     return parser
@@ -140,18 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from .errors import FastgenError
+    from .family import load_object
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(args._unavailable, file=sys.stderr)
         return 2
     try:
-        if args.command == "generate":
-            return _generate(args)
-        if args.command == "plugins":
-            return _plugins(args)
-        if args.command == "snapshot":
-            return _snapshot(args)
-        return importlib.import_module(EXTERNAL_COMMANDS[args.command][0]).run(args)
+        return load_object(args._run)(args)
     except FastgenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

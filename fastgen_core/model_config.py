@@ -63,6 +63,11 @@ class DecoderConfig:
             hf=hf,
         )
 
+    def active_params(self, total: int) -> float:
+        """How many of the model's ``total`` parameters one token uses (the bench's roofline floor): all of them.
+        A family that runs only part of its weights per token (a mixture of experts) overrides it."""
+        return total
+
     @classmethod
     def from_hf(cls, hf: dict):
         kwargs = cls.common_from_hf(hf)

@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from .workload import PRESETS
 
 
 def _int_list(s: str) -> list[int]:
@@ -45,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     defaults = EngineConfig
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HF model directory or Hugging Face Hub id (org/name)")
-    src.add_argument("--preset", choices=PRESETS, help="a full-size architecture from a built-in config (dummy weights)")
+    from ..presets import preset_names
+    src.add_argument("--preset", choices=preset_names(),
+                     help="a full-size architecture from a family plugin's config (dummy weights)")
     p.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
     p.add_argument("--load-format", default=defaults.load_format, help="auto | safetensors | pt | dummy (presets: dummy)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
@@ -184,7 +185,7 @@ def run_bench_args(args) -> list[dict]:
     t = time.perf_counter()
     engine = LLMEngine(cfg)
     mc = engine.model_config
-    counts = roofline.count_params(engine.model, engine.hf_config)
+    counts = roofline.count_params(engine.model, mc)
     geometry = roofline.attention_geometry(mc, engine.dtype)
     emit(kind="model", load_s=round(time.perf_counter() - t, 2), kv_blocks=engine.allocator.num_blocks,
          kv_block_size=engine.allocator.block_size, **counts)

@@ -30,6 +30,13 @@ class MixtralConfig(DecoderConfig):
                    rms_norm_eps=hf.get("rms_norm_eps", 1e-5), hidden_act=hf.get("hidden_act", "silu"),
                    rope_theta=theta, rope_scaling=scaling)
 
+    def active_params(self, total: int) -> float:
+        """A token runs ``num_experts_per_tok`` of the ``num_local_experts`` experts of each layer (each expert:
+        gate, up and down, 3 x hidden x intermediate weights)."""
+        per_expert = 3 * self.hidden_size * self.intermediate_size
+        unused = 1 - self.num_experts_per_tok / self.num_local_experts
+        return total - self.num_hidden_layers * self.num_local_experts * per_expert * unused
+
 
 class MixtralForCausalLM(CausalLM):
     def __init__(self, c: MixtralConfig):
