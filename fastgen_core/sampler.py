@@ -6,10 +6,12 @@ The options it reads are SamplingParams (sampling.py, which imports no torch); w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .sampling import SamplingParams
+if TYPE_CHECKING:      # only annotations: sampling.py imports this module on demand (its Sampler names)
+    from .sampling import SamplingParams
 
 
 @dataclass

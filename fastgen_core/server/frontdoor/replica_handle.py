@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -175,6 +176,18 @@ class Replica:
         except (httpx.HTTPError, ValueError) as e:
             h.mark(Verdict.UNREACHABLE, f"replica unreachable: {type(e).__name__}: {e}")
         return h.healthy
+
+    def launch(self, command: list[str], env: dict) -> None:
+        """Start a (new) process for this replica, with a fresh client over its socket."""
+        try:
+            os.unlink(self.socket)          # a dead process's socket: "ready" means the new one bound it
+        except FileNotFoundError:
+            pass
+        self.forget_health()
+        self.proc = subprocess.Popen(command, env=env)
+        self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.socket), base_url="http://replica",
+                                        timeout=None, limits=httpx.Limits(max_connections=None,
+                                                                          max_keepalive_connections=256))
 
     def forget_health(self) -> None:
         """A new process: drop what was asked of the old one and what was known about it."""

@@ -12,12 +12,9 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-
-import httpx
 
 from ...errors import FastgenError, exit_reason
 from .lifecycle import ReplicaState
@@ -31,6 +28,20 @@ RESTART_BACKOFF_MAX_S = 30.0
 DELIBERATE_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)    # asked to stop (it drains first): not restarted
 TERM_GRACE_S = 3.0               # an unhealthy replica that still answers gets SIGTERM, then SIGKILL after this
 UP, RESTARTING, STOPPED, FAILED = ReplicaState.UP, ReplicaState.RESTARTING, ReplicaState.STOPPED, ReplicaState.FAILED
+
+
+def restart_refusal(r: Replica, now: float, max_restarts: int, window_s: float) -> str | None:
+    """Why r may not be restarted now (out of restarts within the window), or None if it may.
+    Forgets restarts older than the window."""
+    r.restart_times = [t for t in r.restart_times if now - t < window_s]
+    done = len(r.restart_times)
+    if done < max_restarts:
+        return None
+    if max_restarts == 0:
+        return "restarts are off (max_restarts=0)"
+    times = "once" if done == 1 else f"{done} times"
+    return (f"it was restarted {times} within {window_s:g}s (max_restarts={max_restarts}, "
+            f"restart_window_s={window_s:g})")
 
 
 class ReplicaSet:
@@ -82,16 +93,8 @@ class ReplicaSet:
 
     def _spawn(self, r: Replica) -> None:
         """Start r's process (first start or restart: same command, same device) with a fresh client."""
-        try:
-            os.unlink(r.socket)             # a dead process's socket: "ready" means the new one bound it
-        except FileNotFoundError:
-            pass
         device, env = child_device_env(r.device, int(self.engine_options.get("tensor_parallel_size", 1)))
-        r.forget_health()
-        r.proc = subprocess.Popen(self._command(r, device, self.threads), env=env)
-        r.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=r.socket), base_url="http://replica",
-                                     timeout=None, limits=httpx.Limits(max_connections=None,
-                                                                       max_keepalive_connections=256))
+        r.launch(self._command(r, device, self.threads), env)
 
     async def start(self, timeout_s: float | None = None) -> None:
         timeout_s = self.startup_timeout_s if timeout_s is None else timeout_s
@@ -145,7 +148,7 @@ class ReplicaSet:
                 h.detail = f"{h.found}; unhealthy for {age:.0f}s, the front door restarts it at {limit:g}s " \
                            "(unhealthy_restart_s)"
                 continue
-            why_not = self._no_restart(r, now)
+            why_not = restart_refusal(r, now, self.max_restarts, self.restart_window_s)
             if why_not is not None:
                 h.detail = f"{h.found}; unhealthy for {age:.0f}s but not restarted: {why_not}"
                 if not r.held_back:
@@ -202,7 +205,7 @@ class ReplicaSet:
             log.warning("%s stopped (%s); not restarting it", r.label(old_pid), how)
             return True
         now = time.monotonic()
-        why = self._no_restart(r, now)
+        why = restart_refusal(r, now, self.max_restarts, self.restart_window_s)
         if why is not None:
             r.lifecycle.to(FAILED, f"not restarted: {why}; it stays down until the deployment is restarted")
             log.error("%s died (%s) and is NOT restarted: %s. The deployment runs degraded on the other "
@@ -243,19 +246,6 @@ class ReplicaSet:
                       r.pid, exit_reason(new_rc))
         r.health.down()
         return False
-
-    def _no_restart(self, r: Replica, now: float) -> str | None:
-        """Why r may not be restarted now (out of restarts within the window), or None if it may.
-        Forgets restarts older than the window."""
-        r.restart_times = [t for t in r.restart_times if now - t < self.restart_window_s]
-        done = len(r.restart_times)
-        if done < self.max_restarts:
-            return None
-        if self.max_restarts == 0:
-            return "restarts are off (max_restarts=0)"
-        times = "once" if done == 1 else f"{done} times"
-        return (f"it was restarted {times} within {self.restart_window_s:g}s (max_restarts={self.max_restarts}, "
-                f"restart_window_s={self.restart_window_s:g})")
 
     async def _wait_healthy(self, replicas: list[Replica], deadline: float) -> tuple[str, list[Replica]]:
         """Ask each of these starting replicas' /health until it answers 200 (start-up and restarts).
