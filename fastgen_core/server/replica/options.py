@@ -28,7 +28,8 @@ def _unsupported(name: str, why: str) -> APIError:
     return APIError(400, f"{name} is not supported by this server: {why}", param=name)
 
 
-def _refuse_unsupported(body) -> None:
+def refuse_unsupported(body) -> None:
+    """A 400 for what an OpenAI-style body asks and this server cannot do (named, with what is allowed)."""
     if body.logit_bias:
         raise _unsupported("logit_bias", "leave it empty")
     if getattr(body, "top_logprobs", None) is not None and not getattr(body, "logprobs", None):
@@ -44,15 +45,6 @@ def _refuse_unsupported(body) -> None:
     fmt = getattr(body, "response_format", None)
     if fmt and fmt.get("type") != "text":
         raise _unsupported("response_format", f"got {fmt!r}; only {{'type': 'text'}} is allowed")
-
-
-def openai_params(body, max_tokens: int | None, logprobs: int | None = None,
-                  prompt_logprobs: int | None = None) -> SamplingParams:
-    """SamplingParams for an OpenAI-style body (completions or chat), after refusing what is not supported;
-    ``max_tokens``, ``logprobs`` / ``prompt_logprobs`` as each endpoint reads them from its own fields."""
-    _refuse_unsupported(body)
-    return SamplingParams.from_wire("openai", body, max_new_tokens=max_tokens, logprobs=logprobs,
-                                    prompt_logprobs=prompt_logprobs)
 
 
 def copies(params: SamplingParams, n: int) -> list[SamplingParams]:
