@@ -166,3 +166,19 @@ def test_pythia_1b_preset_builds_pythia_1b_through_its_plugin(tmp_path):
     with torch.device("meta"):
         model = family.load_model_class()(c)
     assert sum(p.numel() for p in model.parameters()) == 1_011_781_632
+
+
+def test_online_runs_every_prompt_and_generation_scenario(tmp_path):
+    """--prompt-mean and --gen-mean both take lists: one scenario per pair, offline and online, and each
+    online record carries the weight-read time its per-token latency is compared with."""
+    from fastgen_core.bench import run_bench
+    recs = run_bench(preset="tiny-llama", device="cpu", num_requests=3, prompt_mean=[10, 20], gen_mean=[3, 5],
+                     online=[1, 2], peer=[], warm_passes=0, output=str(tmp_path / "r.jsonl"), async_scheduling=False)
+    online = [r for r in recs if r["kind"] == "online"]
+    assert sorted({(r["mean_prompt"], r["mean_gen"]) for r in online}) == [(10, 3), (10, 5), (20, 3), (20, 5)]
+    assert sorted(r["clients"] for r in online) == [1] * 4 + [2] * 4 and not any(r["async_scheduling"] for r in recs)
+    assert all(r["weight_read_s"] > 0 for r in online)
+    assert len([r for r in recs if r["kind"] == "offline"]) == 4
+    only_online = run_bench(preset="tiny-llama", device="cpu", num_requests=3, prompt_mean=[10], gen_mean=[3],
+                            online=[1], peer=[], warm_passes=0, offline=False, output=str(tmp_path / "o.jsonl"))
+    assert [r["kind"] for r in only_online] == ["ceilings", "model", "online"]

@@ -19,6 +19,7 @@ CORE = Path(fg.__file__).parent
 PRESETS = {
     "phi-2": ("fastgen-phi", "PhiForCausalLM", 2560, 32, 32, 32, 51200),
     "falcon-7b": ("fastgen-falcon", "FalconForCausalLM", 4544, 32, 71, None, 65024),
+    "falcon-40b": ("fastgen-falcon", "FalconForCausalLM", 8192, 60, 128, None, 65024),
     "llama-2-7b": ("fastgen-llama", "LlamaForCausalLM", 4096, 32, 32, 32, 32000),
     "mixtral-small": ("fastgen-mixtral", "MixtralForCausalLM", 4096, 8, 32, 8, 32000),
     "mixtral-8x7b": ("fastgen-mixtral", "MixtralForCausalLM", 4096, 32, 32, 8, 32000),

@@ -6,7 +6,11 @@ waits for (wall - busy).
 
 Pass 1 times every step with a synchronise on each side (wall) and CUDA events (GPU). Pass 2 replays the
 same workload under torch.profiler, one profile per sampled step, and sums its kernels' durations by kind.
-A step is "prefill" when it carries prompt tokens, "decode" when every row is a decode.
+A step is "prefill" when it carries prompt tokens, "decode" when every row is a decode. Pass 3 runs the
+workload as a server does, without a synchronise between steps (asynchronous scheduling overlaps the host's
+work with the GPU's), and reports the host time the GPU waits for: wall time minus the kernels' busy time,
+over the whole run and over its decode-only tail (every generation forced to --gen tokens with
+--equal-gen, so that all sequences decode together: "host time per decode step at N sequences").
 """
 from __future__ import annotations
 
@@ -77,6 +81,49 @@ def run_pass(eng, w, tag, profile_every=0):
     return rows, kernels, by_name
 
 
+def _busy_s(prof) -> float:
+    return sum(getattr(ev, "device_time_total", None) or ev.cuda_time_total for ev in prof.events()
+               if ev.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+
+
+def overlapped_pass(eng, w, tag):
+    """Pass 3: no synchronise between steps. Kernel busy time from a profile over the run up to the
+    decode-only tail (the first step after which no prompt token is left) and another over the tail."""
+    submit(eng, w, tag)
+    acts = [torch.profiler.ProfilerActivity.CUDA]
+    head = torch.profiler.profile(activities=acts)
+    tail = None
+    steps = tail_steps = tail_running = 0
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    head.__enter__()
+    tail_t0 = None
+    while eng.has_unfinished():
+        if tail is None and not eng.scheduler.waiting and all(s.num_uncomputed <= 1 for s in eng.scheduler.running):
+            head.__exit__(None, None, None)         # (stopping a profile waits for the GPU once)
+            tail_running = len(eng.scheduler.running)
+            tail = torch.profiler.profile(activities=acts)
+            tail.__enter__()
+            tail_t0 = time.perf_counter()
+        eng.step()
+        steps += 1
+        tail_steps += tail is not None
+    torch.cuda.synchronize()
+    end = time.perf_counter()
+    (tail or head).__exit__(None, None, None)
+    busy_head, busy_tail = _busy_s(head), (_busy_s(tail) if tail is not None else 0.0)
+    wall = end - t0
+    out = {"steps": steps, "wall_s": round(wall, 4), "kernel_busy_s": round(busy_head + busy_tail, 4),
+           "host_exposed_ms_per_step": round((wall - busy_head - busy_tail) / steps * 1e3, 3)}
+    if tail_steps:
+        tail_wall = end - tail_t0
+        out |= {"decode_tail_steps": tail_steps, "decode_tail_sequences_at_start": tail_running,
+                "decode_tail_wall_ms_per_step": round(tail_wall / tail_steps * 1e3, 3),
+                "decode_tail_busy_ms_per_step": round(busy_tail / tail_steps * 1e3, 3),
+                "decode_tail_host_exposed_ms_per_step": round(max(tail_wall - busy_tail, 0) / tail_steps * 1e3, 3)}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="phi-2")
@@ -88,17 +135,31 @@ def main():
     ap.add_argument("--profile-every", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the numbers here")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--equal-gen", action="store_true", help="every request generates exactly --gen tokens")
+    ap.add_argument("--only-overlapped", action="store_true", help="skip passes 1 and 2")
     a = ap.parse_args()
     d = write_preset(a.preset, tempfile.mkdtemp(), a.num_layers)
     eng = LLMEngine(EngineConfig(str(d), device="cuda", dtype="bfloat16", load_format="dummy",
                                  max_ragged_batch_size=a.budget, gpu_memory_fraction=0.9))
     w = make_workload(a.requests, a.prompt, a.gen, 0, eng.model_config.vocab_size, eng.max_context)
+    if a.equal_gen:
+        w.gen_lens = [a.gen] * len(w.gen_lens)
     warm_up(eng, w)
     run_pass(eng, w, "warm")                 # a first pass meets kernel variants a server has long loaded
+    over = overlapped_pass(eng, w, "o")
+    print(f"{a.preset} budget {a.budget} {a.requests} req {a.prompt}/{a.gen} {a.tag} async_scheduling="
+          f"{eng.async_scheduling}, no synchronise between steps: {json.dumps(over)}")
+    if a.only_overlapped:
+        if a.json:
+            with open(a.json, "a") as f:
+                f.write(json.dumps({"preset": a.preset, "budget": a.budget, "requests": a.requests,
+                                    "prompt": a.prompt, "gen": a.gen, "tag": a.tag, "overlapped": over}) + "\n")
+        eng.close()
+        return
     rows, _, _ = run_pass(eng, w, "t")
     _, kernels, by_name = run_pass(eng, w, "p", a.profile_every)
     summary = {"preset": a.preset, "budget": a.budget, "requests": a.requests, "prompt": a.prompt, "gen": a.gen,
-               "tag": a.tag, "total_s": round(sum(r[1] for r in rows) / 1e3, 3), "steps": {}}
+               "tag": a.tag, "total_s": round(sum(r[1] for r in rows) / 1e3, 3), "steps": {}, "overlapped": over}
     print(f"{a.preset} budget {a.budget} {a.requests} req {a.prompt}/{a.gen} {a.tag}: {len(rows)} steps, "
           f"{summary['total_s']:.2f} s of steps")
     hdr = f"{'step':<8}{'n':>5}{'wall ms':>9}{'gpu ms':>8}{'host-only':>10}" + "".join(

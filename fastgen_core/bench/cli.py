@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--num-requests", type=int, default=128, help="requests per offline scenario")
-    p.add_argument("--prompt-mean", type=int, default=1200, help="mean prompt length in tokens")
+    p.add_argument("--prompt-mean", type=int, nargs="+", default=[1200],
+                   help="mean prompt length; several values: one scenario per (prompt, gen) pair (default: 1200)")
     p.add_argument("--gen-mean", type=int, nargs="+", default=[60], help="mean output length; one scenario per value")
     p.add_argument("--seed", type=int, default=0, help="of the workload and the dummy weights")
     p.add_argument("--max-ragged-batch-size", type=int, default=defaults.max_ragged_batch_size,
@@ -71,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="untimed passes over the first scenario before timing (their wall times are recorded)")
     p.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size,
                    help="shard the model over this many GPUs; the floor then uses this many cards' ceilings")
+    p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
+                   help="run the step loop synchronously (default: one step ahead of the GPU on CUDA)")
+    p.add_argument("--no-offline", dest="offline", action="store_false",
+                   help="skip the timed offline runs (the online runs and the warm-up pass still happen)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="run decode steps eagerly (default: CUDA graphs on CUDA)")
     p.add_argument("--online", type=_int_list, default=[],
@@ -106,11 +111,11 @@ def run_bench(**options) -> list[dict]:
     argv = []
     for k, v in options.items():
         flag = "--" + k.replace("_", "-")
-        if k == "cuda_graphs":
-            argv += [] if v else ["--no-cuda-graphs"]
+        if k in ("cuda_graphs", "async_scheduling", "offline"):
+            argv += [] if v else ["--no-" + k.replace("_", "-")]
         elif isinstance(v, bool):
             argv += [flag] if v else []
-        elif isinstance(v, (list, tuple)) and k == "gen_mean":
+        elif isinstance(v, (list, tuple)) and k in ("gen_mean", "prompt_mean"):
             argv += [flag] + [str(x) for x in v]
         elif isinstance(v, (list, tuple)):
             argv += [flag, ",".join(str(x) for x in v) or "none"]
@@ -149,7 +154,8 @@ def run_bench_args(args) -> list[dict]:
                        max_ragged_sequence_count=args.max_ragged_sequence_count, num_kv_blocks=args.num_kv_blocks,
                        gpu_memory_fraction=args.gpu_memory_fraction, seed=args.seed,
                        cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching,
-                       tensor_parallel_size=args.tensor_parallel_size)
+                       tensor_parallel_size=args.tensor_parallel_size,
+                       async_scheduling=None if args.async_scheduling else False)
     device = cfg.torch_device()
     if cfg.dtype is None:
         cfg.dtype = "bfloat16" if device.type == "cuda" else "float32"
@@ -157,11 +163,13 @@ def run_bench_args(args) -> list[dict]:
     base = {"run": run_id, "model": name, "tag": args.tag, **_env(device), "dtype": str(cfg.dtype),
             "max_ragged_batch_size": args.max_ragged_batch_size,
             "cuda_graphs": bool(args.cuda_graphs and device.type == "cuda"), "shared_prefix": args.shared_prefix,
-            "prefix_caching": args.enable_prefix_caching, "tensor_parallel_size": args.tensor_parallel_size}
+            "prefix_caching": args.enable_prefix_caching, "tensor_parallel_size": args.tensor_parallel_size,
+            "async_scheduling": bool(args.async_scheduling and device.type == "cuda" and args.tensor_parallel_size == 1)}
     records: list[dict] = []
     out_path = Path(args.output) if args.output else results_dir(args) / f"{run_id}-{name}.jsonl"
     # one tick per stage: ceilings, load, warm-up, our scenarios, online client counts, the peer's scenarios
-    stages = 3 + len(args.gen_mean) * (1 + bool(args.peer)) + len(args.online)
+    n_scen = len(args.prompt_mean) * len(args.gen_mean)
+    stages = 3 + n_scen * (bool(args.offline) + bool(args.peer) + len(args.online))
     bar = tqdm(total=stages, desc=f"bench {name}", unit="stage", dynamic_ncols=True)
 
     def emit(**rec):
@@ -191,30 +199,32 @@ def run_bench_args(args) -> list[dict]:
          kv_block_size=engine.allocator.block_size, **counts)
     stage("model loaded")
     scenarios = []
-    for g in args.gen_mean:
-        w = make_workload(args.num_requests, args.prompt_mean, g, args.seed, mc.vocab_size, engine.max_context,
-                          args.shared_prefix)
-        floor = roofline.floors(counts["active_params"], counts["weight_bytes"], geometry,
-                                [len(p) for p in w.prompts], w.gen_lens, floor_ceilings)
-        scen = {"num_requests": args.num_requests, "mean_prompt": args.prompt_mean, "mean_gen": g}
-        scenarios.append((scen, w, floor))
+    for pm in args.prompt_mean:
+        for g in args.gen_mean:
+            w = make_workload(args.num_requests, pm, g, args.seed, mc.vocab_size, engine.max_context,
+                              args.shared_prefix)
+            floor = roofline.floors(counts["active_params"], counts["weight_bytes"], geometry,
+                                    [len(p) for p in w.prompts], w.gen_lens, floor_ceilings)
+            scen = {"num_requests": args.num_requests, "mean_prompt": pm, "mean_gen": g}
+            scenarios.append((scen, w, floor))
     offline.warm_up(engine, scenarios[0][1])
     # untimed full passes of the first scenario: a first pass meets kernel variants (Triton
     # specialisations, cuBLAS kernels loaded lazily) that a steady-state server has long loaded
     warm_walls = [offline.run_offline(engine, scenarios[0][1])["wall_s"] for _ in range(args.warm_passes)]
     stage("warm-up")
     ours = {}
-    for scen, w, floor in scenarios:
+    for scen, w, floor in scenarios if args.offline else []:
         r = offline.run_offline(engine, w)
-        ours[scen["mean_gen"]] = r
+        ours[(scen["mean_prompt"], scen["mean_gen"])] = r
         emit(kind="offline", engine="fastgen", **scen, **_vs_floor(r["wall_s"], floor), **r,
              warm_pass_wall_s=warm_walls)
-        stage(f"fastgen gen {scen['mean_gen']}")
-    scen0, w0, _ = scenarios[0]
-    for c in args.online:
-        n = args.online_requests or max(8, 2 * c)
-        emit(kind="online", engine="fastgen", **scen0, **online.run_online(engine, w0, c, n))
-        stage(f"online C={c}")
+        stage(f"fastgen {scen['mean_prompt']}/{scen['mean_gen']}")
+    for scen, w, _ in scenarios:
+        for c in args.online:
+            n = args.online_requests or max(8, 2 * c)
+            emit(kind="online", engine="fastgen", **scen, **online.run_online(engine, w, c, n),
+                 weight_read_s=float(f"{counts['weight_bytes'] / (floor_ceilings['copy_TBps'] * 1e12):.4g}"))
+            stage(f"online {scen['mean_prompt']}/{scen['mean_gen']} C={c}")
     engine.close()              # graphs and KV cache: the peer needs the memory
     del engine
     if device.type == "cuda":
@@ -227,11 +237,13 @@ def run_bench_args(args) -> list[dict]:
             for r in peer.run_peer(m, w, args.peer, args.peer_batch_size):
                 extra = _floor_fields(floor)
                 if "wall_s" in r:
-                    extra = {**_vs_floor(r["wall_s"], floor),
-                             "ours_over_theirs": round(ours[scen["mean_gen"]]["gen_tok_s"] / r["gen_tok_s"], 3)}
-                    theirs[(scen["mean_gen"], r["engine"], r.get("batch_size"))] = r
+                    extra = _vs_floor(r["wall_s"], floor)
+                    mine = ours.get((scen["mean_prompt"], scen["mean_gen"]))
+                    if mine is not None:
+                        extra["ours_over_theirs"] = round(mine["gen_tok_s"] / r["gen_tok_s"], 3)
+                    theirs[(scen["mean_prompt"], scen["mean_gen"], r["engine"], r.get("batch_size"))] = r
                 emit(kind="offline", **scen, **r, **extra)
-            stage(f"transformers gen {scen['mean_gen']}")
+            stage(f"transformers {scen['mean_prompt']}/{scen['mean_gen']}")
         del m
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -261,20 +273,22 @@ def _vs_floor(wall_s: float, floor: dict) -> dict:
 
 
 def _table(records: list[dict]) -> None:
-    print(f"\n{'engine':<26}{'gen':>5}{'wall s':>9}{'gen tok/s':>11}{'floor s':>9}{'%floor':>8}"
+    print(f"\n{'engine':<26}{'prompt':>7}{'gen':>5}{'wall s':>9}{'gen tok/s':>11}{'floor s':>9}{'%floor':>8}"
           f"{'linear s':>10}{'%linear':>9}{'ours/theirs':>12}")
     for r in records:
         if r.get("kind") != "offline":
             continue
         name = r["engine"] + (f" bs{r['batch_size']}" if r.get("batch_size") else "")
         if "error" in r:
-            print(f"{name:<26}{r['mean_gen']:>5}  {r['error'][:60]}")
+            print(f"{name:<26}{r['mean_prompt']:>7}{r['mean_gen']:>5}  {r['error'][:60]}")
             continue
-        print(f"{name:<26}{r['mean_gen']:>5}{r['wall_s']:>9.2f}{r['gen_tok_s']:>11.1f}{r['floor_s']:>9.3f}"
+        print(f"{name:<26}{r['mean_prompt']:>7}{r['mean_gen']:>5}{r['wall_s']:>9.2f}{r['gen_tok_s']:>11.1f}{r['floor_s']:>9.3f}"
               f"{100 * r['floor_fraction']:>7.1f}%{r['floor_linear_s']:>10.3f}{100 * r['floor_linear_fraction']:>8.1f}%"
               f"{r.get('ours_over_theirs', ''):>12}")
     for r in records:
         if r.get("kind") == "online":
-            print(f"online C={r['clients']:<3} {r['gen_tok_s']:>9.1f} tok/s  TTFT p50 {r['ttft_s_p50']:.3f}s  "
-                  f"TPOT p50 {r['tpot_s_p50'] * 1e3:.1f}ms  e2e p95 {r['e2e_s_p95']:.2f}s  "
+            print(f"online {r['mean_prompt']}/{r['mean_gen']} C={r['clients']:<3} {r['gen_tok_s']:>9.1f} tok/s  "
+                  f"TTFT p50 {r['ttft_s_p50']:.3f}s  "
+                  f"TPOT p50 {r['tpot_s_p50'] * 1e3:.1f}ms ({r['tpot_s_p50'] / r['weight_read_s']:.1f}x weight read)  "
+                  f"e2e p95 {r['e2e_s_p95']:.2f}s  "
                   f"eff rps@2/4/6 {r['effective_rps_sla2']}/{r['effective_rps_sla4']}/{r['effective_rps_sla6']}")

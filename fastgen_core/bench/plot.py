@@ -17,9 +17,12 @@ def plot(records: list[dict], path: str | Path, title: str = "") -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    online = sorted((r for r in records if r.get("kind") == "online"), key=lambda r: r["clients"])
-    if online:
-        ax.plot([r["gen_tok_s"] for r in online], [r["e2e_s_p50"] for r in online], "o-", label="fastgen online (P50 e2e)")
+    scenarios = sorted({(r["mean_prompt"], r["mean_gen"]) for r in records if r.get("kind") == "online"})
+    for scen in scenarios:          # one curve per (prompt, generation) scenario, a point per client count
+        online = sorted((r for r in records if r.get("kind") == "online" and (r["mean_prompt"], r["mean_gen"]) == scen),
+                        key=lambda r: r["clients"])
+        ax.plot([r["gen_tok_s"] for r in online], [r["e2e_s_p50"] for r in online], "o-",
+                label=f"fastgen online {scen[0]}/{scen[1]} (P50 e2e)")
         for r in online:
             ax.annotate(str(r["clients"]), (r["gen_tok_s"], r["e2e_s_p50"]), fontsize=7)
     for r in records:
@@ -27,7 +30,7 @@ def plot(records: list[dict], path: str | Path, title: str = "") -> Path | None:
             continue
         y = r.get("mean_e2e_s", r["wall_s"])
         ax.scatter([r["gen_tok_s"]], [y], marker="s" if r["engine"] == "fastgen" else "^",
-                   label=f"{r['engine']} offline gen {r.get('mean_gen', '?')}"
+                   label=f"{r['engine']} offline {r.get('mean_prompt', '?')}/{r.get('mean_gen', '?')}"
                    + (f" bs{r['batch_size']}" if r.get("batch_size") else ""))
     ax.set_xlabel("generated tokens / s")
     ax.set_ylabel("latency (s)")

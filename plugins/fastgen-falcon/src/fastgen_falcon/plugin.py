@@ -19,4 +19,7 @@ def register_model_families(register):
 
 @hookimpl
 def register_bench_presets(register):
-    register(BenchPreset("falcon-7b", "fastgen_falcon.presets:falcon_7b", "Falcon-7B (multi-query, parallel attention)"))
+    register(BenchPreset("falcon-7b", "fastgen_falcon.presets:falcon_7b",
+                         "Falcon-7B (multi-query, parallel attention)"))
+    register(BenchPreset("falcon-40b", "fastgen_falcon.presets:falcon_40b",
+                         "Falcon-40B (grouped KV heads, two layer norms)"))

@@ -17,5 +17,6 @@ def register_model_families(register):
 
 @hookimpl
 def register_bench_presets(register):
-    register(BenchPreset("mixtral-small", "fastgen_mixtral.presets:mixtral_small", "Mixtral-8x7B's blocks, 8 layers (11.9B)"))
+    register(BenchPreset("mixtral-small", "fastgen_mixtral.presets:mixtral_small",
+                         "Mixtral-8x7B's blocks, 8 layers (11.9B)"))
     register(BenchPreset("mixtral-8x7b", "fastgen_mixtral.presets:mixtral_8x7b", "Mixtral-8x7B (46.7B)"))
