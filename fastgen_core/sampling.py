@@ -178,6 +178,17 @@ class SamplingParams:
     def penalized(self) -> bool:
         return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
+    def for_choices(self, n: int) -> list["SamplingParams"]:
+        """``n`` requests' params for n choices of one prompt: with a seed, the i-th gets seed + i (so seeded
+        choices differ and each is reproducible)."""
+        out = []
+        for i in range(n):
+            p = dataclasses.replace(self)
+            if p.seed is not None:
+                p.seed = (p.seed + i) % (2 ** 63)
+            out.append(p)
+        return out
+
     @classmethod
     def from_wire(cls, front_end: str, body, **fixed) -> "SamplingParams":
         """SamplingParams from a validated request body of ``front_end`` ("native", "openai", "mii"): each option

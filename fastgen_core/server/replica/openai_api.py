@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import APIError
 from ...sampling import SamplingParams
-from .options import chat_prepare, completion_prompts, refuse_unsupported, same_for_each
+from .options import completion_prompts, refuse_unsupported, render_chat, template_messages
 
 
 def _dumps(obj) -> str:
@@ -113,7 +113,9 @@ async def completions(backend, body, request) -> Response:
     refuse_unsupported(body)
     params = SamplingParams.from_wire("openai", body, max_new_tokens=body.max_tokens, logprobs=body.logprobs,
                                       prompt_logprobs=body.logprobs if body.echo else None, return_full_text=body.echo)
-    handle = await backend.open(request, same_for_each(prompts, params, n), len(prompts) * n)
+    # each prompt n times, prompt-major, as OpenAI orders the choices
+    handle = await backend.open(request, lambda engine: [(p, c) for p in prompts for c in params.for_choices(n)],
+                                len(prompts) * n)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": backend.info.name}
     if body.stream:
@@ -176,7 +178,12 @@ async def chat_completions(backend, body, request) -> Response:
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     refuse_unsupported(body)
     params = SamplingParams.from_wire("openai", body, max_new_tokens=max_tokens, logprobs=logprobs)
-    handle = await backend.open(request, chat_prepare(body.messages, params, n), n)
+    msgs = template_messages(body.messages)
+
+    def prepare(engine):          # the chat template is rendered on the engine's thread, with its tokenizer
+        ids = render_chat(engine.tokenizer, msgs)
+        return [(ids, c) for c in params.for_choices(n)]
+    handle = await backend.open(request, prepare, n)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": backend.info.name}
     text_of = token_text(backend) if logprobs is not None else None

@@ -1,12 +1,12 @@
-"""From HTTP request bodies to engine work: prompts + SamplingParams, with OpenAI's and MII's semantics.
+"""From HTTP request bodies to engine work: the prompts of each endpoint's body, chat messages through the
+chat template, what this server refuses, and MII's ``max_length``.
 
-Each builder returns a ``prepare(engine)`` function. It runs on the engine loop's thread (the only thread
-that touches the engine or its tokenizer) and returns what to queue: ``(prompt, SamplingParams)`` pairs,
-or requests it already prepared with ``engine.prepare_request`` (when it had to tokenize the prompt itself,
-so the prompt is tokenized once).
-
-Each endpoint's generate options become SamplingParams through their one declaration
-(``SamplingParams.from_wire``: names, defaults and conversions per front end; greedy is SamplingParams.greedy).
+An endpoint hands the engine loop a ``prepare(engine)`` function. It runs on the engine loop's thread (the
+only thread that touches the engine or its tokenizer) and returns what to queue: ``(prompt, SamplingParams)``
+pairs, or requests it already prepared with ``engine.prepare_request`` (when it had to tokenize the prompt
+itself, so the prompt is tokenized once). The SamplingParams come straight from the body
+(``SamplingParams.from_wire``: each front end's names, defaults and conversions; greedy is
+SamplingParams.greedy), one per choice (``for_choices``).
 OpenAI semantics (decided as vLLM does): ``temperature`` absent means 1.0, i.e. sampling, as on OpenAI's
 API; ``temperature: 0`` is greedy. ``max_tokens`` defaults to 16 for completions (OpenAI's default) and
 to "up to the context" for chat. ``n`` choices per prompt are n requests (with a seed, the i-th gets
@@ -47,17 +47,6 @@ def refuse_unsupported(body) -> None:
         raise _unsupported("response_format", f"got {fmt!r}; only {{'type': 'text'}} is allowed")
 
 
-def copies(params: SamplingParams, n: int) -> list[SamplingParams]:
-    """``n`` requests' params for n choices: seeded copies get seed, seed + 1, ... (different samples)."""
-    out = []
-    for i in range(n):
-        p = dataclasses.replace(params)
-        if p.seed is not None:
-            p.seed = (p.seed + i) % (2 ** 63)
-        out.append(p)
-    return out
-
-
 def completion_prompts(prompt) -> list:
     """OpenAI's four prompt shapes -> a list of prompts (strings or token-id lists)."""
     if isinstance(prompt, str):
@@ -68,13 +57,6 @@ def completion_prompts(prompt) -> list:
     if all(isinstance(p, int) for p in prompt):
         return [list(prompt)]
     return list(prompt)
-
-
-def same_for_each(prompts: list, params: SamplingParams, n: int = 1) -> Prepare:
-    """Each prompt ``n`` times (prompt-major, as OpenAI orders the choices)."""
-    def prepare(engine):
-        return [(p, c) for p in prompts for c in copies(params, n)]
-    return prepare
 
 
 def template_messages(messages) -> list[dict]:
@@ -104,16 +86,6 @@ def render_chat(tok, msgs: list[dict], add_generation_prompt: bool = True) -> li
     if hasattr(ids, "keys"):           # some tokenizers still answer a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
-
-
-def chat_prepare(messages, params: SamplingParams, n: int = 1) -> Prepare:
-    """Render the messages with the tokenizer's chat template (on the engine thread)."""
-    msgs = template_messages(messages)
-
-    def prepare(engine):
-        ids = render_chat(engine.tokenizer, msgs)
-        return [(ids, c) for c in copies(params, n)]
-    return prepare
 
 
 def mii_prepare(body) -> tuple[list[str], Prepare]:
