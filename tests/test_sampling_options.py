@@ -145,3 +145,9 @@ def test_engine_defaults_have_one_home():
     import inspect
     sig = inspect.signature(fastgen_core.pipeline)
     assert sig.parameters["max_ragged_batch_size"].default == EngineConfig.max_ragged_batch_size == 768
+
+
+def test_choices_of_one_prompt_get_their_own_seeds():
+    seeded = SamplingParams(do_sample=True, seed=2 ** 63 - 1).for_choices(3)
+    assert [p.seed for p in seeded] == [2 ** 63 - 1, 0, 1] and len({id(p) for p in seeded}) == 3
+    assert [p.seed for p in SamplingParams().for_choices(2)] == [None, None]
