@@ -25,9 +25,25 @@ import torch
 import torch.nn.functional as F
 
 KERNEL_PACKAGE = "fastgen_core._kernels"
-# the directory holding the core's *.cu files (the repository's kernels/ folder in an editable install)
-KERNEL_DIR = Path(str(resources.files(KERNEL_PACKAGE)))
 FUSED_OPS_CU = "fused_ops.cu"
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_dir() -> Path:
+    """The directory holding the core's *.cu files (the repository's kernels/ folder in an editable install).
+    Looked up on first use, so that an install made before the sources were packaged fails only when a kernel
+    is about to run, saying what to do."""
+    try:
+        return Path(str(resources.files(KERNEL_PACKAGE)))
+    except ModuleNotFoundError:
+        raise FileNotFoundError(f"fastgen-core's CUDA sources ({KERNEL_PACKAGE}) are not installed; reinstall "
+                                "fastgen-core (pip install -e . in a checkout, or make install)") from None
+
+
+def __getattr__(name: str):
+    if name == "KERNEL_DIR":          # the older name of kernel_dir()
+        return kernel_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
@@ -35,10 +51,10 @@ SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 def core_source(name: str) -> Path:
     """The path of the core's CUDA source ``name`` (``"fused_ops.cu"``); a FileNotFoundError naming what is
     installed when the package lacks it."""
-    path = KERNEL_DIR / name
+    path = kernel_dir() / name
     if not path.is_file():
-        have = sorted(p.name for p in KERNEL_DIR.glob("*.cu"))
-        raise FileNotFoundError(f"fastgen-core's CUDA source {name!r} is not in {KERNEL_DIR} (installed: {have}); "
+        have = sorted(p.name for p in kernel_dir().glob("*.cu"))
+        raise FileNotFoundError(f"fastgen-core's CUDA source {name!r} is not in {kernel_dir()} (installed: {have}); "
                                 "reinstall fastgen-core (pip install -e . in a checkout)")
     return path
 
