@@ -12,9 +12,11 @@ from importlib import import_module
 from .errors import (ConfigError, DuplicateFamilyError, FastgenError, InvalidRequestError, UnsupportedModelError,
                      WeightLoadError)
 from .family import ModelFamily
+from .commands import Command
 from .hookspecs import hookimpl
 from .model_config import DecoderConfig
 from .plugins import PluginSet, get_plugin_set
+from .presets import BenchPreset
 from .registry import FamilyRegistry
 
 __version__ = "0.1.0"
@@ -32,7 +34,7 @@ _LAZY = {
 _SUBMODULES = ("kernels", "parallel")
 
 __all__ = ["pipeline", "serve", "client", "Pipeline", "LLMEngine", "EngineConfig", "SamplingParams", "Response", "RequestOutput",
-           "ModelFamily", "DecoderConfig", "FamilyRegistry", "PluginSet", "get_plugin_set", "hookimpl", "Rule", "WeightMap", "fused",
+           "ModelFamily", "DecoderConfig", "BenchPreset", "Command", "FamilyRegistry", "PluginSet", "get_plugin_set", "hookimpl", "Rule", "WeightMap", "fused",
            "FastgenError", "InvalidRequestError", "ConfigError", "UnsupportedModelError", "DuplicateFamilyError",
            "WeightLoadError", *_SUBMODULES]
 
@@ -65,14 +67,14 @@ sys.modules[__name__].__class__ = _LazyPackage
 
 
 def serve(*args, **kwargs):
-    """Start a persistent deployment and return a client (see fastgen_core.server.deployment.serve)."""
+    """Start a persistent deployment and return a client (see fastgen_core.server.frontdoor.deployment.serve)."""
     from .server import require_extras
     require_extras()
-    from .server.deployment import serve as _serve
+    from .server.frontdoor.deployment import serve as _serve
     return _serve(*args, **kwargs)
 
 
 def client(*args, **kwargs):
-    """Connect to a running deployment by name or URL (see fastgen_core.server.deployment.client)."""
-    from .server.deployment import client as _client
+    """Connect to a running deployment by name or URL (see fastgen_core.server.frontdoor.deployment.client)."""
+    from .server.frontdoor.deployment import client as _client
     return _client(*args, **kwargs)

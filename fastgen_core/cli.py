@@ -1,20 +1,15 @@
-"""fastgen generate | plugins | snapshot | serve | bench."""
+"""``fastgen COMMAND``: the parser is built from the commands registered through the ``register_commands``
+hook (commands.py: the core's generate, plugins, snapshot, serve and bench, then any plugin's). The core's
+generate, plugins and snapshot are here."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-
-# subcommands that live in their own modules: name -> module with add_arguments(parser) and run(args) -> int
-EXTERNAL_COMMANDS = {
-    "serve": ("fastgen_core.server.cli", "start a persistent deployment (REST: OpenAI- and MII-compatible)"),
-    "bench": ("fastgen_core.bench.cli", "measure throughput/latency against the roofline and transformers"),
-}
+import warnings
 
 
 MODEL_HELP = ("HF model directory or Hugging Face Hub id (org/name: the cached snapshot, else downloaded) "
               "(default: the embedded SmolLM2-135M-Instruct)")
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -27,51 +22,26 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _generate_args(p: argparse.ArgumentParser) -> None:
+def generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="+", help="prompt text (several words are joined with spaces)")
+    from .config import EngineConfig
+    from .sampling import add_cli_flags
     p.add_argument("--model", default=None, help=MODEL_HELP)
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
-    p.add_argument("--min-new-tokens", type=int, default=0, help="EOS and stop strings are ignored before this many")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="sample at this temperature; 0: greedy (default: greedy, or 1.0 when another sampling "
-                        "flag is given)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens; implies sampling "
-                                                          "(default: no limit)")
-    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens whose "
-                                                            "probability reaches p; implies sampling (default: 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the sampler; implies sampling (default: random)")
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true", help="keep generating after the end-of-sequence token")
+    add_cli_flags(p)                 # --max-new-tokens ... --ignore-eos, from SamplingParams' declaration
     p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to the prompt")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's on GPU, "
                                                  "float32 on CPU)")
-    p.add_argument("--load-format", default="auto", help="auto, safetensors, pt, dummy or snapshot")
-    p.add_argument("--tensor-parallel-size", type=int, default=1,
+    p.add_argument("--load-format", default=EngineConfig.load_format, help="auto, safetensors, pt, dummy or snapshot")
+    p.add_argument("--tensor-parallel-size", type=int, default=EngineConfig.tensor_parallel_size,
                    help="shard the model over this many GPUs from --device on (on CPU: processes)")
 
 
-def sampling_options(args) -> dict:
-    """The generate options of the sampling flags: greedy unless one is given (any of them means sampling);
-    --temperature 0 is greedy, which the other flags contradict."""
-    given = [f"--{f.replace('_', '-')}" for f in SAMPLING_FLAGS if getattr(args, f) is not None]
-    if args.temperature == 0:
-        if len(given) > 1:
-            from .errors import InvalidRequestError
-            raise InvalidRequestError(f"--temperature 0 means greedy decoding, but {', '.join(given[1:])} only act "
-                                      "when sampling: drop them, or give a temperature > 0")
-        return {"do_sample": False}
-    if not given:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": 1.0 if args.temperature is None else args.temperature,
-            "top_k": args.top_k or 0, "top_p": 1.0 if args.top_p is None else args.top_p, "seed": args.seed}
-
-
-def _generate(args) -> int:
+def generate(args) -> int:
     import fastgen_core as fg
+    from .sampling import from_cli_flags
     # validate the options before paying for loading the model
-    options = dict(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, stop=args.stop,
-                   ignore_eos=args.ignore_eos, **sampling_options(args))
+    options = from_cli_flags(args)
     fg.SamplingParams(**options)
     pipe = fg.pipeline(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format,
                        tensor_parallel_size=args.tensor_parallel_size)
@@ -90,11 +60,11 @@ def _generate(args) -> int:
     return 0
 
 
-def _plugins_args(p: argparse.ArgumentParser) -> None:
+def plugins_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _plugins(args) -> int:
+def list_plugins(args) -> int:
     import json
 
     from .registry import FamilyRegistry
@@ -125,15 +95,16 @@ def _plugins(args) -> int:
     return 0
 
 
-def _snapshot_args(p: argparse.ArgumentParser) -> None:
+def snapshot_arguments(p: argparse.ArgumentParser) -> None:
+    from .config import EngineConfig
     p.add_argument("output", help="directory to write the snapshot to")
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--dtype", default=None, help="dtype to store (default: the engine's: checkpoint's on GPU, "
                                                    "float32 on CPU)")
-    p.add_argument("--load-format", default="auto", help="auto, safetensors, pt or dummy")
+    p.add_argument("--load-format", default=EngineConfig.load_format, help="auto, safetensors, pt or dummy")
 
 
-def _snapshot(args) -> int:
+def snapshot(args) -> int:
     import fastgen_core as fg
     pipe = fg.pipeline(args.model, device="cpu", dtype=args.dtype, load_format=args.load_format, num_kv_blocks=1,
                        max_context=1)
@@ -143,21 +114,23 @@ def _snapshot(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins=None) -> argparse.ArgumentParser:
+    """The parser of every registered command (``plugins``: a PluginSet; default: the installed plugins)."""
     from . import __version__
+    from .commands import collect_commands
+    from .family import load_object
     parser = argparse.ArgumentParser(prog="fastgen", description="fastgen: Dynamic SplitFuse LLM inference",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastgen {__version__} (fastgen-core)")
     sub = parser.add_subparsers(dest="command", required=True)
-    _generate_args(sub.add_parser("generate", help="generate a continuation of a prompt", formatter_class=HelpFormatter))
-    _plugins_args(sub.add_parser("plugins", help="list installed family plugins (and failed ones)",
-                                 formatter_class=HelpFormatter))
-    _snapshot_args(sub.add_parser("snapshot", help="save a model in the engine's layout for fast reloads",
-                                  formatter_class=HelpFormatter))
-    for name, (module, help_text) in EXTERNAL_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
+    commands, notes = collect_commands(plugins)
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    for name, rc in commands.items():
+        p = sub.add_parser(name, help=rc.command.help, formatter_class=HelpFormatter)
+        p.set_defaults(_run=rc.command.run)
         try:
-            importlib.import_module(module).add_arguments(p)
+            load_object(rc.command.arguments)(p)
         except ImportError as e:
             p.set_defaults(_unavailable=f"'fastgen {name}' is unavailable: {e}")
     return parser
@@ -165,18 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from .errors import FastgenError
+    from .family import load_object
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(args._unavailable, file=sys.stderr)
         return 2
     try:
-        if args.command == "generate":
-            return _generate(args)
-        if args.command == "plugins":
-            return _plugins(args)
-        if args.command == "snapshot":
-            return _snapshot(args)
-        return importlib.import_module(EXTERNAL_COMMANDS[args.command][0]).run(args)
+        return load_object(args._run)(args)
     except FastgenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

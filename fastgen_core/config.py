@@ -1,16 +1,26 @@
-"""Engine settings, validated when constructed (errors name the field, the value and what is allowed)."""
+"""Engine settings, validated when constructed (errors name the field, the value and what is allowed).
+
+The field defaults of EngineConfig are the one home of each engine default: pipeline(), ``fastgen serve``,
+``fastgen generate`` and ``fastgen bench`` read them from here (``EngineConfig.max_ragged_batch_size``).
+Importing this module imports no torch (the command line reads the defaults while it builds its parser).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-import torch
-
 from .errors import ConfigError
-from .loader import LOAD_FORMATS
 
 DEFAULT_KV_BLOCK_SIZE = 32
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "snapshot")
+# dtype names -> torch's attribute names
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def torch_dtype_named(name: str):
+    """The torch dtype of one of DTYPES' names ("bf16": torch.bfloat16)."""
+    import torch
+    return getattr(torch, DTYPES[name])
 
 
 @dataclass
@@ -53,6 +63,7 @@ class EngineConfig:
     async_scheduling: bool | None = None
 
     def __post_init__(self):
+        import torch
         for name in ("cuda_graphs", "enable_prefix_caching", "tp_cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -94,7 +105,7 @@ class EngineConfig:
             raise ConfigError(f"unknown engine option(s) {unknown}; allowed: {sorted(known - {'model'})}")
         return cls(model=model, **kwargs)
 
-    def resolve_async_scheduling(self, device: torch.device, tp_size: int) -> bool:
+    def resolve_async_scheduling(self, device, tp_size: int) -> bool:
         if tp_size > 1:            # the workers would need each step's tokens from rank 0's device
             if self.async_scheduling:
                 raise ConfigError("async_scheduling needs tensor_parallel_size=1")
@@ -104,18 +115,20 @@ class EngineConfig:
     def block_size(self) -> int:
         return self.kv_block_size or DEFAULT_KV_BLOCK_SIZE
 
-    def torch_device(self) -> torch.device:
+    def torch_device(self):
+        import torch
         if self.device is None:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
-    def torch_dtype(self, checkpoint_dtype: str | None) -> torch.dtype:
+    def torch_dtype(self, checkpoint_dtype: str | None):
+        import torch
         if isinstance(self.dtype, torch.dtype):
             return self.dtype
         if self.dtype is not None:
-            return DTYPES[self.dtype]
+            return torch_dtype_named(self.dtype)
         if self.torch_device().type == "cuda" and checkpoint_dtype in DTYPES:
-            return DTYPES[checkpoint_dtype]
+            return torch_dtype_named(checkpoint_dtype)
         return torch.float32
 
 

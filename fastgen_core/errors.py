@@ -30,6 +30,10 @@ class ResourceError(FastgenError, RuntimeError):
     """The engine cannot start with the memory it may use (the KV cache does not fit, the GPU's share is taken)."""
 
 
+class TensorParallelError(FastgenError):
+    """A tensor-parallel worker failed or exited."""
+
+
 def exit_reason(rc: int) -> str:
     """How a process ended, from its exit code (negative: the signal that ended it), for error messages."""
     if rc < 0:

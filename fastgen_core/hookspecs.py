@@ -25,3 +25,29 @@ def resolve_model_family(hf_config: dict, model_path):
     ``hf_config`` is the parsed config.json; ``model_path`` the model directory (a pathlib.Path) or None.
     Return a ModelFamily or None. Stops at the first non-None result.
     """
+
+
+@hookspec
+def register_bench_presets(register):
+    """Register benchmark presets: full-size architectures ``fastgen bench --preset NAME`` runs with dummy weights.
+
+    Called once per plugin when the bench lists or writes its presets (``fastgen bench`` builds its parser).
+    Call ``register(BenchPreset(name=..., config="module:attr"))`` for each; ``config`` names a callable that
+    returns the preset's config (a transformers ``PretrainedConfig`` or a config.json dict). Two
+    distributions registering one name is an error naming both when that preset is used. Must be cheap, as
+    ``register_model_families``: the callable is imported only when its preset is written.
+    """
+
+
+@hookspec
+def register_commands(register):
+    """Register ``fastgen`` subcommands.
+
+    Called once per plugin when the command line builds its parser (the core's own ``generate``, ``plugins``,
+    ``snapshot``, ``serve`` and ``bench`` register through this hook too, first). Call
+    ``register(Command(name=..., help=..., arguments="module:attr", run="module:attr"))``: ``arguments(parser)``
+    adds the command's options to its argparse parser, ``run(args) -> int`` runs it (the exit code). A name
+    already taken is refused with a note naming both distributions; the first registration keeps it. An
+    ``arguments`` module that cannot be imported (a missing extra) leaves the command listed, saying why it
+    is unavailable.
+    """

@@ -1,7 +1,9 @@
 """CuPy RawKernels: loading, caching, launching on torch's stream, and the choice between kernel and reference.
 
-CUDA sources live in the top-level ``kernels/`` (shared by every family) and in a plugin's own
-``kernels/`` directory; ``load(path)`` compiles one with NVRTC for the current GPU (once per process and
+The core's CUDA sources live in the top-level ``kernels/`` folder of the repository, which is installed as the
+package ``fastgen_core._kernels`` (``core_source(name)`` finds one through importlib.resources, in a wheel or
+an editable install); a plugin's live inside its own package (``src/<package>/kernels/*.cu``, package
+data). ``load(path)`` compiles one with NVRTC for the current GPU (once per process and
 device) and ``launch`` runs a function on torch's current stream, so launches are ordered with torch's ops
 and are captured by CUDA graphs with them.
 
@@ -16,13 +18,45 @@ from __future__ import annotations
 
 import functools
 import os
+from importlib import resources
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+KERNEL_PACKAGE = "fastgen_core._kernels"
+FUSED_OPS_CU = "fused_ops.cu"
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_dir() -> Path:
+    """The directory holding the core's *.cu files (the repository's kernels/ folder in an editable install).
+    Looked up on first use, so that an install made before the sources were packaged fails only when a kernel
+    is about to run, saying what to do."""
+    try:
+        return Path(str(resources.files(KERNEL_PACKAGE)))
+    except ModuleNotFoundError:
+        raise FileNotFoundError(f"fastgen-core's CUDA sources ({KERNEL_PACKAGE}) are not installed; reinstall "
+                                "fastgen-core (pip install -e . in a checkout, or make install)") from None
+
+
+def __getattr__(name: str):
+    if name == "KERNEL_DIR":          # the older name of kernel_dir()
+        return kernel_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+@functools.lru_cache(maxsize=None)          # launches ask for it every layer: look the file up once
+def core_source(name: str) -> Path:
+    """The path of the core's CUDA source ``name`` (``"fused_ops.cu"``); a FileNotFoundError naming what is
+    installed when the package lacks it."""
+    path = kernel_dir() / name
+    if not path.is_file():
+        have = sorted(p.name for p in kernel_dir().glob("*.cu"))
+        raise FileNotFoundError(f"fastgen-core's CUDA source {name!r} is not in {kernel_dir()} (installed: {have}); "
+                                "reinstall fastgen-core (pip install -e . in a checkout)")
+    return path
 
 
 def mode() -> str:
@@ -116,7 +150,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     rows = x.numel() // hidden
     out = torch.empty_like(x)
     if rows:
-        launch(KERNEL_DIR / "fused_ops.cu", f"rms_norm_{SUFFIX[x.dtype]}", (rows,), (threads(hidden),),
+        launch(core_source(FUSED_OPS_CU), f"rms_norm_{SUFFIX[x.dtype]}", (rows,), (threads(hidden),),
                (ptr(out), ptr(x), ptr(residual), ptr(weight), f32(eps), i32(hidden)), x.device)
     return out
 
@@ -137,7 +171,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     total = out.numel()
     if total:
         blocks = min(-(-total // 256), 65535)
-        launch(KERNEL_DIR / "fused_ops.cu", f"silu_and_mul_{SUFFIX[gate_up.dtype]}", (blocks,), (256,),
+        launch(core_source(FUSED_OPS_CU), f"silu_and_mul_{SUFFIX[gate_up.dtype]}", (blocks,), (256,),
                (ptr(out), ptr(gate_up), i64(total), i32(inter)), gate_up.device)
     return out
 

@@ -11,11 +11,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from . import parallel
+from .config import LOAD_FORMATS  # noqa: F401  (re-exported: the formats checkpoint_files accepts)
 from .errors import ConfigError, WeightLoadError
+from .layers.sharded import full_shape, take_slice
 from .weights import WeightMap
 
-LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "snapshot")
 
 
 def read_hf_config(model_dir: str | Path) -> dict:
@@ -147,10 +147,10 @@ def _no_such_target(weight_map: WeightMap, rule, name: str, target: str, params:
 def copy_checked(param: torch.Tensor, tensor: torch.Tensor, what: str, target: str) -> None:
     """param <- tensor (cast to param's dtype), or a WeightLoadError naming both when the shapes differ.
     ``tensor`` is the whole checkpoint tensor; a tensor-parallel slice takes its own part of it."""
-    want = parallel.full_shape(param)
+    want = full_shape(param)
     if tuple(tensor.shape) != want:
         raise WeightLoadError(f"{what} has shape {tuple(tensor.shape)} but {target} expects {want}")
-    param.copy_(parallel.take_slice(param, tensor))
+    param.copy_(take_slice(param, tensor))
 
 
 def _persistent_buffers(model: nn.Module) -> set[str]:
@@ -168,8 +168,8 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
             if p.device not in gens:
                 gens[p.device] = torch.Generator(device=p.device).manual_seed(seed)
             if hasattr(p, "tp_ranges"):     # drawn whole, then sliced: the same model at every tensor-parallel size
-                full = torch.empty(parallel.full_shape(p), dtype=p.dtype, device=p.device)
-                p.copy_(parallel.take_slice(p, full.normal_(0.0, 0.02, generator=gens[p.device])))
+                full = torch.empty(full_shape(p), dtype=p.dtype, device=p.device)
+                p.copy_(take_slice(p, full.normal_(0.0, 0.02, generator=gens[p.device])))
             else:
                 p.normal_(0.0, 0.02, generator=gens[p.device])
 

@@ -18,6 +18,13 @@ def first(hf: dict, *names, default=None):
 
 @dataclass
 class DecoderConfig:
+    """The fields the engine reads from every family's config (``common_from_hf`` reads them from config.json).
+
+    ``tp`` is not read from config.json: it is the tensor-parallel group (a ``fastgen_core.layers.TPGroup``) the
+    engine builds the model for, set on the config it hands the model class; None when the model runs in one
+    process. A family passes it to the shared layers (``RotaryAttention(..., tp=c.tp)``) so that they shard.
+    """
+
     vocab_size: int
     hidden_size: int
     num_hidden_layers: int
@@ -30,6 +37,7 @@ class DecoderConfig:
     eos_token_id: list[int] = field(default_factory=list)
     dtype: str | None = None                 # checkpoint dtype ("bfloat16"), None when unknown
     hf: dict[str, Any] = field(default_factory=dict, repr=False)
+    tp: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def common_from_hf(cls, hf: dict) -> dict:
@@ -54,6 +62,11 @@ class DecoderConfig:
             dtype=first(hf, "dtype", "torch_dtype"),
             hf=hf,
         )
+
+    def active_params(self, total: int) -> float:
+        """How many of the model's ``total`` parameters one token uses (the bench's roofline floor): all of them.
+        A family that runs only part of its weights per token (a mixture of experts) overrides it."""
+        return total
 
     @classmethod
     def from_hf(cls, hf: dict):

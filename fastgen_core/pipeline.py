@@ -72,11 +72,14 @@ class Pipeline:
             torch.cuda.empty_cache()
 
 
-def pipeline(model: str | None = None, device=None, dtype=None, max_ragged_batch_size: int = 768,
-             max_ragged_sequence_count: int = 512, kv_block_size: int | None = None,
-             num_kv_blocks: int | None = None, load_format: str = "auto", registry=None, **engine_options) -> Pipeline:
+def pipeline(model: str | None = None, device=None, dtype=None,
+             max_ragged_batch_size: int = EngineConfig.max_ragged_batch_size,
+             max_ragged_sequence_count: int = EngineConfig.max_ragged_sequence_count, kv_block_size: int | None = None,
+             num_kv_blocks: int | None = None, load_format: str = EngineConfig.load_format, registry=None,
+             **engine_options) -> Pipeline:
     """Load ``model`` and return a Pipeline: an HF model directory, a Hugging Face Hub id (``org/name``: the
-    cached snapshot, else downloaded; see fastgen_core.hub) or None (the embedded SmolLM2-135M-Instruct)."""
+    cached snapshot, else downloaded; see fastgen_core.hub) or None (the embedded SmolLM2-135M-Instruct).
+    The engine options and their defaults are EngineConfig's (the defaults above are read from it)."""
     if model is None:
         from .default_model import default_model_dir
         model = str(default_model_dir())

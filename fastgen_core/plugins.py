@@ -52,6 +52,25 @@ class PluginSet:
         self.loaded[name] = PluginInfo(name, dist, version, value or getattr(module, "__name__", repr(module)),
                                        entry_point)
 
+    def collect(self, hook: str, kind: type) -> tuple[list[tuple[object, PluginInfo]], list[str]]:
+        """Call every plugin's ``hook(register)`` in registration order, each with a ``register`` callback of its
+        own, so that everything registered is attributed to the plugin that registered it. Returns the
+        (object, PluginInfo) pairs and one error line per plugin whose hook raised (the others keep working);
+        ``register`` takes only instances of ``kind``."""
+        found, errors = [], []
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            info = self.loaded.get(impl.plugin_name) or PluginInfo(impl.plugin_name, impl.plugin_name, "", "")
+
+            def register(obj, info=info):
+                if not isinstance(obj, kind):
+                    raise TypeError(f"register() takes a fastgen_core.{kind.__name__}, got {type(obj).__name__}")
+                found.append((obj, info))
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # a plugin whose hook raises is reported, the others keep working
+                errors.append(f"plugin {info.name!r} ({info.dist}) failed in {hook}: {type(exc).__name__}: {exc}")
+        return found, errors
+
 
 def _names(var: str) -> set[str] | None:
     raw = os.environ.get(var)

@@ -69,7 +69,7 @@ def test_pipeline_and_serve_settings_take_a_hub_id(hf_home):
     home, snapshot = hf_home
     r = run(f"""
 import json, fastgen_core as fg
-from fastgen_core.server.settings import ServeSettings
+from fastgen_core.server.frontdoor.settings import ServeSettings
 p = fg.pipeline({REPO!r}, device="cpu")
 s = ServeSettings(model={REPO!r}, device="cpu")
 print(json.dumps([p.engine.config.model, s.model, s.deployment_name]))

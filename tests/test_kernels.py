@@ -42,8 +42,11 @@ def test_bad_setting_is_named(monkeypatch):
 def test_every_kernel_source_is_where_the_loaders_look():
     from fastgen_core.layers.rotary import ROTARY_KV_CU
     from fastgen_phi.model import GELU_NEW_CU
-    assert (kernels.KERNEL_DIR / "fused_ops.cu").is_file() and GELU_NEW_CU.is_file()
-    assert (kernels.KERNEL_DIR / ROTARY_KV_CU).is_file()
+    assert kernels.core_source(kernels.FUSED_OPS_CU).is_file() and GELU_NEW_CU.is_file()
+    assert kernels.core_source(ROTARY_KV_CU).is_file()
+    with pytest.raises(FileNotFoundError, match=r"'missing.cu' is not in .*\(installed: \['fused_ops.cu', "
+                                                r"'rotary_kv.cu'\]\)"):
+        kernels.core_source("missing.cu")
 
 
 def test_kernels_default_on_and_switch_off_by_name(monkeypatch):
@@ -73,3 +76,17 @@ def test_rotary_kv_write_reference_is_the_unfused_path():
     kc2, vc2 = torch.zeros_like(kc), torch.zeros_like(vc)
     write_kv_ref(wk, v, kc2, vc2, slots)
     assert torch.equal(got, wq) and torch.equal(kc, kc2) and torch.equal(vc, vc2)
+
+
+def test_an_install_without_the_packaged_sources_fails_only_when_a_kernel_runs_and_says_what_to_do(monkeypatch):
+    kernels.kernel_dir.cache_clear()
+    kernels.core_source.cache_clear()
+    monkeypatch.setattr(kernels, "KERNEL_PACKAGE", "fastgen_core._not_installed")
+    try:
+        with pytest.raises(FileNotFoundError, match=r"\(fastgen_core._not_installed\) are not installed; reinstall"):
+            kernels.core_source(kernels.FUSED_OPS_CU)
+    finally:
+        monkeypatch.undo()
+        kernels.kernel_dir.cache_clear()
+        kernels.core_source.cache_clear()
+    assert kernels.core_source(kernels.FUSED_OPS_CU).is_file()

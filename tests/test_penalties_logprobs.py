@@ -9,7 +9,8 @@ import torch
 
 import fastgen_core as fg
 from fastgen_core.errors import InvalidRequestError
-from fastgen_core.sampling import Sampler, SamplingParams, SamplingRow
+from fastgen_core.sampler import Sampler, SamplingRow
+from fastgen_core.sampling import SamplingParams
 from fastgen_core.testing import random_prompts, save_tiny_model
 
 PROMPTS = random_prompts(6, 128, 1, 60, seed=4)

@@ -131,7 +131,7 @@ def test_clash_names_both_distributions_and_every_way_out_works(site, monkeypatc
     assert out[0].generated_length == 2
     from fastgen_core.cli import build_parser
     from fastgen_core.server.cli import settings_from_args
-    from fastgen_core.server.frontdoor import _check_model
+    from fastgen_core.server.frontdoor.main import _check_model
     options = re.search(r"fastgen serve --engine-options '([^']+)'", msg).group(1)
     settings = settings_from_args(build_parser().parse_args(["serve", "--model", str(llama_dir), "--engine-options",
                                                              options]))

@@ -1,6 +1,7 @@
 import torch
 
-from fastgen_core.sampling import Sampler, SamplingParams, SamplingRow, apply_top_k_top_p
+from fastgen_core.sampler import Sampler, SamplingRow, apply_top_k_top_p
+from fastgen_core.sampling import SamplingParams
 
 
 def known_logits():

@@ -11,8 +11,9 @@ from transformers import (FalconConfig, LlamaConfig, MistralConfig, MixtralConfi
                           Qwen2Config, Qwen3Config)
 
 import fastgen_core as fg
-from fastgen_core import parallel
-from fastgen_core.errors import ConfigError
+from fastgen_core import distributed, parallel
+from fastgen_core.errors import ConfigError, TensorParallelError
+from fastgen_core.layers import sharded
 from fastgen_core.testing import check_family_tp, save_tiny_model
 
 SMALL = dict(hidden_size=64, num_hidden_layers=2, vocab_size=128, max_position_embeddings=512)
@@ -69,13 +70,11 @@ def test_slices_of_fused_qkv_with_replicated_kv_heads():
     rows = torch.arange(full_q + 2 * kv * hd)
     got = []
     for rank in range(4):
-        tp = parallel.TPGroup(rank, 4)
-        with parallel.building(tp):
-            from fastgen_core.layers import RotaryAttention
-            attn = RotaryAttention(16, 8, 2, hd, 0, None, qkv_bias=True)
+        from fastgen_core.layers import RotaryAttention
+        attn = RotaryAttention(16, 8, 2, hd, 0, None, qkv_bias=True, tp=sharded.TPGroup(rank, 4))
         assert (attn.num_heads, attn.num_kv_heads) == (2, 1)
-        got.append(parallel.take_slice(attn.qkv_proj.bias, rows).tolist())
-        assert parallel.full_shape(attn.qkv_proj.weight) == (full_q + 2 * kv * hd, 16)
+        got.append(sharded.take_slice(attn.qkv_proj.bias, rows).tolist())
+        assert sharded.full_shape(attn.qkv_proj.weight) == (full_q + 2 * kv * hd, 16)
     q = lambda r: list(range(r * 8, r * 8 + 8))                                      # noqa: E731
     k = lambda h: list(range(full_q + h * hd, full_q + (h + 1) * hd))                # noqa: E731
     v = lambda h: list(range(full_q + kv * hd + h * hd, full_q + kv * hd + (h + 1) * hd))   # noqa: E731
@@ -129,7 +128,7 @@ def test_a_worker_that_dies_is_reported_by_rank(tmp_path):
         worker = pipe.engine.workers.procs[0]
         os.kill(worker.pid, signal.SIGKILL)
         worker.join(10)
-        with pytest.raises(parallel.TensorParallelError, match="worker rank 1 exited"):
+        with pytest.raises(TensorParallelError, match="worker rank 1 exited"):
             pipe([5, 6, 7], max_new_tokens=3, ignore_eos=True)
         assert pipe.engine.requests == {}         # the failed call took its request back out
     finally:
@@ -156,27 +155,74 @@ def test_snapshots_are_saved_unsharded_and_load_sharded(tmp_path):
 
 def test_vocabulary_is_split_when_the_ranks_divide_it():
     for rank in range(2):
-        with parallel.building(parallel.TPGroup(rank, 2)):
-            emb, head = parallel.vocab_embedding(10, 4), parallel.vocab_linear(4, 10, True)
-            odd = parallel.vocab_embedding(11, 4)
-        assert emb.weight.shape == (5, 4) and parallel.full_shape(emb.weight) == (10, 4) and emb.start == 5 * rank
-        assert head.weight.shape == (5, 4) and parallel.full_shape(head.bias) == (10,)
+        tp = sharded.TPGroup(rank, 2)
+        emb, head = sharded.vocab_embedding(10, 4, tp), sharded.vocab_linear(4, 10, True, tp)
+        odd = sharded.vocab_embedding(11, 4, tp)
+        assert emb.weight.shape == (5, 4) and sharded.full_shape(emb.weight) == (10, 4) and emb.start == 5 * rank
+        assert head.weight.shape == (5, 4) and sharded.full_shape(head.bias) == (10,)
         assert type(odd) is torch.nn.Embedding and odd.weight.shape == (11, 4)       # 11 rows: replicated
     rows = torch.arange(10 * 4.0).view(10, 4)
-    assert parallel.take_slice(emb.weight, rows).tolist() == rows[5:].tolist()
+    assert sharded.take_slice(emb.weight, rows).tolist() == rows[5:].tolist()
 
 
 def test_a_worker_that_dies_while_starting_is_named_at_once(tmp_path):
     from fastgen_core.config import EngineConfig
     from fastgen_core.engine import tp_worker
     save_tiny_model(FAMILIES["llama-gqa"], tmp_path)
-    workers = parallel.Workers(EngineConfig(str(tmp_path), device="cpu", tensor_parallel_size=2), 2, tp_worker.main)
+    workers = distributed.Workers(EngineConfig(str(tmp_path), device="cpu", tensor_parallel_size=2), 2, tp_worker.main)
     try:
         os.kill(workers.procs[0].pid, signal.SIGKILL)        # before it could import anything
         t = time.monotonic()
-        with pytest.raises(parallel.TensorParallelError, match="worker rank 1 exited .*killed by signal SIGKILL"):
+        with pytest.raises(TensorParallelError, match="worker rank 1 exited .*killed by signal SIGKILL"):
             workers.wait_started(300)
         assert time.monotonic() - t < 30                     # not the start-up timeout
     finally:
         workers.close()
     assert no_children()
+
+
+def _build_rank0_of_two(tmp_path, registry):
+    """Rank 0's model of a 2-rank group, built as the engine builds it (no process group is needed to build)."""
+    from fastgen_core.config import EngineConfig
+    from fastgen_core.engine import build
+    save_tiny_model(FAMILIES["llama-gqa"], tmp_path)
+    config = EngineConfig(str(tmp_path), device="cpu", load_format="dummy")
+    source = build.read_source(config, registry)
+    return build._build_model(config, source, torch.device("cpu"), torch.float32, sharded.TPGroup(0, 2))
+
+
+def test_layers_are_handed_the_group_on_the_config_the_model_is_built_from(tmp_path):
+    model = _build_rank0_of_two(tmp_path, fg.FamilyRegistry())
+    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
+    assert (attn.num_heads, attn.num_kv_heads) == (2, 1) and attn.o_proj.tp == sharded.TPGroup(0, 2)
+    assert mlp.gate_up_proj.weight.shape == (2 * 64, 64) and sharded.full_shape(mlp.gate_up_proj.weight) == (256, 64)
+    assert model.embed_tokens.weight.shape == (64, 64)          # half of the 128-row vocabulary
+
+
+def test_a_family_that_does_not_hand_its_layers_the_group_is_refused_with_the_fix(tmp_path):
+    import dataclasses
+
+    from fastgen_llama.model import LlamaForCausalLM
+
+    class Unsharded(LlamaForCausalLM):          # an older plugin: builds its layers without tp=
+        def __init__(self, c):
+            super().__init__(dataclasses.replace(c, tp=None))
+
+    class Plugin:
+        @fg.hookimpl
+        def register_model_families(self, register):
+            register(fg.ModelFamily(name="old-llama", architectures=("LlamaForCausalLM",),
+                                    config="fastgen_llama.model:LlamaConfig", model=f"{__name__}:Unsharded",
+                                    weights="fastgen_llama.model:weight_map"))
+    globals()["Unsharded"] = Unsharded
+    ps = fg.get_plugin_set(autoload=False)
+    ps.register(Plugin(), "old")
+    with pytest.raises(ConfigError, match=r"the 'old-llama' family \(<local>\) built attention layers \[0, 1\] "
+                                          r"unsharded under tensor_parallel_size=2: its model must pass tp=config.tp"):
+        _build_rank0_of_two(tmp_path, fg.FamilyRegistry(ps))
+
+
+def test_the_old_module_knows_no_group_and_says_so():
+    with pytest.warns(DeprecationWarning, match="pass tp=config.tp|Pass tp=config.tp"):
+        tp = parallel.current()
+    assert tp == sharded.TPGroup() and type(parallel.column_linear(4, 8, [(0, 8)], True)) is torch.nn.Linear

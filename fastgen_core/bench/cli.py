@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from .workload import PRESETS
 
 
 def _int_list(s: str) -> list[int]:
@@ -41,11 +40,15 @@ def _peer_modes(s: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config import EngineConfig        # the engine options' defaults: one home
+    defaults = EngineConfig
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HF model directory or Hugging Face Hub id (org/name)")
-    src.add_argument("--preset", choices=PRESETS, help="a full-size architecture from a built-in config (dummy weights)")
+    from ..presets import preset_names
+    src.add_argument("--preset", choices=preset_names(),
+                     help="a full-size architecture from a family plugin's config (dummy weights)")
     p.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
-    p.add_argument("--load-format", default="auto", help="auto | safetensors | pt | dummy (presets: dummy)")
+    p.add_argument("--load-format", default=defaults.load_format, help="auto | safetensors | pt | dummy (presets: dummy)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--num-requests", type=int, default=128, help="requests per offline scenario")
@@ -53,18 +56,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mean prompt length; several values: one scenario per (prompt, gen) pair (default: 1200)")
     p.add_argument("--gen-mean", type=int, nargs="+", default=[60], help="mean output length; one scenario per value")
     p.add_argument("--seed", type=int, default=0, help="of the workload and the dummy weights")
-    p.add_argument("--max-ragged-batch-size", type=int, default=768, help="tokens per forward pass")
-    p.add_argument("--max-ragged-sequence-count", type=int, default=512, help="sequences per forward pass")
+    p.add_argument("--max-ragged-batch-size", type=int, default=defaults.max_ragged_batch_size,
+                   help="tokens per forward pass")
+    p.add_argument("--max-ragged-sequence-count", type=int, default=defaults.max_ragged_sequence_count,
+                   help="sequences per forward pass")
     p.add_argument("--kv-block-size", type=int, default=None, help="tokens per KV block (default: the engine's)")
     p.add_argument("--num-kv-blocks", type=int, default=None, help="KV cache blocks (default: what the memory allows)")
-    p.add_argument("--gpu-memory-fraction", type=float, default=0.9, help="share of the GPU the engine may use")
+    p.add_argument("--gpu-memory-fraction", type=float, default=defaults.gpu_memory_fraction,
+                   help="share of the GPU the engine may use")
     p.add_argument("--shared-prefix", type=int, default=0,
                    help="tokens every prompt starts with (a system prompt); lengths are unchanged")
     p.add_argument("--enable-prefix-caching", action="store_true",
                    help="our engine reuses cached prefix blocks (the floor still counts every prompt token)")
     p.add_argument("--warm-passes", type=int, default=1,
                    help="untimed passes over the first scenario before timing (their wall times are recorded)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1,
+    p.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size,
                    help="shard the model over this many GPUs; the floor then uses this many cards' ceilings")
     p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
                    help="run the step loop synchronously (default: one step ahead of the GPU on CUDA)")
@@ -187,7 +193,7 @@ def run_bench_args(args) -> list[dict]:
     t = time.perf_counter()
     engine = LLMEngine(cfg)
     mc = engine.model_config
-    counts = roofline.count_params(engine.model, engine.hf_config)
+    counts = roofline.count_params(engine.model, mc)
     geometry = roofline.attention_geometry(mc, engine.dtype)
     emit(kind="model", load_s=round(time.perf_counter() - t, 2), kv_blocks=engine.allocator.num_blocks,
          kv_block_size=engine.allocator.block_size, **counts)

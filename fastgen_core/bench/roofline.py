@@ -5,8 +5,8 @@ Two floors, each FLOPs at the measured GEMM rate plus bytes at the measured copy
 floor_linear = 2 x active parameters x all tokens / GEMM rate  +  decode steps x weight bytes / bandwidth
 
 (all tokens = prompt + generated; decode steps = the longest generation, since every step must read the
-weights once; for MoE, active parameters count only the top-k experts) -- the linear layers alone, the
-floor hf_baseline.py reports;
+weights once; active parameters are what the family's config says a token uses, ``active_params``: for MoE
+only the top-k experts) -- the linear layers alone, the floor hf_baseline.py reports;
 
 floor = floor_linear + attention FLOPs / GEMM rate + K/V bytes / bandwidth
 
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from .. import parallel
+from ..layers.sharded import full_shape
 
 
 def _timed(fn, reps: int, device: torch.device) -> float:
@@ -66,25 +66,20 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype = torch.bfloat16) 
             "gemm_dtype": str(gd).removeprefix("torch.")}
 
 
-def count_params(model: torch.nn.Module, hf_config: dict) -> dict:
+def count_params(model: torch.nn.Module, model_config) -> dict:
     """Total and active parameters and weight bytes of the whole model (tied weights counted once; under
-    tensor parallelism the full tensors this rank holds slices of)."""
+    tensor parallelism the full tensors this rank holds slices of). The family's config says how many of them
+    a token uses (``DecoderConfig.active_params``: all of them, unless, say, a mixture of experts runs only
+    some experts per token)."""
     seen, total, nbytes = set(), 0, 0
     for p in model.parameters():
         if p.data_ptr() in seen:
             continue
         seen.add(p.data_ptr())
-        n = math.prod(parallel.full_shape(p))
+        n = math.prod(full_shape(p))
         total += n
         nbytes += n * p.element_size()
-    active = total
-    experts = hf_config.get("num_local_experts") or hf_config.get("num_experts")
-    top_k = hf_config.get("num_experts_per_tok")
-    if experts and top_k:
-        per_expert = 3 * hf_config["hidden_size"] * hf_config.get("moe_intermediate_size",
-                                                                  hf_config["intermediate_size"])
-        active = total - hf_config["num_hidden_layers"] * experts * per_expert * (1 - top_k / experts)
-    return {"params": total, "active_params": int(active), "weight_bytes": nbytes}
+    return {"params": total, "active_params": int(model_config.active_params(total)), "weight_bytes": nbytes}
 
 
 def floor_seconds(active_params: int, weight_bytes: int, prompt_tokens: int, gen_tokens: int, decode_steps: int,

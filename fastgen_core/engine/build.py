@@ -5,6 +5,7 @@ worker builds exactly this (``build_runner``); rank 0 also gets the tokenizer an
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -13,9 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import parallel, snapshot
+from .. import distributed, snapshot
 from ..config import EngineConfig
 from ..errors import ConfigError, FastgenError, ResourceError
+from ..layers.attention import PagedAttention
+from ..layers.sharded import TPGroup, kv_head_shard, split_size
 from ..loader import (checkpoint_files, init_dummy_weights, iter_tensors, load_weights, read_hf_config,
                       skip_parameter_init)
 from ..registry import FamilyRegistry, RegisteredFamily
@@ -54,7 +57,7 @@ class RunnerParts:
     max_context: int
     model: nn.Module
     runner: ModelRunner
-    tp: parallel.TPGroup
+    tp: TPGroup
 
 
 def read_source(config: EngineConfig, registry: FamilyRegistry) -> ModelSource:
@@ -97,16 +100,16 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def build_runner(config: EngineConfig, source: ModelSource, tp: parallel.TPGroup,
-                 workers: parallel.Workers | None = None) -> RunnerParts:
+def build_runner(config: EngineConfig, source: ModelSource, tp: TPGroup,
+                 workers: distributed.Workers | None = None) -> RunnerParts:
     """The model on ``tp``'s device with its weights, and the runner with a KV cache sized from free memory
     (every rank of a tensor-parallel group agrees on the smallest count)."""
     mc = source.model_config
-    device = parallel.rank_device(config.torch_device(), tp.rank)
+    device = distributed.rank_device(config.torch_device(), tp.rank)
     dtype = config.torch_dtype(source.snapshot["dtype"] if source.snapshot is not None else mc.dtype)
     max_context = min(config.max_context or mc.max_position_embeddings, mc.max_position_embeddings)
     model = _build_model(config, source, device, dtype, tp)
-    kv_heads = parallel.kv_head_shard(mc.num_key_value_heads, tp)[0]          # on this rank
+    kv_heads = kv_head_shard(mc.num_key_value_heads, tp)[0]          # on this rank
     block_size = config.block_size()
     num_blocks = config.num_kv_blocks or _auto_num_blocks(config, mc, device, dtype, kv_heads, block_size,
                                                           max_context)
@@ -121,14 +124,15 @@ def build_runner(config: EngineConfig, source: ModelSource, tp: parallel.TPGroup
 
 def _build_model(config: EngineConfig, source: ModelSource, device, dtype, tp) -> nn.Module:
     family = source.family.family
-    with torch.device(device), _default_dtype(dtype), parallel.building(tp), skip_parameter_init():
+    with torch.device(device), _default_dtype(dtype), skip_parameter_init():
         try:
-            model = family.load_model_class()(source.model_config)
+            model = family.load_model_class()(_for_group(source.model_config, tp))
         except (TypeError, ValueError) as e:
             if isinstance(e, FastgenError):
                 raise
             raise ConfigError(f"{source.path / 'config.json'}: the {family.name!r} family cannot build a "
                               f"model from these values: {e}") from None
+    _check_sharded(model, source, tp)
     model.eval()
     if config.load_format == "dummy":
         init_dummy_weights(model, config.seed)
@@ -138,6 +142,33 @@ def _build_model(config: EngineConfig, source: ModelSource, device, dtype, tp) -
         kind, files = checkpoint_files(source.path, config.load_format)
         load_weights(model, family.load_weight_map(source.model_config), iter_tensors(kind, files))
     return model
+
+
+def _for_group(model_config, tp: TPGroup):
+    """The family's config as its model class sees it: under tensor parallelism a copy whose ``tp`` is the
+    group, which the family hands its layers (at size 1 the config itself, ``tp`` None)."""
+    if tp.size == 1:
+        return model_config
+    mc = copy.copy(model_config)
+    object.__setattr__(mc, "tp", tp)
+    return mc
+
+
+def _check_sharded(model: nn.Module, source: ModelSource, tp: TPGroup) -> None:
+    """Under tensor parallelism every attention layer must hold this rank's heads: the KV cache is sized for
+    them. A family whose layers were not given the group builds full-size attention; say how to fix it."""
+    if tp.size == 1:
+        return
+    mc = source.model_config
+    want = (split_size(mc.num_attention_heads, tp, "num_attention_heads"), kv_head_shard(mc.num_key_value_heads, tp)[0])
+    wrong = [m.layer_idx for m in model.modules()
+             if isinstance(m, PagedAttention) and (m.num_heads, m.num_kv_heads) != want]
+    if wrong:
+        rf = source.family
+        raise ConfigError(f"the {rf.family.name!r} family ({rf.dist}) built attention layers {wrong} unsharded under "
+                          f"tensor_parallel_size={tp.size}: its model must pass tp=config.tp to the shared layers "
+                          "(RotaryAttention, GatedMLP, MLP, SparseMoE, CausalLM; docs/writing-a-plugin.md §5); "
+                          "or run it with tensor_parallel_size=1")
 
 
 def _auto_num_blocks(config: EngineConfig, mc, device, dtype, kv_heads: int, block_size: int,

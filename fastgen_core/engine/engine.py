@@ -19,11 +19,13 @@ from pathlib import Path
 
 import torch
 
-from .. import parallel, snapshot
+from .. import distributed, snapshot
 from ..config import EngineConfig
 from ..errors import ConfigError
+from ..layers.sharded import TPGroup, check_model
 from ..registry import FamilyRegistry
-from ..sampling import Sampler, SamplingParams, token_logprobs
+from ..sampler import Sampler, token_logprobs
+from ..sampling import SamplingParams
 from ..tokenizer import load_tokenizer
 from . import build
 from .kv_cache import BlockAllocator
@@ -61,12 +63,12 @@ class LLMEngine:
         source = build.read_source(config, self.registry)
         self.hf_config, self.snapshot, self.family = source.hf_config, source.snapshot, source.family
         self.model_config = mc = source.model_config
-        self.tp, self.workers, self.runner = parallel.TPGroup(), None, None
+        self.tp, self.workers, self.runner = TPGroup(), None, None
         self._inflight: _Launched | None = None
         try:
             if size > 1:
                 from .tp_worker import start_group
-                parallel.check_model(mc.num_attention_heads, mc.num_key_value_heads, size)
+                check_model(mc.num_attention_heads, mc.num_key_value_heads, size)
                 self.workers, self.tp = start_group(config, size, build.TP_TIMEOUT_S)
             parts = build.build_runner(config, source, self.tp, self.workers)
             build.enable_graphs(config, parts)
@@ -251,8 +253,8 @@ class LLMEngine:
             self.workers.close()
             self.workers = None
         if self.tp.size > 1:
-            parallel.destroy_group()
-            self.tp = parallel.TPGroup()
+            distributed.destroy_group()
+            self.tp = TPGroup()
 
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),

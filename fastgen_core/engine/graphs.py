@@ -23,6 +23,7 @@ import time
 import torch
 
 from ..layers.attention import AttentionMetadata, ForwardContext
+from ..layers.rotary import RotaryEmbedding
 from .batch import feed_from_device
 from .scheduler import ScheduledBatch
 
@@ -40,8 +41,8 @@ def bucket_sizes(max_batch: int) -> list[int]:
 
 def _drop_memos(model) -> None:
     for m in model.modules():
-        if getattr(m, "_memo", None) is not None:
-            m._memo = None
+        if isinstance(m, RotaryEmbedding):
+            m.reset()
 
 
 def is_decode_only(batch: ScheduledBatch) -> bool:

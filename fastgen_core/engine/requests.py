@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InvalidRequestError
-from ..sampling import SamplingParams, SamplingRow, logprobs_of
+from ..sampler import SamplingRow, logprobs_of
+from ..sampling import SamplingParams
 from ..tokenizer import IncrementalDetokenizer
 from .outputs import RequestOutput, Response
 from .sequence import Sequence

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..parallel import TPGroup
+from ..layers.sharded import TPGroup
 from .batch import BatchPlan, feed_from_device, plan_batch, plan_to_device
 from .graphs import DecodeGraphs, is_decode_only
 from .scheduler import ScheduledBatch
@@ -16,7 +16,7 @@ class ModelRunner:
                  tp: TPGroup = TPGroup(), workers=None):
         self.model = model
         self.tp = tp
-        self.workers = workers              # rank 0 of a tensor-parallel group: parallel.Workers
+        self.workers = workers              # rank 0 of a tensor-parallel group: distributed.Workers
         self.device = device
         self.dtype = dtype
         self.block_size = block_size

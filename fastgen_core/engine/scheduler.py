@@ -27,6 +27,7 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..config import EngineConfig
 from .kv_cache import BlockAllocator, extend_block_keys
 from .sequence import Sequence, SequenceStatus
 
@@ -53,8 +54,8 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, allocator: BlockAllocator, max_ragged_batch_size: int = 768,
-                 max_ragged_sequence_count: int = 512, admission_margin: float = 0.05):
+    def __init__(self, allocator: BlockAllocator, max_ragged_batch_size: int = EngineConfig.max_ragged_batch_size,
+                 max_ragged_sequence_count: int = EngineConfig.max_ragged_sequence_count, admission_margin: float = 0.05):
         if max_ragged_batch_size < 1:
             raise ValueError(f"max_ragged_batch_size must be >= 1, got {max_ragged_batch_size}")
         if max_ragged_sequence_count < 1:

@@ -9,20 +9,21 @@ import traceback
 
 import torch
 
-from .. import parallel
+from .. import distributed
+from ..layers.sharded import TPGroup
 from ..config import EngineConfig
 from ..registry import FamilyRegistry
 
 log = logging.getLogger("fastgen.parallel")
 
 
-def start_group(config: EngineConfig, size: int, timeout_s: float) -> tuple[parallel.Workers, parallel.TPGroup]:
+def start_group(config: EngineConfig, size: int, timeout_s: float) -> tuple[distributed.Workers, TPGroup]:
     """Rank 0's side: spawn the workers, wait for each to start (naming one that dies), join the group."""
-    workers = parallel.Workers(config, size, main)
+    workers = distributed.Workers(config, size, main)
     try:
         workers.wait_started(timeout_s)
-        tp = parallel.init_group(0, size, workers.init_method, parallel.rank_device(config.torch_device(), 0),
-                                 timeout_s)
+        tp = distributed.init_group(0, size, workers.init_method, distributed.rank_device(config.torch_device(), 0),
+                                    timeout_s)
     except BaseException:
         workers.close()
         raise
@@ -34,8 +35,8 @@ def main(config: EngineConfig, rank: int, size: int, init_method: str, conn, thr
     torch.set_num_threads(threads)
     conn.send(("started", rank))           # rank 0 waits for this before it waits in the group's start-up
     try:
-        tp = parallel.init_group(rank, size, init_method, parallel.rank_device(config.torch_device(), rank),
-                                 build.TP_TIMEOUT_S)
+        tp = distributed.init_group(rank, size, init_method, distributed.rank_device(config.torch_device(), rank),
+                                    build.TP_TIMEOUT_S)
         runner = build.build_runner(config, build.read_source(config, FamilyRegistry()), tp).runner
     except BaseException:
         log.error("tensor-parallel worker rank %d could not start:\n%s", rank, traceback.format_exc())
@@ -64,4 +65,4 @@ def main(config: EngineConfig, rank: int, size: int, init_method: str, conn, thr
     if runner.graphs is not None:
         runner.graphs.close()
     runner.kv_caches.clear()
-    parallel.destroy_group()
+    distributed.destroy_group()

@@ -5,6 +5,7 @@ from .mlp import GatedMLP, MLP
 from .moe import GroupedExperts, SparseMoE, grouped_experts_ref, moe_dense_ref, route_topk
 from .norm import LayerNorm, RMSNorm
 from .rotary import RopeParams, RotaryEmbedding, rope_from_hf
+from .sharded import TPGroup, column_linear, row_linear, shard, vocab_embedding, vocab_linear
 from .transformer import (CausalLM, ParallelDecoderLayer, PreNormDecoderLayer, RotaryAttention, gated_mlp_rules,
                           prenorm_decoder_weight_map, ungroup_qkv)
 
@@ -12,4 +13,5 @@ __all__ = ["get_activation", "AttentionMetadata", "ForwardContext", "PagedAttent
            "write_kv_ref", "GatedMLP", "MLP", "LayerNorm", "RMSNorm", "RopeParams", "RotaryEmbedding", "rope_from_hf",
            "CausalLM", "ParallelDecoderLayer", "PreNormDecoderLayer", "RotaryAttention", "gated_mlp_rules",
            "prenorm_decoder_weight_map", "ungroup_qkv",
-           "GroupedExperts", "SparseMoE", "grouped_experts_ref", "moe_dense_ref", "route_topk"]
+           "GroupedExperts", "SparseMoE", "grouped_experts_ref", "moe_dense_ref", "route_topk",
+           "TPGroup", "column_linear", "row_linear", "shard", "vocab_embedding", "vocab_linear"]

@@ -2,21 +2,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels, parallel
+from .. import kernels
 from .activations import get_activation
+from .sharded import TPGroup, column_linear, group_of, row_linear, split_size
 
 
 class GatedMLP(nn.Module):
-    """act(x @ gate) * (x @ up) @ down, with gate and up fused in one GEMM (``gate_up_proj``)."""
+    """act(x @ gate) * (x @ up) @ down, with gate and up fused in one GEMM (``gate_up_proj``). ``tp``: the
+    tensor-parallel group whose ranks split the intermediate columns (None: one process)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False):
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False,
+                 tp: TPGroup | None = None):
         super().__init__()
-        tp = parallel.current()             # this rank's intermediate columns under tensor parallelism
-        n = self.intermediate_size = parallel.split_size(intermediate_size, tp, "the intermediate size")
+        tp = group_of(tp)                   # this rank's intermediate columns under tensor parallelism
+        n = self.intermediate_size = split_size(intermediate_size, tp, "the intermediate size")
         i0 = tp.rank * n
-        self.gate_up_proj = parallel.column_linear(hidden_size, 2 * intermediate_size,
-                                                   [(i0, n), (intermediate_size + i0, n)], bias)
-        self.down_proj = parallel.row_linear(intermediate_size, hidden_size, bias, [(i0, n)])
+        self.gate_up_proj = column_linear(hidden_size, 2 * intermediate_size, [(i0, n), (intermediate_size + i0, n)],
+                                          bias, tp)
+        self.down_proj = row_linear(intermediate_size, hidden_size, bias, [(i0, n)], tp)
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -28,14 +31,15 @@ class GatedMLP(nn.Module):
 
 
 class MLP(nn.Module):
-    """fc2(act(fc1(x))): OPT, Phi-2, Falcon."""
+    """fc2(act(fc1(x))): OPT, Phi-2, Falcon. ``tp`` as GatedMLP's."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "gelu", bias: bool = True):
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "gelu", bias: bool = True,
+                 tp: TPGroup | None = None):
         super().__init__()
-        tp = parallel.current()
-        n = parallel.split_size(intermediate_size, tp, "the intermediate size")
-        self.fc1 = parallel.column_linear(hidden_size, intermediate_size, [(tp.rank * n, n)], bias)
-        self.fc2 = parallel.row_linear(intermediate_size, hidden_size, bias, [(tp.rank * n, n)])
+        tp = group_of(tp)
+        n = split_size(intermediate_size, tp, "the intermediate size")
+        self.fc1 = column_linear(hidden_size, intermediate_size, [(tp.rank * n, n)], bias, tp)
+        self.fc2 = row_linear(intermediate_size, hidden_size, bias, [(tp.rank * n, n)], tp)
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

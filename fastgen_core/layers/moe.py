@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import parallel
 from .activations import get_activation
+from .sharded import TPGroup, group_of, shard, split_size
 
 
 def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool = True
@@ -117,19 +117,20 @@ def moe_dense_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.
 class GroupedExperts(nn.Module):
     """``num_experts`` gated MLPs with stacked weights, applied by ``grouped_experts_ref``."""
 
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, act: str = "silu"):
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, act: str = "silu",
+                 tp: TPGroup | None = None):
         super().__init__()
         # tensor parallelism splits every expert's intermediate columns (each rank runs all experts on its
         # slice; the partial outputs are summed by one all-reduce)
-        self.tp = tp = parallel.current()
-        n = parallel.split_size(intermediate_size, tp, "the experts' intermediate size")
+        self.tp = tp = group_of(tp)
+        n = split_size(intermediate_size, tp, "the experts' intermediate size")
         self.num_experts, self.intermediate_size = num_experts, n
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * n, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, n))
         if tp.size > 1:
             i0 = tp.rank * n
-            parallel.shard(self.gate_up_proj, 1, [(i0, n), (intermediate_size + i0, n)], 2 * intermediate_size)
-            parallel.shard(self.down_proj, 2, [(i0, n)], intermediate_size)
+            shard(self.gate_up_proj, 1, [(i0, n), (intermediate_size + i0, n)], 2 * intermediate_size)
+            shard(self.down_proj, 2, [(i0, n)], intermediate_size)
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
@@ -138,17 +139,18 @@ class GroupedExperts(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    """Router (``gate``, a bias-free Linear H -> E) + top-k routing + grouped experts: Mixtral's FFN."""
+    """Router (``gate``, a bias-free Linear H -> E, replicated) + top-k routing + grouped experts: Mixtral's
+    FFN. ``tp``: the tensor-parallel group the experts' intermediate columns are split over (None: one process)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int,
-                 act: str = "silu", renormalize: bool = True):
+                 act: str = "silu", renormalize: bool = True, tp: TPGroup | None = None):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k (num_experts_per_tok) must be in 1..{num_experts} (the number of experts), "
                              f"got {top_k}")
         self.top_k, self.renormalize = top_k, renormalize
         self.gate = nn.Linear(hidden_size, num_experts, bias=False)
-        self.experts = GroupedExperts(num_experts, hidden_size, intermediate_size, act)
+        self.experts = GroupedExperts(num_experts, hidden_size, intermediate_size, act, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, ids = route_topk(self.gate(x), self.top_k, self.renormalize)

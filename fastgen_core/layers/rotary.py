@@ -94,6 +94,12 @@ class RotaryEmbedding(nn.Module):
         if self.rotary_dim % 2 or self.rotary_dim > head_dim:
             raise ValueError(f"rotary_dim must be even and <= head_dim ({head_dim}), got {self.rotary_dim}")
         self.register_buffer("inv_freq", _inv_freq(self.rotary_dim, base, scaling), persistent=False)
+        self._memo: tuple | None = None       # (positions, (cos, sin)) of the last step: see cos_sin
+
+    def reset(self) -> None:
+        """Forget the last step's cos/sin. The engine calls it after capturing CUDA graphs (the memo points
+        into their memory pool) and when it closes."""
+        self._memo = None
 
     def inv_freq_f32(self) -> torch.Tensor:
         """``inv_freq`` as a contiguous float32 tensor (what the fused kernel reads)."""
@@ -104,7 +110,7 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # every layer of a forward passes the same positions tensor: compute once per step, not per layer
         # (on a GPU the step is bound by host time per op; the memo saves ~6 launches per layer)
-        memo = getattr(self, "_memo", None)
+        memo = self._memo
         if memo is not None and memo[0] is positions:
             return memo[1]
         out = self._cos_sin(positions)
@@ -167,7 +173,7 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     if t:
         rot = rotary.rotary_dim if rotary is not None else 0
         inv_freq = rotary.inv_freq_f32() if rotary is not None else None
-        kernels.launch(kernels.KERNEL_DIR / ROTARY_KV_CU, f"rotary_kv_{kernels.SUFFIX[dtype]}", (t,),
+        kernels.launch(kernels.core_source(ROTARY_KV_CU), f"rotary_kv_{kernels.SUFFIX[dtype]}", (t,),
                        (kernels.threads(max(hk * d, hq * (rot // 2))),),
                        (kernels.ptr(q), kernels.i64(q.stride(0)), kernels.ptr(k), kernels.i64(k.stride(0)),
                         kernels.ptr(v), kernels.i64(v.stride(0)), kernels.ptr(k_cache), kernels.ptr(v_cache),

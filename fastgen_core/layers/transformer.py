@@ -8,35 +8,37 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import kernels, parallel
+from .. import kernels
 from ..weights import Rule, WeightMap, fused
 from .attention import ForwardContext, PagedAttention
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, rotary_kv_write
+from .sharded import (TPGroup, column_linear, group_of, kv_head_shard, row_linear, split_size, vocab_embedding,
+                      vocab_linear)
 
 
 class RotaryAttention(nn.Module):
     """Fused QKV projection -> optional per-head q/k norms -> rotary (full, partial or none) -> paged
-    attention -> output projection."""
+    attention -> output projection. ``tp``: the tensor-parallel group to shard over (None: one process)."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int,
                  rotary: RotaryEmbedding | None, qkv_bias: bool = False, o_bias: bool = False,
                  sliding_window: int | None = None, scale: float | None = None,
-                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None):
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None, tp: TPGroup | None = None):
         super().__init__()
         self.q_norm, self.k_norm = q_norm, k_norm
-        # under tensor parallelism this rank's query heads and the KV heads they read (see parallel.py)
-        tp = parallel.current()
-        heads = parallel.split_size(num_heads, tp, "num_attention_heads")
-        kv_heads, first_kv = parallel.kv_head_shard(num_kv_heads, tp)
+        # under tensor parallelism this rank's query heads and the KV heads they read (see sharded.py)
+        tp = group_of(tp)
+        heads = split_size(num_heads, tp, "num_attention_heads")
+        kv_heads, first_kv = kv_head_shard(num_kv_heads, tp)
         self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.q_size, self.kv_size = heads * head_dim, kv_heads * head_dim
         full_q, full_kv = num_heads * head_dim, num_kv_heads * head_dim
         q0, kv0 = tp.rank * self.q_size, first_kv * head_dim
-        self.qkv_proj = parallel.column_linear(
+        self.qkv_proj = column_linear(
             hidden_size, full_q + 2 * full_kv,
-            [(q0, self.q_size), (full_q + kv0, self.kv_size), (full_q + full_kv + kv0, self.kv_size)], qkv_bias)
-        self.o_proj = parallel.row_linear(full_q, hidden_size, o_bias, [(q0, self.q_size)])
+            [(q0, self.q_size), (full_q + kv0, self.kv_size), (full_q + full_kv + kv0, self.kv_size)], qkv_bias, tp)
+        self.o_proj = row_linear(full_q, hidden_size, o_bias, [(q0, self.q_size)], tp)
         self.rotary = rotary
         self.attn = PagedAttention(heads, kv_heads, head_dim, layer_idx, scale, sliding_window)
 
@@ -108,16 +110,17 @@ class CausalLM(nn.Module):
     """embed_tokens -> layers -> norm -> lm_head; families supply the layers and the final norm.
 
     The engine calls ``forward(input_ids, ctx) -> hidden [T, H]`` and ``compute_logits(hidden) -> [n, V]``
-    (only on the rows it samples). Override ``embed`` for learned positions or projections (OPT).
+    (only on the rows it samples). Override ``embed`` for learned positions or projections (OPT). ``tp``: the
+    tensor-parallel group the embedding and lm_head are split over by vocabulary rows (None: one process).
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, layers: list[nn.Module], norm: nn.Module,
-                 tie_word_embeddings: bool = False, lm_head_bias: bool = False):
+                 tie_word_embeddings: bool = False, lm_head_bias: bool = False, tp: TPGroup | None = None):
         super().__init__()
-        self.embed_tokens = parallel.vocab_embedding(vocab_size, hidden_size)
+        self.embed_tokens = vocab_embedding(vocab_size, hidden_size, tp)
         self.layers = nn.ModuleList(layers)
         self.norm = norm
-        self.lm_head = parallel.vocab_linear(hidden_size, vocab_size, lm_head_bias)
+        self.lm_head = vocab_linear(hidden_size, vocab_size, lm_head_bias, tp)
         if tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 

@@ -1,8 +1,8 @@
 """The FastAPI application, the same for the front door and for each replica (so both publish the same
 OpenAPI schema and validate the same way); only the backend differs:
 
-- LocalBackend (a replica): the engine loop runs in this process;
-- RouterBackend (the front door): forwards each validated request to the least-busy replica.
+- replica.local.LocalBackend (a replica): the engine loop runs in this process;
+- frontdoor.router.RouterBackend (the front door): forwards each validated request to the least-busy replica.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidRequestError
 from .errors import APIError, describe_validation_errors
-from .metrics import CONTENT_TYPE
 from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, GenerateRequest, MIIRequest,
                        TokenizeRequest)
 
 log = logging.getLogger("fastgen.server")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"      # Prometheus' text exposition
 PUBLIC_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 

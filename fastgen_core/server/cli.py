@@ -9,6 +9,7 @@ from ..errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config import DEFAULT_KV_BLOCK_SIZE, EngineConfig        # the engine options' defaults: one home
     p.add_argument("--model", default=None, help="HF model directory or Hugging Face Hub id (org/name) (default: the "
                                                   "embedded SmolLM2-135M-Instruct)")
     p.add_argument("--host", default="127.0.0.1", help="address the front door listens on")
@@ -41,9 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="of the front door and the replicas")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's on GPU, "
                                                  "float32 on CPU)")
-    p.add_argument("--max-ragged-batch-size", type=int, default=None, help="tokens per forward pass (default: 768)")
+    p.add_argument("--max-ragged-batch-size", type=int, default=None,
+                   help=f"tokens per forward pass (default: {EngineConfig.max_ragged_batch_size})")
     p.add_argument("--num-kv-blocks", type=int, default=None, help="KV cache blocks (default: what the memory allows)")
-    p.add_argument("--kv-block-size", type=int, default=None, help="tokens per KV block (default: the engine's)")
+    p.add_argument("--kv-block-size", type=int, default=None,
+                   help=f"tokens per KV block (default: {DEFAULT_KV_BLOCK_SIZE})")
     p.add_argument("--max-context", type=int, default=None, help="longest prompt + output (default: the model's)")
     p.add_argument("--tensor-parallel-size", type=int, default=None,
                    help="each replica shards the model over this many GPUs (--device-map names each one's first)")
@@ -51,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args):
-    from .settings import ServeSettings
+    from .frontdoor.settings import ServeSettings
     engine = {}
     if args.engine_options:
         try:
@@ -74,5 +77,5 @@ def settings_from_args(args):
 def run(args) -> int:
     from . import require_extras
     require_extras()
-    from .frontdoor import run_frontdoor
+    from .frontdoor.main import run_frontdoor
     return run_frontdoor(settings_from_args(args))

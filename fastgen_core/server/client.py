@@ -1,4 +1,5 @@
-"""The Python client of a deployment (what ``fastgen_core.serve`` / ``fastgen_core.client`` return)."""
+"""The Python client of a deployment (what ``fastgen_core.serve`` / ``fastgen_core.client`` return). It runs in
+the caller's process and imports no torch (tests/server/test_server_layout.py checks it)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from ..engine.engine import Response
+from ..engine.outputs import Response
 from ..errors import FastgenError, InvalidRequestError
 
 

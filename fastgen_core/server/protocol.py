@@ -1,5 +1,7 @@
 """Request bodies of the HTTP API as pydantic models: the only place pydantic is imported.
 
+The generate options of each body are not declared here: they come from their one declaration,
+fastgen_core.sampling.SamplingParams (``wire_fields``: each front end's names, defaults and bounds).
 Models are strict (no "5" for 5, no 1 for true) and forbid unknown fields, as OpenAI's API does, so a
 typo in an option name is a 400 naming the field instead of a silently ignored setting. OpenAI fields we
 accept but cannot honour (logit_bias, suffix, tools, ...) are declared so the error can say "not supported"
@@ -9,13 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ..sampling import MAX_LOGPROBS, wire_fields
 
 __all__ = ["CompletionRequest", "ChatCompletionRequest", "ChatMessage", "DetokenizeRequest", "GenerateRequest",
            "MIIRequest", "StreamOptions", "TokenizeRequest", "ValidationError"]
 
-INT64_MAX = 2 ** 63 - 1
-MAX_LOGPROBS = 20          # as SamplingParams allows
 MAX_N = 128
 TokenIds = list[int]
 # OpenAI's completions prompt: a string, a batch of strings, one token-id list or a batch of them
@@ -32,27 +34,30 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _OpenAISampling(_Strict):
-    """Options common to /v1/completions and /v1/chat/completions (OpenAI names plus vLLM's extras)."""
+def _options(front_end: str) -> dict:
+    """The generate options of ``front_end`` as pydantic fields, from their one declaration (SamplingParams)."""
+    fields = {}
+    for name, typ, default, bounds, doc in wire_fields(front_end):
+        if default is list:
+            fields[name] = (typ, Field(default_factory=list, description=doc, **bounds))
+        else:
+            fields[name] = (typ, Field(default, description=doc, **bounds))
+    return fields
+
+
+class _OpenAIRequest(_Strict):
+    """Fields common to /v1/completions and /v1/chat/completions besides the generate options."""
 
     model: str | None = Field(None, description="the served model name (GET /v1/models); optional")
-    temperature: float | None = Field(None, ge=0, description="absent: 1.0 (sampling, as OpenAI); 0: greedy")
-    top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1, le=MAX_N, description="choices per prompt (seeded: seed, seed+1, ...)")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=INT64_MAX)
     user: str | None = Field(None, description="accepted and ignored")
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = Field(None, description="not supported")
-    # extras (vLLM's names)
-    top_k: int | None = Field(None, ge=-1, description="0 or -1: no limit")
-    min_tokens: int | None = Field(None, ge=0, description="EOS and stop tokens are banned before this many")
-    ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
-    repetition_penalty: float | None = Field(None, gt=0, description="transformers'/vLLM's; 1: none")
+
+
+# the generate options under OpenAI's names plus vLLM's extras (top_k, min_tokens, ignore_eos, ...), each optional
+_OpenAISampling = create_model("_OpenAISampling", __base__=_OpenAIRequest, **_options("openai"))
 
 
 class CompletionRequest(_OpenAISampling):
@@ -126,23 +131,8 @@ class ChatCompletionRequest(_OpenAISampling):
     response_format: dict | None = Field(None, description="only {'type': 'text'} is supported")
 
 
-class _Generate(_Strict):
-    """The pipeline's generate options (fastgen_core.SamplingParams), pipeline defaults."""
-
-    max_new_tokens: int | None = Field(None, ge=1, description="null: up to the model's context")
-    min_new_tokens: int = Field(0, ge=0)
-    do_sample: bool = False
-    temperature: float = Field(1.0, ge=0)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = Field(None, ge=0, le=INT64_MAX)
-    stop: str | list[str] = Field(default_factory=list)
-    stop_token_ids: list[int] = Field(default_factory=list)
-    ignore_eos: bool = False
-    return_full_text: bool = False
-    repetition_penalty: float = Field(1.0, gt=0)
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+# the pipeline's generate options (SamplingParams) with the pipeline's defaults
+_Generate = create_model("_Generate", __base__=_Strict, **_options("native"))
 
 
 class GenerateRequest(_Generate):
@@ -152,20 +142,11 @@ class GenerateRequest(_Generate):
     stream: bool = Field(False, description="server-sent events of text pieces (one prompt only)")
 
 
-class MIIRequest(_Strict):
+class MIIRequest(create_model("_MIIOptions", __base__=_Strict, **_options("mii"))):
     """POST /mii/{deployment_name}: DeepSpeed-MII's REST body, with MII's defaults (sampling, top_p 0.9)."""
 
     prompts: str | list[str]
     max_length: int | None = Field(None, ge=1, description="prompt + generated tokens; default: model context")
-    max_new_tokens: int | None = Field(None, ge=1)
-    min_new_tokens: int = Field(0, ge=0)
-    do_sample: bool = True
-    top_p: float = Field(0.9, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    temperature: float | None = Field(None, ge=0)
-    stop: str | list[str] = Field(default_factory=list)
-    ignore_eos: bool = False
-    return_full_text: bool = False
     stream: bool = Field(False, description="not supported over REST (as in MII)")
 
 

@@ -45,7 +45,7 @@ def _configs():
 @pytest.mark.parametrize("name", list(_configs()))
 def test_teacher_forced_agreement(name, dtype, tmp_path):
     """Random weights give flat logits: transformers' own bf16 run agrees with its float32 run on only
-    95-98% of positions (tests/gpu/agreement_sweep.py, docs/bench-results/agreement-sweep-h200.txt), so
+    95-98% of positions (tools/agreement_sweep.py, docs/bench-results/agreement-sweep-h200.txt), so
     agreement between two correct bf16 implementations is bounded by rounding on near-ties. Asserted:
     >= 99% on every position and on the positions where bf16 rounding does not flip transformers' own
     answer (a real bug lands far below: a wrong layer, rotary or cache read gives ~0-50%), and we are no

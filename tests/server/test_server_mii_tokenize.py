@@ -7,9 +7,9 @@ import pytest
 
 import fastgen_core as fg
 from fastgen_core.server.app import create_app
-from fastgen_core.server.engine_loop import EngineLoop
-from fastgen_core.server.local import LocalBackend, ModelInfo
-from fastgen_core.server.metrics import ReplicaMetrics
+from fastgen_core.server.replica.engine_loop import EngineLoop
+from fastgen_core.server.replica.local import LocalBackend, ModelInfo
+from fastgen_core.server.replica.metrics import ReplicaMetrics
 
 NAME = "inproc"
 

@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 import fastgen_core as fg
-from fastgen_core.server.replicas import Replica, ReplicaSet
+from fastgen_core.server.frontdoor.lifecycle import ReplicaState
+from fastgen_core.server.frontdoor.replica_handle import Replica
+from fastgen_core.server.frontdoor.supervisor import ReplicaSet
 
 
 def test_a_replica_that_crashes_on_restart_stays_down_after_max_restarts(tiny_model_dir, tmp_path, monkeypatch):
@@ -54,7 +56,8 @@ def _dead_replica(code: str) -> tuple[ReplicaSet, Replica]:
     r = rs.replicas[0]
     r.proc = subprocess.Popen([sys.executable, "-c", code])
     r.proc.wait()
-    r.state = "up"
+    r.lifecycle.to(ReplicaState.UP)
+    r.lifecycle.to(ReplicaState.RESTARTING, "the front door is restarting it")     # as revive_dead does
     return rs, r
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import fastgen_core as fg
-from fastgen_core.server.replicas import plan_devices
+from fastgen_core.server.frontdoor.placement import plan_devices
 
 
 def test_serve_reports_a_model_no_plugin_supports(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import fastgen_core as fg
 from fastgen_core.errors import ConfigError
 from fastgen_core.server import cli
 from fastgen_core.server.client import pid_alive
-from fastgen_core.server.replicas import _child_device_env, plan_devices
+from fastgen_core.server.frontdoor.placement import child_device_env, plan_devices
 
 
 def children_of(pid: int) -> list[int]:
@@ -58,11 +58,11 @@ def test_tensor_parallel_replicas_get_consecutive_gpus(monkeypatch):
                                           "allowed: replicas up to 2"):
         plan_devices(None, None, 3, tensor_parallel_size=2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6,7")
-    device, env = _child_device_env("cuda:2", 2)
+    device, env = child_device_env("cuda:2", 2)
     assert device == "cuda:0" and env["CUDA_VISIBLE_DEVICES"] == "6,7"
-    assert _child_device_env("cuda:1")[1]["CUDA_VISIBLE_DEVICES"] == "5"
+    assert child_device_env("cuda:1")[1]["CUDA_VISIBLE_DEVICES"] == "5"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert _child_device_env("cuda:2", 2)[1]["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert child_device_env("cuda:2", 2)[1]["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 
 def test_serve_cli_passes_tensor_parallel_size(tiny_model_dir):

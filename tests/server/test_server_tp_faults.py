@@ -16,8 +16,8 @@ import pytest
 
 import fastgen_core as fg
 from fastgen_core.server.client import ServerError, pid_alive
-from fastgen_core.server.engine_loop import EngineLoop
-from fastgen_core.server.metrics import ReplicaMetrics
+from fastgen_core.server.replica.engine_loop import EngineLoop
+from fastgen_core.server.replica.metrics import ReplicaMetrics
 
 UNHEALTHY_RESTART_S, HEALTH_TIMEOUT_S = 1.0, 0.5
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from fastgen_core.server import replicas as replicas_mod
-from fastgen_core.server.replicas import ReplicaSet
+from fastgen_core.server.frontdoor import supervisor
+from fastgen_core.server.frontdoor.supervisor import ReplicaSet
 
 # /health answered as mode-<generation>.json says: [status, delay_s, detail, on_sigterm] ("exit" or "ignore");
 # 200 at once when the file is missing. The generation is the replica's restart count when it was started.
@@ -110,7 +110,7 @@ def _run(rs: StandInSet, body) -> None:
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch):
-    monkeypatch.setattr(replicas_mod, "RESTART_BACKOFF_S", 0.05)
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF_S", 0.05)
 
 
 STUCK = "engine loop is stuck: no step finished for 121.0s (limit 120.0s)"

@@ -22,8 +22,8 @@ def falcon_layer(c: FalconConfig, layer_idx: int, rotary: RotaryEmbedding) -> nn
     """The shared blocks in Falcon's three layouts (transformers sums attention into the MLP output, then the
     residual: the shared blocks' order, so results match bit for bit)."""
     attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, layer_idx,
-                           rotary, qkv_bias=c.bias, o_bias=c.bias)
-    mlp = MLP(c.hidden_size, c.ffn_hidden_size, c.activation, bias=c.bias)
+                           rotary, qkv_bias=c.bias, o_bias=c.bias, tp=c.tp)
+    mlp = MLP(c.hidden_size, c.ffn_hidden_size, c.activation, bias=c.bias, tp=c.tp)
     h, eps = c.hidden_size, c.layer_norm_epsilon
     if c.norm_layout == "sequential":      # x + attn(ln(x)), then h + mlp(ln(h))
         return PreNormDecoderLayer(h, eps, attn, mlp, LayerNorm(h, eps), LayerNorm(h, eps))
@@ -37,7 +37,7 @@ class FalconForCausalLM(CausalLM):
         rotary = RotaryEmbedding(c.head_dim, c.head_dim, c.rope_theta, c.rope_scaling)
         layers = [falcon_layer(c, i, rotary) for i in range(c.num_hidden_layers)]
         super().__init__(c.vocab_size, c.hidden_size, layers, LayerNorm(c.hidden_size, c.layer_norm_epsilon),
-                         c.tie_word_embeddings)
+                         c.tie_word_embeddings, tp=c.tp)
 
 
 # checkpoint norm names -> the shared blocks' (input_layernorm feeds attention, post_attention_layernorm the MLP)

@@ -1,5 +1,5 @@
 """Hook implementations only: cheap to import (no torch)."""
-from fastgen_core import ModelFamily, hookimpl
+from fastgen_core import BenchPreset, ModelFamily, hookimpl
 
 
 @hookimpl
@@ -15,3 +15,11 @@ def register_model_families(register):
         description="Falcon 7B (multi-query, parallel attention), 40B/180B (grouped KV, two layer norms), "
                     "sequential layouts and legacy RW configs; rotary only (no ALiBi)",
     ))
+
+
+@hookimpl
+def register_bench_presets(register):
+    register(BenchPreset("falcon-7b", "fastgen_falcon.presets:falcon_7b",
+                         "Falcon-7B (multi-query, parallel attention)"))
+    register(BenchPreset("falcon-40b", "fastgen_falcon.presets:falcon_40b",
+                         "Falcon-40B (grouped KV heads, two layer norms)"))

@@ -57,12 +57,12 @@ class GPTNeoXForCausalLM(CausalLM):
 
         def layer(i: int):
             attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, i, rotary,
-                                   qkv_bias=c.attention_bias, o_bias=c.attention_bias)
-            mlp = MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True)
+                                   qkv_bias=c.attention_bias, o_bias=c.attention_bias, tp=c.tp)
+            mlp = MLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=True, tp=c.tp)
             norms = LayerNorm(c.hidden_size, c.layer_norm_eps), LayerNorm(c.hidden_size, c.layer_norm_eps)
             if c.use_parallel_residual:     # x + attn(ln1(x)) + mlp(ln2(x))
                 return ParallelDecoderLayer(attn, mlp, *norms)
             return PreNormDecoderLayer(c.hidden_size, c.layer_norm_eps, attn, mlp, *norms)
 
         super().__init__(c.vocab_size, c.hidden_size, [layer(i) for i in range(c.num_hidden_layers)],
-                         LayerNorm(c.hidden_size, c.layer_norm_eps), c.tie_word_embeddings)
+                         LayerNorm(c.hidden_size, c.layer_norm_eps), c.tie_word_embeddings, tp=c.tp)

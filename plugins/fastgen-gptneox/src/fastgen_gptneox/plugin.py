@@ -1,6 +1,6 @@
 """Hook implementations only: imported at every fastgen start-up, so no torch here; the config, model and
 weight map are lazy "module:attr" strings."""
-from fastgen_core import ModelFamily, hookimpl
+from fastgen_core import BenchPreset, ModelFamily, hookimpl
 
 
 @hookimpl
@@ -14,3 +14,8 @@ def register_model_families(register):
         weights="fastgen_gptneox.weights:weight_map",
         description="GPT-NeoX-20B, Pythia (parallel or sequential residual, partial rotary, LayerNorm with bias)",
     ))
+
+
+@hookimpl
+def register_bench_presets(register):
+    register(BenchPreset("pythia-1b", "fastgen_gptneox.presets:pythia_1b", "Pythia-1B (GPT-NeoX)"))

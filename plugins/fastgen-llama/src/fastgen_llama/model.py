@@ -34,12 +34,12 @@ class LlamaForCausalLM(CausalLM):
         def layer(i):
             attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, i,
                                    rotary, qkv_bias=c.attention_bias, o_bias=c.attention_bias,
-                                   sliding_window=c.sliding_window)
-            mlp = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=c.mlp_bias)
+                                   sliding_window=c.sliding_window, tp=c.tp)
+            mlp = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=c.mlp_bias, tp=c.tp)
             return PreNormDecoderLayer(c.hidden_size, c.rms_norm_eps, attn, mlp)
 
         super().__init__(c.vocab_size, c.hidden_size, [layer(i) for i in range(c.num_hidden_layers)],
-                         RMSNorm(c.hidden_size, c.rms_norm_eps), c.tie_word_embeddings)
+                         RMSNorm(c.hidden_size, c.rms_norm_eps), c.tie_word_embeddings, tp=c.tp)
 
 
 def weight_map(c: LlamaConfig) -> WeightMap:

@@ -1,5 +1,5 @@
 """Hook implementations only: cheap to import (no torch)."""
-from fastgen_core import ModelFamily, hookimpl
+from fastgen_core import BenchPreset, ModelFamily, hookimpl
 
 
 @hookimpl
@@ -13,3 +13,9 @@ def register_model_families(register):
         weights="fastgen_llama.model:weight_map",
         description="Llama 1/2/3, SmolLM, Mistral (GQA, RMSNorm, SwiGLU, RoPE, sliding window)",
     ))
+
+
+@hookimpl
+def register_bench_presets(register):
+    register(BenchPreset("llama-2-7b", "fastgen_llama.presets:llama_2_7b", "Llama-2-7B"))
+    register(BenchPreset("tiny-llama", "fastgen_llama.presets:tiny_llama", "a 2-layer Llama for CPU smoke tests"))

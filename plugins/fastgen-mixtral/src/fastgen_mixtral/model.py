@@ -30,6 +30,13 @@ class MixtralConfig(DecoderConfig):
                    rms_norm_eps=hf.get("rms_norm_eps", 1e-5), hidden_act=hf.get("hidden_act", "silu"),
                    rope_theta=theta, rope_scaling=scaling)
 
+    def active_params(self, total: int) -> float:
+        """A token runs ``num_experts_per_tok`` of the ``num_local_experts`` experts of each layer (each expert:
+        gate, up and down, 3 x hidden x intermediate weights)."""
+        per_expert = 3 * self.hidden_size * self.intermediate_size
+        unused = 1 - self.num_experts_per_tok / self.num_local_experts
+        return total - self.num_hidden_layers * self.num_local_experts * per_expert * unused
+
 
 class MixtralForCausalLM(CausalLM):
     def __init__(self, c: MixtralConfig):
@@ -37,14 +44,14 @@ class MixtralForCausalLM(CausalLM):
 
         def layer(i):
             attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, i,
-                                   rotary, sliding_window=c.sliding_window)
+                                   rotary, sliding_window=c.sliding_window, tp=c.tp)
             # Mixtral always renormalises the kept top-k softmax weights to sum to 1.
             moe = SparseMoE(c.hidden_size, c.intermediate_size, c.num_local_experts, c.num_experts_per_tok,
-                            c.hidden_act, renormalize=True)
+                            c.hidden_act, renormalize=True, tp=c.tp)
             return PreNormDecoderLayer(c.hidden_size, c.rms_norm_eps, attn, moe)
 
         super().__init__(c.vocab_size, c.hidden_size, [layer(i) for i in range(c.num_hidden_layers)],
-                         RMSNorm(c.hidden_size, c.rms_norm_eps), c.tie_word_embeddings)
+                         RMSNorm(c.hidden_size, c.rms_norm_eps), c.tie_word_embeddings, tp=c.tp)
 
 
 def _expert_rules(c: MixtralConfig) -> list[Rule]:

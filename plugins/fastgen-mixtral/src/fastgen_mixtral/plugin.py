@@ -1,5 +1,5 @@
 """Hook implementations only: cheap to import (no torch)."""
-from fastgen_core import ModelFamily, hookimpl
+from fastgen_core import BenchPreset, ModelFamily, hookimpl
 
 
 @hookimpl
@@ -13,3 +13,10 @@ def register_model_families(register):
         weights="fastgen_mixtral.model:weight_map",
         description="Mixtral 8x7B / 8x22B (Llama-style blocks, top-k routed SwiGLU experts, sliding window)",
     ))
+
+
+@hookimpl
+def register_bench_presets(register):
+    register(BenchPreset("mixtral-small", "fastgen_mixtral.presets:mixtral_small",
+                         "Mixtral-8x7B's blocks, 8 layers (11.9B)"))
+    register(BenchPreset("mixtral-8x7b", "fastgen_mixtral.presets:mixtral_8x7b", "Mixtral-8x7B (46.7B)"))

@@ -62,9 +62,10 @@ class OPTDecoderLayer(nn.Module):
         super().__init__()
         self.pre_norm = c.do_layer_norm_before
         self.self_attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_attention_heads, c.head_dim,
-                                         layer_idx, rotary=None, qkv_bias=c.enable_bias, o_bias=c.enable_bias)
+                                         layer_idx, rotary=None, qkv_bias=c.enable_bias, o_bias=c.enable_bias,
+                                         tp=c.tp)
         self.self_attn_layer_norm = nn.LayerNorm(c.hidden_size, elementwise_affine=c.layer_norm_elementwise_affine)
-        self.mlp = MLP(c.hidden_size, c.ffn_dim, c.activation_function, bias=c.enable_bias)
+        self.mlp = MLP(c.hidden_size, c.ffn_dim, c.activation_function, bias=c.enable_bias, tp=c.tp)
         self.final_layer_norm = nn.LayerNorm(c.hidden_size, elementwise_affine=c.layer_norm_elementwise_affine)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -83,7 +84,7 @@ class OPTForCausalLM(CausalLM):
             if c.final_layer_norm else nn.Identity()
         super().__init__(c.vocab_size, c.word_embed_proj_dim, [OPTDecoderLayer(c, i) for i in
                                                                 range(c.num_hidden_layers)],
-                         norm, c.tie_word_embeddings)
+                         norm, c.tie_word_embeddings, tp=c.tp)
         self.embed_positions = nn.Embedding(c.max_position_embeddings + POSITION_OFFSET, c.hidden_size)
         self.project_in = nn.Linear(c.word_embed_proj_dim, c.hidden_size, bias=False) if c.projects else None
         self.project_out = nn.Linear(c.hidden_size, c.word_embed_proj_dim, bias=False) if c.projects else None

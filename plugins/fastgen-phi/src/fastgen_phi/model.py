@@ -60,8 +60,8 @@ def gelu_new(x: torch.Tensor) -> torch.Tensor:
 class PhiMLP(MLP):
     """The shared MLP; with gelu_new, the activation is one kernel (fc1's bias stays in fc1's GEMM)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, act: str):
-        super().__init__(hidden_size, intermediate_size, act, bias=True)
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str, tp=None):
+        super().__init__(hidden_size, intermediate_size, act, bias=True, tp=tp)
         if act == "gelu_new":
             self.act = gelu_new
 
@@ -72,8 +72,8 @@ def phi_layer(c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding) -> Parallel
     qk_norm = [LayerNorm(c.head_dim, c.layer_norm_eps) if c.qk_layernorm else None for _ in "qk"]
     attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, layer_idx, rotary,
                            qkv_bias=True, o_bias=True, sliding_window=c.sliding_window, q_norm=qk_norm[0],
-                           k_norm=qk_norm[1])
-    return ParallelDecoderLayer(attn, PhiMLP(c.hidden_size, c.intermediate_size, c.hidden_act),
+                           k_norm=qk_norm[1], tp=c.tp)
+    return ParallelDecoderLayer(attn, PhiMLP(c.hidden_size, c.intermediate_size, c.hidden_act, c.tp),
                                 LayerNorm(c.hidden_size, c.layer_norm_eps))
 
 
@@ -81,7 +81,7 @@ class PhiForCausalLM(CausalLM):
     def __init__(self, c: PhiConfig):
         rotary = RotaryEmbedding(c.head_dim, c.rotary_dim, c.rope_theta, c.rope_scaling)
         super().__init__(c.vocab_size, c.hidden_size, [phi_layer(c, i, rotary) for i in range(c.num_hidden_layers)],
-                         LayerNorm(c.hidden_size, c.layer_norm_eps), c.tie_word_embeddings, lm_head_bias=True)
+                         LayerNorm(c.hidden_size, c.layer_norm_eps), c.tie_word_embeddings, lm_head_bias=True, tp=c.tp)
 
 
 def weight_map(c: PhiConfig) -> WeightMap:

@@ -1,5 +1,5 @@
 """Hook implementations only: cheap to import (no torch)."""
-from fastgen_core import ModelFamily, hookimpl
+from fastgen_core import BenchPreset, ModelFamily, hookimpl
 
 
 @hookimpl
@@ -13,3 +13,8 @@ def register_model_families(register):
         weights="fastgen_phi.model:weight_map",
         description="Phi-1, Phi-1.5, Phi-2 (parallel attention and MLP, partial rotary, LayerNorm, biases)",
     ))
+
+
+@hookimpl
+def register_bench_presets(register):
+    register(BenchPreset("phi-2", "fastgen_phi.presets:phi_2", "Phi-2 (2.7B)"))

@@ -87,9 +87,9 @@ class Qwen2ForCausalLM(CausalLM):
             qk = [RMSNorm(c.head_dim, c.rms_norm_eps) if c.qk_norm else None for _ in "qk"]
             attn = RotaryAttention(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, i,
                                    rotary, qkv_bias=c.qkv_bias, o_bias=c.o_bias,
-                                   sliding_window=c.layer_sliding_window(i), q_norm=qk[0], k_norm=qk[1])
-            mlp = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=False)
+                                   sliding_window=c.layer_sliding_window(i), q_norm=qk[0], k_norm=qk[1], tp=c.tp)
+            mlp = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, bias=False, tp=c.tp)
             return PreNormDecoderLayer(c.hidden_size, c.rms_norm_eps, attn, mlp)
 
         super().__init__(c.vocab_size, c.hidden_size, [layer(i) for i in range(c.num_hidden_layers)],
-                         RMSNorm(c.hidden_size, c.rms_norm_eps), c.tie_word_embeddings)
+                         RMSNorm(c.hidden_size, c.rms_norm_eps), c.tie_word_embeddings, tp=c.tp)

@@ -4,7 +4,7 @@ Start-up: replicas first (the front door answers nothing until every replica is 
 deployment record is written so ``fastgen_core.client(name)`` can find it. SIGTERM/SIGINT (or POST
 /fastgen/terminate): uvicorn stops accepting, waits for in-flight requests to finish, then the replicas
 get SIGTERM and are waited for, and the record is removed. A replica whose process dies, or that stays
-unhealthy for unhealthy_restart_s, is restarted (replicas.ReplicaSet.monitor); the record's replica pids
+unhealthy for unhealthy_restart_s, is restarted (supervisor.ReplicaSet.monitor); the record's replica pids
 follow.
 """
 from __future__ import annotations
@@ -17,9 +17,10 @@ import sys
 import time
 from contextlib import asynccontextmanager
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .deployment import read_record, remove_record, write_record
-from .replicas import ReplicaSet, plan_devices
+from .placement import plan_devices
+from .supervisor import ReplicaSet
 from .router import RouterBackend
 from .settings import ServeSettings
 
@@ -43,7 +44,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def run_frontdoor(s: ServeSettings) -> int:
     import uvicorn
 
-    from .app import create_app
+    from ..app import create_app
     logging.basicConfig(level=s.log_level.upper(), format="[fastgen] %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)      # one line per proxied request is noise
     old = read_record(s.deployment_name)
@@ -107,8 +108,8 @@ def _check_model(s: ServeSettings) -> None:
     """Refuse a model no installed family can run here, with the registry's message, before any replica."""
     from pathlib import Path
 
-    from ..loader import read_hf_config
-    from ..registry import FamilyRegistry
+    from ...loader import read_hf_config
+    from ...registry import FamilyRegistry
     path = Path(s.model)
     FamilyRegistry().resolve(read_hf_config(path), path, s.engine_options.get("family"))
 

@@ -1,11 +1,15 @@
 """Calibration: how decisive must a random model be for bf16 top-1 agreement to measure kernels, not ties?
-Prints, per family config and init std, transformers' own bf16-vs-fp32 agreement and ours-vs-transformers."""
+Prints, per family config and init std, transformers' own bf16-vs-fp32 agreement and ours-vs-transformers.
+    python3 tools/agreement_sweep.py [family,family...]      (on a GPU; see tests/gpu/test_agreement_gpu.py)"""
 import sys
 import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gpu"))   # the agreement test's helpers
 
 import torch
 
-import test_agreement_gpu as T
+import test_agreement_gpu as T  # noqa: E402
 from agreement import agreement, sharpen_router
 from fastgen_core.testing import save_tiny_model
 

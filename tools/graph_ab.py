@@ -1,6 +1,6 @@
 """A/B of the decode-graph path: per-step wall (host) and GPU time of decode-only and prefill-carrying steps,
 graphs off and on, in one process (order off, on, off). Also the pieces of one graph step.
-    python3 tests/gpu/graph_ab.py phi-2 [num_requests] [budget]"""
+    python3 tools/graph_ab.py phi-2 [num_requests] [budget]"""
 import gc
 import sys
 import tempfile

@@ -24,9 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..engine.engine import PreparedRequest
-from ..errors import InvalidRequestError
-from ..parallel import TensorParallelError
+from ...engine.engine import PreparedRequest
+from ...errors import InvalidRequestError, TensorParallelError
 
 log = logging.getLogger("fastgen.server")
 IDLE_WAIT_S = 0.05        # how long an idle loop blocks on its inbox (also its heartbeat period when idle)

@@ -1,16 +1,15 @@
-"""Prometheus metrics: per-request latency histograms and engine gauges/counters, labelled by replica.
+"""A replica's Prometheus metrics: per-request latency histograms and engine gauges/counters, labelled by replica.
 
 Each replica keeps its own registry (histograms observed on the engine loop thread; engine gauges read
 from the loop's last published ``engine.stats()`` snapshot at scrape time, so a scrape never calls the
-engine). The front door scrapes every replica and merges the families into one exposition.
+engine). The front door scrapes every replica and merges the families into one exposition
+(frontdoor/metrics.py).
 """
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.parser import text_string_to_metric_families
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                    10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
 
@@ -76,23 +75,3 @@ class _EngineCollector:
             c = CounterMetricFamily(name, doc, labels=["replica"])
             c.add_metric([self.replica], s[key])
             yield c
-
-
-class MergedMetrics:
-    """The union of several replicas' expositions (same families, different ``replica`` labels)."""
-
-    def __init__(self, texts: list[str]):
-        self.families: dict = {}
-        for text in texts:
-            for fam in text_string_to_metric_families(text):
-                if fam.name in self.families:
-                    self.families[fam.name].samples.extend(fam.samples)
-                else:
-                    self.families[fam.name] = fam
-
-    def collect(self):
-        return list(self.families.values())
-
-
-def merge_expositions(texts: list[str], *registries) -> bytes:
-    return generate_latest(MergedMetrics(texts)) + b"".join(generate_latest(r) for r in registries)

@@ -10,9 +10,9 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from ..errors import InvalidRequestError
+from ...errors import InvalidRequestError
 from .engine_loop import EngineLoop, Submission
-from .errors import APIError
+from ..errors import APIError
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """bf16 Mixtral agreement against router sharpness and seed (the test uses router x16 and seed 0).
-usage: python moe_agreement_probe.py [cuda|cpu]"""
+usage: python3 tools/moe_agreement_probe.py [cuda|cpu]"""
 import sys
 import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gpu"))   # the agreement test's helpers
 
 import torch
 

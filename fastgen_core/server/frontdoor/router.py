@@ -7,7 +7,7 @@ aborts the request in its engine, freeing the KV blocks.
 A request is sent to another replica only if it cannot have run: the connection to its replica failed, or
 broke while that replica stays alive (it aborts what it got). Requests in flight on a replica whose process
 dies are lost (a request may be what killed it): a JSON answer is a 503 saying so, a stream ends with an
-in-band error event. The replica is restarted by ReplicaSet.monitor, which also ends and restarts a live
+in-band error event. The replica is restarted by supervisor.ReplicaSet.monitor, which also ends and restarts a live
 replica that stays unhealthy (its requests are lost the same way, the message saying why it was ended).
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ import socket
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily
 from starlette.responses import StreamingResponse
 
-from .errors import APIError
-from .metrics import merge_expositions
-from .replicas import Replica, ReplicaSet
+from ..errors import APIError
+from .metrics import RestartCollector, merge_expositions
+from .replica_handle import Replica, Verdict
+from .supervisor import ReplicaSet
 
 log = logging.getLogger("fastgen.server")
 RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
@@ -43,7 +43,7 @@ class RouterBackend:
                                ["replica"], registry=self.registry)
         self._up = Gauge("fastgen_replica_healthy", "1 if the replica's engine loop is alive and stepping.",
                          ["replica"], registry=self.registry)
-        self.registry.register(_RestartCollector(replicas))
+        self.registry.register(RestartCollector(replicas))
 
     def pick(self, exclude: set) -> Replica | None:
         candidates = [r for r in self.replicas if r.healthy and r not in exclude]
@@ -69,7 +69,7 @@ class RouterBackend:
                 upstream = await self._send(request, r, path, payload)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:     # never reached it: try another
                 r.outstanding -= 1
-                r.healthy, r.slow, r.detail = False, False, f"unreachable: {type(e).__name__}: {e}"
+                r.health.mark(Verdict.UNREACHABLE, f"unreachable: {type(e).__name__}: {e}")
                 tried.add(r)
                 continue
             except httpx.TransportError as e:          # the connection broke after the request was sent
@@ -176,8 +176,7 @@ class RouterBackend:
         for _ in range(20):
             rc = r.exited()
             if rc is not None:
-                r.healthy, r.slow = False, False
-                r.detail = f"replica process {r.pid} exited: {r.ended(rc)}"
+                r.mark_exited(rc)
                 return (f"{r.name} died {what} (its process {r.pid} exited: {r.ended(rc)}); the request is "
                         "lost and was not retried: send it again")
             await asyncio.sleep(0.05)
@@ -238,20 +237,6 @@ class RouterBackend:
         return {"name": self.name, "model": self.model, "url": self.url, "pid": os.getpid(),
                 "replicas": [{"replica": r.index, "pid": r.pid, "device": r.device, "state": r.state,
                               "restarts": r.restarts} for r in self.replicas]}
-
-
-class _RestartCollector:
-    """fastgen_replica_restarts_total: processes started to replace a dead (or ended, unhealthy) one."""
-
-    def __init__(self, replicas: ReplicaSet):
-        self.replicas = replicas
-
-    def collect(self):
-        c = CounterMetricFamily("fastgen_replica_restarts", "Times the replica's process was restarted after it "
-                                "died or stayed unhealthy.", labels=["replica"])
-        for r in self.replicas:
-            c.add_metric([str(r.index)], r.restarts)
-        yield c
 
 
 def _hang_up(upstream: httpx.Response, reader: asyncio.Task) -> None:

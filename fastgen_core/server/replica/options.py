@@ -1,10 +1,12 @@
-"""From HTTP request bodies to engine work: prompts + SamplingParams, with OpenAI's and MII's semantics.
+"""From HTTP request bodies to engine work: the prompts of each endpoint's body, chat messages through the
+chat template, what this server refuses, and MII's ``max_length``.
 
-Each builder returns a ``prepare(engine)`` function. It runs on the engine loop's thread (the only thread
-that touches the engine or its tokenizer) and returns what to queue: ``(prompt, SamplingParams)`` pairs,
-or requests it already prepared with ``engine.prepare_request`` (when it had to tokenize the prompt itself,
-so the prompt is tokenized once).
-
+An endpoint hands the engine loop a ``prepare(engine)`` function. It runs on the engine loop's thread (the
+only thread that touches the engine or its tokenizer) and returns what to queue: ``(prompt, SamplingParams)``
+pairs, or requests it already prepared with ``engine.prepare_request`` (when it had to tokenize the prompt
+itself, so the prompt is tokenized once). The SamplingParams come straight from the body
+(``SamplingParams.from_wire``: each front end's names, defaults and conversions; greedy is
+SamplingParams.greedy), one per choice (``for_choices``).
 OpenAI semantics (decided as vLLM does): ``temperature`` absent means 1.0, i.e. sampling, as on OpenAI's
 API; ``temperature: 0`` is greedy. ``max_tokens`` defaults to 16 for completions (OpenAI's default) and
 to "up to the context" for chat. ``n`` choices per prompt are n requests (with a seed, the i-th gets
@@ -15,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from ..errors import InvalidRequestError
-from ..sampling import SamplingParams
-from .errors import APIError
+from ...errors import InvalidRequestError
+from ...sampling import SamplingParams
+from ..errors import APIError
 
 Prepare = Callable[[Any], list[tuple[Any, SamplingParams]]]
 
@@ -26,7 +28,8 @@ def _unsupported(name: str, why: str) -> APIError:
     return APIError(400, f"{name} is not supported by this server: {why}", param=name)
 
 
-def _refuse_unsupported(body) -> None:
+def refuse_unsupported(body) -> None:
+    """A 400 for what an OpenAI-style body asks and this server cannot do (named, with what is allowed)."""
     if body.logit_bias:
         raise _unsupported("logit_bias", "leave it empty")
     if getattr(body, "top_logprobs", None) is not None and not getattr(body, "logprobs", None):
@@ -44,34 +47,6 @@ def _refuse_unsupported(body) -> None:
         raise _unsupported("response_format", f"got {fmt!r}; only {{'type': 'text'}} is allowed")
 
 
-def openai_params(body, max_tokens: int | None, logprobs: int | None = None,
-                  prompt_logprobs: int | None = None) -> SamplingParams:
-    """SamplingParams for an OpenAI-style body (completions or chat); ``logprobs`` / ``prompt_logprobs``
-    as each endpoint reads them from its own fields."""
-    _refuse_unsupported(body)
-    temperature = 1.0 if body.temperature is None else body.temperature
-    do_sample = temperature > 0
-    return SamplingParams(
-        max_new_tokens=max_tokens, min_new_tokens=body.min_tokens or 0, do_sample=do_sample,
-        temperature=temperature if do_sample else 1.0, top_k=0 if body.top_k in (None, -1) else body.top_k,
-        top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop or [],
-        stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos,
-        presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
-        repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
-        logprobs=logprobs, prompt_logprobs=prompt_logprobs)
-
-
-def copies(params: SamplingParams, n: int) -> list[SamplingParams]:
-    """``n`` requests' params for n choices: seeded copies get seed, seed + 1, ... (different samples)."""
-    out = []
-    for i in range(n):
-        p = dataclasses.replace(params)
-        if p.seed is not None:
-            p.seed = (p.seed + i) % (2 ** 63)
-        out.append(p)
-    return out
-
-
 def completion_prompts(prompt) -> list:
     """OpenAI's four prompt shapes -> a list of prompts (strings or token-id lists)."""
     if isinstance(prompt, str):
@@ -82,13 +57,6 @@ def completion_prompts(prompt) -> list:
     if all(isinstance(p, int) for p in prompt):
         return [list(prompt)]
     return list(prompt)
-
-
-def same_for_each(prompts: list, params: SamplingParams, n: int = 1) -> Prepare:
-    """Each prompt ``n`` times (prompt-major, as OpenAI orders the choices)."""
-    def prepare(engine):
-        return [(p, c) for p in prompts for c in copies(params, n)]
-    return prepare
 
 
 def template_messages(messages) -> list[dict]:
@@ -120,22 +88,6 @@ def render_chat(tok, msgs: list[dict], add_generation_prompt: bool = True) -> li
     return list(ids)
 
 
-def chat_prepare(messages, params: SamplingParams, n: int = 1) -> Prepare:
-    """Render the messages with the tokenizer's chat template (on the engine thread)."""
-    msgs = template_messages(messages)
-
-    def prepare(engine):
-        ids = render_chat(engine.tokenizer, msgs)
-        return [(ids, c) for c in copies(params, n)]
-    return prepare
-
-
-def generate_params(body) -> SamplingParams:
-    """The native endpoint's options are the pipeline's (SamplingParams), with the pipeline's defaults."""
-    fields = body.model_dump(exclude={"prompts", "stream"})
-    return SamplingParams(**fields)
-
-
 def mii_prepare(body) -> tuple[list[str], Prepare]:
     """MII's generate options: do_sample True and top_p 0.9 by default; max_length caps prompt + new."""
     prompts = [body.prompts] if isinstance(body.prompts, str) else list(body.prompts)
@@ -145,12 +97,7 @@ def mii_prepare(body) -> tuple[list[str], Prepare]:
         raise APIError(400, "stream is not supported on /mii (MII's REST API does not stream either); use "
                             "/v1/completions with stream: true or fastgen_core.client(...).generate(stream=True)",
                        param="stream")
-    temperature = 1.0 if body.temperature is None else body.temperature
-    do_sample = body.do_sample and temperature > 0
-    base = SamplingParams(max_new_tokens=body.max_new_tokens, min_new_tokens=body.min_new_tokens,
-                          do_sample=do_sample, temperature=temperature if do_sample else 1.0, top_k=body.top_k or 0,
-                          top_p=body.top_p, stop=body.stop, ignore_eos=body.ignore_eos,
-                          return_full_text=body.return_full_text)
+    base = SamplingParams.from_wire("mii", body)
 
     def prepare(engine):
         if body.max_length is None:

@@ -9,8 +9,9 @@ import uuid
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .errors import APIError
-from .options import chat_prepare, completion_prompts, openai_params, same_for_each
+from ..errors import APIError
+from ...sampling import SamplingParams
+from .options import completion_prompts, refuse_unsupported, render_chat, template_messages
 
 
 def _dumps(obj) -> str:
@@ -109,9 +110,12 @@ async def completions(backend, body, request) -> Response:
     if body.stream and body.echo and body.logprobs is not None:
         raise APIError(400, "echo with logprobs (the prompt's logprobs) is answered without stream; drop one of "
                             "stream, echo or logprobs", param="echo")
-    params = openai_params(body, body.max_tokens, body.logprobs, body.logprobs if body.echo else None)
-    params.return_full_text = body.echo
-    handle = await backend.open(request, same_for_each(prompts, params, n), len(prompts) * n)
+    refuse_unsupported(body)
+    params = SamplingParams.from_wire("openai", body, max_new_tokens=body.max_tokens, logprobs=body.logprobs,
+                                      prompt_logprobs=body.logprobs if body.echo else None, return_full_text=body.echo)
+    # each prompt n times, prompt-major, as OpenAI orders the choices
+    handle = await backend.open(request, lambda engine: [(p, c) for p in prompts for c in params.for_choices(n)],
+                                len(prompts) * n)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": backend.info.name}
     if body.stream:
@@ -172,8 +176,14 @@ async def chat_completions(backend, body, request) -> Response:
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     n = body.n or 1
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = openai_params(body, max_tokens, logprobs)
-    handle = await backend.open(request, chat_prepare(body.messages, params, n), n)
+    refuse_unsupported(body)
+    params = SamplingParams.from_wire("openai", body, max_new_tokens=max_tokens, logprobs=logprobs)
+    msgs = template_messages(body.messages)
+
+    def prepare(engine):          # the chat template is rendered on the engine's thread, with its tokenizer
+        ids = render_chat(engine.tokenizer, msgs)
+        return [(ids, c) for c in params.for_choices(n)]
+    handle = await backend.open(request, prepare, n)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": backend.info.name}
     text_of = token_text(backend) if logprobs is not None else None

@@ -1,6 +1,6 @@
 """One replica process: load the engine, start its loop thread, serve the API on a Unix socket.
 
-Started by the front door (replicas.py) as ``python -m fastgen_core.server.replica ...``. SIGTERM drains
+Started by the front door (frontdoor/supervisor.py) as ``python -m fastgen_core.server.replica.main ...``. SIGTERM drains
 in-flight requests (uvicorn's graceful shutdown), then stops the loop and closes the engine (with its
 tensor-parallel workers). The replica also exits when its front door disappears, so a killed front door never
 leaves engines holding devices.
@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m fastgen_core.server.replica")
+    p = argparse.ArgumentParser(prog="python -m fastgen_core.server.replica.main")
     p.add_argument("--model", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--index", type=int, default=0)
@@ -51,14 +51,17 @@ def main(argv=None) -> int:
     import torch
     import uvicorn
 
-    from ..pipeline import pipeline
-    from .app import create_app
+    from ...config import EngineConfig
+    from ...engine.engine import LLMEngine
+    from ..app import create_app
     from .engine_loop import EngineLoop
     from .local import LocalBackend, ModelInfo
     from .metrics import ReplicaMetrics
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    engine = pipeline(args.model, device=args.device, **json.loads(args.engine_options)).engine
+    # the model is a local directory already (the front door's settings resolved it) and the options were
+    # validated there against the same EngineConfig
+    engine = LLMEngine(EngineConfig.from_kwargs(args.model, device=args.device, **json.loads(args.engine_options)))
     holder = {}
     metrics = ReplicaMetrics(args.index, lambda: holder["loop"].snapshot)
     loop = holder["loop"] = EngineLoop(engine, metrics, stall_timeout_s=args.stall_timeout)

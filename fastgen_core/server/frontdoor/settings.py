@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -15,7 +15,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 @dataclass
 class ServeSettings:
     """model: HF model directory (None: the embedded default model).
-    device / device_map: where replicas run (see replicas.plan_devices).
+    device / device_map: where replicas run (see placement.plan_devices).
     queue_limit: per replica, requests that may wait beyond the running batch before new ones get 429.
     drain_timeout_s: how long SIGTERM waits for in-flight requests. stall_timeout_s: a step longer than
     this marks the engine loop stuck (/health 503). health_timeout_s: how long the front door waits for a
@@ -49,10 +49,10 @@ class ServeSettings:
     def __post_init__(self):
         given = self.model
         if self.model is None:
-            from ..default_model import default_model_dir
+            from ...default_model import default_model_dir
             self.model = str(default_model_dir())
         else:
-            from ..hub import resolve_model      # a Hub id: its cached (or downloaded) snapshot
+            from ...hub import resolve_model      # a Hub id: its cached (or downloaded) snapshot
             self.model = resolve_model(str(self.model))
         self.model = str(Path(self.model).expanduser().resolve())
         if not (Path(self.model) / "config.json").is_file():
@@ -76,7 +76,7 @@ class ServeSettings:
             raise ConfigError(f"unhealthy_restart_s must be a number of seconds >= 0 (restart a live replica "
                               f"unhealthy that long; 0: never), got {v!r}")
         if self.deployment_name is None:
-            from ..hub import is_hub_id      # a Hub id's name, not its snapshot's commit hash
+            from ...hub import is_hub_id      # a Hub id's name, not its snapshot's commit hash
             named = Path(given).name if given is not None and is_hub_id(str(given)) else Path(self.model).name
             self.deployment_name = re.sub(r"[^A-Za-z0-9._-]", "-", named) or "fastgen"
         if not NAME_RE.match(self.deployment_name):
@@ -87,7 +87,7 @@ class ServeSettings:
             raise ConfigError(f"cpu_threads must be a positive integer, got {self.cpu_threads!r}")
         if not isinstance(self.engine_options, dict):
             raise ConfigError(f"engine_options must be a dict, got {self.engine_options!r}")
-        from ..config import EngineConfig
+        from ...config import EngineConfig
         EngineConfig.from_kwargs(self.model, device=self.device, **self.engine_options)   # fail here, not in a replica
 
     def argv(self) -> list[str]:

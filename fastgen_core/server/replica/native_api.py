@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse, Response
 
-from .errors import APIError
+from ..errors import APIError
 from .openai_api import _collect, sse_response
-from .options import completion_prompts, generate_params, mii_prepare, render_chat, same_for_each, template_messages
+from ...sampling import SamplingParams
+from .options import completion_prompts, mii_prepare, render_chat, template_messages
 
 MII_FINISH_REASONS = {"stop": "stop", "length": "length"}      # anything else is MII's "none"
 
@@ -16,8 +17,9 @@ async def generate(backend, body, request) -> Response:
     prompts = completion_prompts(body.prompts)
     if body.stream and len(prompts) != 1:
         raise APIError(400, f"stream: true takes exactly one prompt, got {len(prompts)}", param="stream")
-    params = generate_params(body)
-    handle = await backend.open(request, same_for_each(prompts, params), len(prompts))
+    params = SamplingParams.from_wire("native", body)     # the pipeline's options, with its defaults
+    handle = await backend.open(request, lambda engine: [(p, c) for p in prompts for c in params.for_choices(1)],
+                                len(prompts))
     if body.stream:
         return sse_response(handle, _generate_events(handle))
     responses = await _collect(handle)

@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import FastgenError
-from .client import pid_alive
+from ...errors import FastgenError
+from ..client import pid_alive
 
 
 def records_dir() -> Path:
-    from ..default_model import cache_dir
+    from ...default_model import cache_dir
     return cache_dir() / "deployments"
 
 
@@ -65,7 +65,7 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
     503 (engine loop dead or stuck) or unanswered for ``unhealthy_restart_s`` seconds (0: never). Raises
     FastgenError (with the end of the log) if start-up fails.
     """
-    from .client import Client
+    from ..client import Client
     from .settings import ServeSettings
     s = ServeSettings(model=model, host=host, port=port, device=device, device_map=device_map, replicas=replicas,
                       api_key=api_key, deployment_name=deployment_name, queue_limit=queue_limit,
@@ -103,7 +103,7 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
 
 def client(name_or_url: str, api_key: str | None = None, timeout: float = 600.0):
     """Connect to a running deployment by its name (see ``fastgen serve --deployment-name``) or its URL."""
-    from .client import Client
+    from ..client import Client
     if name_or_url.startswith(("http://", "https://")):
         return Client(name_or_url, api_key=api_key, timeout=timeout)
     rec = read_record(name_or_url)
