@@ -12,6 +12,8 @@
 #   online     fastgen bench --online (clients 1..32) on Phi-2
 #   load       tools/load_time.py: engine start from sharded safetensors vs from a snapshot (Llama-2-7B)
 #   agreement  bf16 top-1 agreement with transformers, kernels on / all CuPy kernels off / SDPA prefill
+#   final      a short confirming run: the GPU tests of the newest code (split decode, async scheduling,
+#              fused kernels, fp32 tokens) and Phi-2's per-token latency at 1 and 32 clients, async and sync
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
 #              seed's other Phi-2 scenarios and Falcon-40B 1200/60 while time lasts
@@ -63,6 +65,15 @@ fi
 if has online; then
   timeout 300 $B --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,2,4,8,16,32 --warm-passes 0 \
     --tag online --plot "$OUT/phi2-online.png" 2>&1 | tail -8
+fi
+if has final; then
+  timeout 110 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_attention_gpu.py tests/gpu/test_graphs_gpu.py \
+    tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py -k "split or triton or async or fp32_greedy or gelu" \
+    2>&1 | tee "$OUT/gpu_tests.log" | tail -4
+  for mode in async sync; do
+    timeout 40 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag $mode \
+      $([ $mode = sync ] && echo --no-async-scheduling) 2>&1 | grep -E "^online" | sed "s/^/$mode /"
+  done
 fi
 if has speed2; then
   timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,8,32 --tag async \
