@@ -67,11 +67,11 @@ if has online; then
     --tag online --plot "$OUT/phi2-online.png" 2>&1 | tail -8
 fi
 if has final; then
-  timeout 110 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_attention_gpu.py tests/gpu/test_graphs_gpu.py \
-    tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py -k "split or triton or async or fp32_greedy or gelu" \
+  timeout 85 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_attention_gpu.py tests/gpu/test_graphs_gpu.py \
+    tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py -k "split or triton or async or gelu or transformers_on_cuda" \
     2>&1 | tee "$OUT/gpu_tests.log" | tail -4
   for mode in async sync; do
-    timeout 40 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag $mode \
+    timeout 35 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag $mode \
       $([ $mode = sync ] && echo --no-async-scheduling) 2>&1 | grep -E "^online" | sed "s/^/$mode /"
   done
 fi
