@@ -38,8 +38,8 @@ class EngineConfig:
     tensor_parallel_size: shard every layer over this many GPUs (``device``'s index and the ones after
     it) or, on CPU, processes; rank 0 runs in this process, the others in child processes.
     tp_cuda_graphs: capture decode graphs under tensor parallelism too (off until measured on GPUs).
-    async_scheduling: schedule and prepare step N+1 while the GPU runs step N (see engine.engine); None:
-    on for CUDA with one rank, off elsewhere. Outputs are the same either way.
+    async_scheduling: schedule and prepare step N+1 while the GPU runs step N (see engine.engine); the
+    same outputs either way. Off by default: on an H200 it did not win (docs/performance.md, Speed II).
     """
 
     model: str
@@ -60,11 +60,11 @@ class EngineConfig:
     enable_prefix_caching: bool = False
     tensor_parallel_size: int = 1
     tp_cuda_graphs: bool = False
-    async_scheduling: bool | None = None
+    async_scheduling: bool = False
 
     def __post_init__(self):
         import torch
-        for name in ("cuda_graphs", "enable_prefix_caching", "tp_cuda_graphs"):
+        for name in ("cuda_graphs", "enable_prefix_caching", "tp_cuda_graphs", "async_scheduling"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("max_ragged_batch_size", "max_ragged_sequence_count", "cuda_graph_max_batch",
@@ -73,8 +73,6 @@ class EngineConfig:
         for name in ("kv_block_size", "num_kv_blocks", "max_context"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
-            raise ConfigError(f"async_scheduling must be true, false or null (auto), got {self.async_scheduling!r}")
         if self.load_format not in LOAD_FORMATS:
             raise ConfigError(f"load_format must be one of {list(LOAD_FORMATS)}, got {self.load_format!r}")
         if not 0 < self.gpu_memory_fraction <= 1:
@@ -105,12 +103,10 @@ class EngineConfig:
             raise ConfigError(f"unknown engine option(s) {unknown}; allowed: {sorted(known - {'model'})}")
         return cls(model=model, **kwargs)
 
-    def resolve_async_scheduling(self, device, tp_size: int) -> bool:
-        if tp_size > 1:            # the workers would need each step's tokens from rank 0's device
-            if self.async_scheduling:
-                raise ConfigError("async_scheduling needs tensor_parallel_size=1")
-            return False
-        return device.type == "cuda" if self.async_scheduling is None else self.async_scheduling
+    def resolve_async_scheduling(self, tp_size: int) -> bool:
+        if self.async_scheduling and tp_size > 1:     # the workers would need each step's tokens from rank 0
+            raise ConfigError("async_scheduling needs tensor_parallel_size=1")
+        return self.async_scheduling
 
     def block_size(self) -> int:
         return self.kv_block_size or DEFAULT_KV_BLOCK_SIZE

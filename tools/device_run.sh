@@ -72,21 +72,21 @@ if has final; then
     2>&1 | tee "$OUT/gpu_tests.log" | tail -4
   for mode in async sync; do
     timeout 35 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag $mode \
-      $([ $mode = sync ] && echo --no-async-scheduling) 2>&1 | grep -E "^online" | sed "s/^/$mode /"
+      $([ $mode = async ] && echo --async-scheduling) 2>&1 | grep -E "^online" | sed "s/^/$mode /"
   done
 fi
 if has speed2; then
-  timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,8,32 --tag async \
+  timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,8,32 --tag sync \
     --plot "$OUT/phi2-online.png" 2>&1 | grep -E "^fastgen|^online"
-  timeout 60 $OL --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,32 --no-async-scheduling --tag sync \
+  timeout 60 $OL --preset phi-2 --num-requests 128 --gen-mean 60 --online 1,32 --async-scheduling --tag async \
     2>&1 | grep -E "^online"
-  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag async 2>&1 | grep -E "^online"
-  timeout 80 $OL --preset mixtral-8x7b --num-requests 16 --gen-mean 60 --online 1 --tag async 2>&1 | grep -E "^online"
+  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag sync 2>&1 | grep -E "^online"
+  timeout 80 $OL --preset mixtral-8x7b --num-requests 16 --gen-mean 60 --online 1 --tag sync 2>&1 | grep -E "^online"
   timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen \
     --only-overlapped --json "$OUT/profile.jsonl" --tag decode-host 2>&1 | grep -E "no synchronise"
   timeout 90 $B --preset phi-2 --num-requests 64 --prompt-mean 1200 1900 --gen-mean 60 128 --online 1,8,32 \
     --no-offline --tag seed-scenarios --plot "$OUT/phi2-scenarios.png" 2>&1 | grep -E "^online"
-  timeout 60 $OL --preset falcon-40b --num-requests 16 --gen-mean 60 --online 1,8 --tag async 2>&1 | grep -E "^online"
+  timeout 60 $OL --preset falcon-40b --num-requests 16 --gen-mean 60 --online 1,8 --tag sync 2>&1 | grep -E "^online"
 fi
 if has load; then
   timeout 300 python3 tools/load_time.py --preset llama-2-7b --json "$OUT/load.jsonl" 2>&1 | tail -6

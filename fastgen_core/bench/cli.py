@@ -72,8 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="untimed passes over the first scenario before timing (their wall times are recorded)")
     p.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size,
                    help="shard the model over this many GPUs; the floor then uses this many cards' ceilings")
-    p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
-                   help="run the step loop synchronously (default: one step ahead of the GPU on CUDA)")
+    p.add_argument("--async-scheduling", action="store_true",
+                   help="run the step loop one step ahead of the GPU (default: synchronous)")
     p.add_argument("--no-offline", dest="offline", action="store_false",
                    help="skip the timed offline runs (the online runs and the warm-up pass still happen)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
@@ -111,7 +111,7 @@ def run_bench(**options) -> list[dict]:
     argv = []
     for k, v in options.items():
         flag = "--" + k.replace("_", "-")
-        if k in ("cuda_graphs", "async_scheduling", "offline"):
+        if k in ("cuda_graphs", "offline"):
             argv += [] if v else ["--no-" + k.replace("_", "-")]
         elif isinstance(v, bool):
             argv += [flag] if v else []
@@ -155,7 +155,7 @@ def run_bench_args(args) -> list[dict]:
                        gpu_memory_fraction=args.gpu_memory_fraction, seed=args.seed,
                        cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching,
                        tensor_parallel_size=args.tensor_parallel_size,
-                       async_scheduling=None if args.async_scheduling else False)
+                       async_scheduling=args.async_scheduling)
     device = cfg.torch_device()
     if cfg.dtype is None:
         cfg.dtype = "bfloat16" if device.type == "cuda" else "float32"
@@ -164,7 +164,7 @@ def run_bench_args(args) -> list[dict]:
             "max_ragged_batch_size": args.max_ragged_batch_size,
             "cuda_graphs": bool(args.cuda_graphs and device.type == "cuda"), "shared_prefix": args.shared_prefix,
             "prefix_caching": args.enable_prefix_caching, "tensor_parallel_size": args.tensor_parallel_size,
-            "async_scheduling": bool(args.async_scheduling and device.type == "cuda" and args.tensor_parallel_size == 1)}
+            "async_scheduling": args.async_scheduling}
     records: list[dict] = []
     out_path = Path(args.output) if args.output else results_dir(args) / f"{run_id}-{name}.jsonl"
     # one tick per stage: ceilings, load, warm-up, our scenarios, online client counts, the peer's scenarios

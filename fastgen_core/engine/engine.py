@@ -1,6 +1,7 @@
 """LLMEngine: the step loop. schedule -> run (forward + sample on the device) -> outputs.
 
-With ``async_scheduling`` (default on CUDA) the host runs one step ahead of the GPU, as vLLM's async
+With ``async_scheduling`` (opt-in: on an H200 it has not won yet, docs/performance.md) the host runs one
+step ahead of the GPU, as vLLM's async
 scheduling and SGLang's overlap scheduler do: ``step()`` schedules and launches step N+1 while the GPU still
 runs step N, then reads N's sampled tokens and returns N's outputs. A token sampled at N is fed to N+1
 straight from the device (the host holds a placeholder until it reads it back), so the host's scheduling,
@@ -86,7 +87,7 @@ class LLMEngine:
         self.processor = RequestProcessor(self.tokenizer, self.eos_token_ids, mc.vocab_size, self.max_context,
                                           self.allocator, self.device, config.model)
         self.requests = self.processor.requests
-        self.async_scheduling = config.resolve_async_scheduling(self.device, self.tp.size)
+        self.async_scheduling = config.resolve_async_scheduling(self.tp.size)
         self.counters = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "finished": 0}
 
     # ---- requests --------------------------------------------------------------------------
