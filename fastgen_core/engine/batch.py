@@ -116,8 +116,8 @@ def feed_from_device(input_ids: torch.Tensor, fed: tuple) -> None:
     """input_ids[rows] = tokens[indices]: tokens sampled on the device by the step before, never read back."""
     rows, tokens, indices = fed
     dev = input_ids.device
-    r = torch.tensor(rows, dtype=torch.long)
-    i = torch.tensor(indices, dtype=torch.long)
+    host = torch.tensor([rows, indices], dtype=torch.long)      # one host buffer, one copy
     if dev.type == "cuda":
-        r, i = r.pin_memory(), i.pin_memory()
-    input_ids.index_copy_(0, r.to(dev, non_blocking=True), tokens.index_select(0, i.to(dev, non_blocking=True)))
+        host = host.pin_memory()
+    r, i = host.to(dev, non_blocking=True)
+    input_ids.index_copy_(0, r, tokens.index_select(0, i))
