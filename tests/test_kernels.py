@@ -40,12 +40,13 @@ def test_bad_setting_is_named(monkeypatch):
 
 
 def test_every_kernel_source_is_where_the_loaders_look():
+    from fastgen_core.layers.linear import GEMV_CU
     from fastgen_core.layers.rotary import ROTARY_KV_CU
     from fastgen_phi.model import GELU_NEW_CU
     assert kernels.core_source(kernels.FUSED_OPS_CU).is_file() and GELU_NEW_CU.is_file()
-    assert kernels.core_source(ROTARY_KV_CU).is_file()
+    assert kernels.core_source(ROTARY_KV_CU).is_file() and kernels.core_source(GEMV_CU).is_file()
     with pytest.raises(FileNotFoundError, match=r"'missing.cu' is not in .*\(installed: \['fused_ops.cu', "
-                                                r"'rotary_kv.cu'\]\)"):
+                                                r"'gemv.cu', 'rotary_kv.cu'\]\)"):
         kernels.core_source("missing.cu")
 
 
@@ -90,3 +91,21 @@ def test_an_install_without_the_packaged_sources_fails_only_when_a_kernel_runs_a
         kernels.kernel_dir.cache_clear()
         kernels.core_source.cache_clear()
     assert kernels.core_source(kernels.FUSED_OPS_CU).is_file()
+
+
+def test_core_linear_layers_are_gemv_capable_and_plain_linear_on_cpu():
+    """Every linear layer the shared constructors build goes through layers.linear (the decode GEMV on CUDA);
+    on CPU it is nn.Linear's own arithmetic, bit for bit."""
+    from torch import nn
+
+    from fastgen_core.layers import linear as L
+    from fastgen_core.layers import sharded
+    built = [sharded.column_linear(64, 96, [(0, 96)], bias=True), sharded.row_linear(64, 32, False, [(0, 64)]),
+             sharded.vocab_linear(64, 100, bias=False)]
+    assert all(type(m) is L.Linear for m in built)
+    x = torch.randn(3, 64)
+    for m in built:
+        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        plain.load_state_dict(m.state_dict())
+        assert torch.equal(m(x), plain(x))
+    assert not L.gemv_fits(x.bfloat16(), built[0].weight.bfloat16(), None)   # CPU tensors never take the kernel

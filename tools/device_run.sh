@@ -14,6 +14,9 @@
 #   agreement  bf16 top-1 agreement with transformers, kernels on / all CuPy kernels off / SDPA prefill
 #   final      a short confirming run: the GPU tests of the newest code (split decode, async scheduling,
 #              fused kernels, fp32 tokens) and Phi-2's per-token latency at 1 and 32 clients, async and sync
+#   gemv       tools/gemv_bench.py (decode GEMV vs cuBLAS by shape and rows), then per-token latency at 1 client
+#              (Phi-2, Llama-2-7B) and Phi-2's batch-1 decode step profile, GEMV on and off (FASTGEN_KERNELS_OFF)
+#   hostdiag   host time outside GPU busy time per step, Phi-2 at 128 and 32 sequences, sync and async loops
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
 #              seed's other Phi-2 scenarios and Falcon-40B 1200/60 while time lasts
@@ -87,6 +90,27 @@ if has speed2; then
   timeout 90 $B --preset phi-2 --num-requests 64 --prompt-mean 1200 1900 --gen-mean 60 128 --online 1,8,32 \
     --no-offline --tag seed-scenarios --plot "$OUT/phi2-scenarios.png" 2>&1 | grep -E "^online"
   timeout 60 $OL --preset falcon-40b --num-requests 16 --gen-mean 60 --online 1,8 --tag sync 2>&1 | grep -E "^online"
+fi
+if has gemv; then
+  timeout 150 python3 tools/gemv_bench.py --json "$OUT/gemv.jsonl" 2>&1 | tail -32
+  for off in "" gemv; do
+    for p in phi-2 llama-2-7b; do
+      FASTGEN_KERNELS_OFF=$off timeout 60 $OL --preset $p --num-requests 16 --gen-mean 60 --online 1 \
+        --tag "gemv${off:+-off}" 2>&1 | grep -E "^online" | sed "s/^/$p gemv${off:+-off} /"
+    done
+    FASTGEN_KERNELS_OFF=$off timeout 90 python3 tools/profile_steps.py --preset phi-2 --requests 1 --prompt 1200 \
+      --gen 128 --equal-gen --top 24 --json "$OUT/profile.jsonl" --tag "batch1-gemv${off:+-off}" > /tmp/p1.txt 2>&1
+    cat /tmp/p1.txt >> "$OUT/profile.txt"; grep -E "no synchronise|^decode|^prefill" /tmp/p1.txt; tail -25 /tmp/p1.txt
+  done
+fi
+if has hostdiag; then
+  for n in ${HOST_SEQS:-128 32}; do
+    for loop in sync async; do
+      timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests $n --equal-gen --only-overlapped \
+        $([ $loop = async ] && echo --async-scheduling) --json "$OUT/profile.jsonl" --tag "host-$n-$loop" 2>&1 \
+        | grep -E "no synchronise"
+    done
+  done
 fi
 if has load; then
   timeout 300 python3 tools/load_time.py --preset llama-2-7b --json "$OUT/load.jsonl" 2>&1 | tail -6

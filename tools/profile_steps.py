@@ -74,6 +74,7 @@ def run_pass(eng, w, tag, profile_every=0):
                 if ev.device_type == torch.autograd.DeviceType.CUDA:
                     us = ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
                     kernels[kind][kind_of(ev.name)] += us / 1e3
+                    kernels[kind]["#kernels"] += 1
                     by_name[kind][ev.name[:90]] += us / 1e3
             kernels[kind]["#profiled"] += 1
         rows.append((kind, wall * 1e3, e0.elapsed_time(e1)))
@@ -137,10 +138,13 @@ def main():
     ap.add_argument("--tag", default="")
     ap.add_argument("--equal-gen", action="store_true", help="every request generates exactly --gen tokens")
     ap.add_argument("--only-overlapped", action="store_true", help="skip passes 1 and 2")
+    ap.add_argument("--async-scheduling", action="store_true", help="the engine's asynchronous step loop")
+    ap.add_argument("--top", type=int, default=15, help="kernels listed per step type")
     a = ap.parse_args()
     d = write_preset(a.preset, tempfile.mkdtemp(), a.num_layers)
     eng = LLMEngine(EngineConfig(str(d), device="cuda", dtype="bfloat16", load_format="dummy",
-                                 max_ragged_batch_size=a.budget, gpu_memory_fraction=0.9))
+                                 max_ragged_batch_size=a.budget, gpu_memory_fraction=0.9,
+                                 async_scheduling=a.async_scheduling))
     w = make_workload(a.requests, a.prompt, a.gen, 0, eng.model_config.vocab_size, eng.max_context)
     if a.equal_gen:
         w.gen_lens = [a.gen] * len(w.gen_lens)
@@ -175,13 +179,17 @@ def main():
         n = max(k.get("#profiled", 0), 1)
         parts = {name: k.get(name, 0.0) / n for name, _ in KINDS} | {"other": k.get("other", 0.0) / n}
         busy = sum(parts.values())
+        launches = k.get("#kernels", 0) / n
         summary["steps"][kind] = {"n": len(rs), "wall_ms": round(wall, 3), "gpu_event_ms": round(gpu, 3),
                                   "kernel_busy_ms": round(busy, 3), "host_only_ms": round(max(wall - busy, 0), 3),
+                                  "kernels_per_step": round(launches, 1),
+                                  "gpu_gaps_ms": round(max(gpu - busy, 0), 3),
                                   "kernel_ms": {p: round(v, 3) for p, v in parts.items()},
                                   "top_kernels_ms": {nm: round(v / n, 3) for nm, v in sorted(
-                                      by_name[kind].items(), key=lambda x: -x[1])[:15]}}
+                                      by_name[kind].items(), key=lambda x: -x[1])[:a.top]}}
         print(f"{kind:<8}{len(rs):>5}{wall:>9.2f}{gpu:>8.2f}{max(wall - busy, 0):>10.2f}" + "".join(
-            f"{parts[name]:>18.2f}" for name, _ in KINDS) + f"{parts['other']:>8.2f}")
+            f"{parts[name]:>18.2f}" for name, _ in KINDS) + f"{parts['other']:>8.2f}"
+              + f"   kernels/step {launches:.0f}, gaps between kernels {max(gpu - busy, 0):.2f} ms")
     for kind, s in summary["steps"].items():
         print(f"top kernels per {kind} step (ms):")
         for nm, v in s["top_kernels_ms"].items():

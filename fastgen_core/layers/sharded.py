@@ -9,9 +9,9 @@ are split by vocabulary rows when the ranks divide the vocabulary. KV heads fewe
 attention) are replicated so that every rank holds the one its query heads read.
 
 The group is explicit: a layer is handed its ``TPGroup`` when it is constructed (``tp=``; None, the default,
-is one process, where every constructor here returns a plain ``nn.Linear`` / ``nn.Embedding``). The engine
-hands a family's model its group on the config it builds the model from (``DecoderConfig.tp``). Sharded
-parameters carry the ranges of the full tensor they hold (``shard``), from which the loader cuts each full
+is one process, where every constructor here returns a plain ``linear.Linear`` (an ``nn.Linear``) or
+``nn.Embedding``). The engine hands a family's model its group on the config it builds the model from
+(``DecoderConfig.tp``). Sharded parameters carry the ranges of the full tensor they hold (``shard``), from which the loader cuts each full
 checkpoint tensor (``take_slice``). The processes themselves are fastgen_core.distributed's.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .linear import Linear, linear
 
 
 @dataclass(frozen=True)
@@ -109,15 +110,15 @@ def column_linear(in_features: int, full_out: int, ranges: list[tuple[int, int]]
     """A Linear computing this rank's output rows: ``ranges`` are (start, length) pieces of the full
     ``full_out`` rows, one per fused segment (q, k, v; gate, up). A plain full Linear at size 1."""
     if group_of(tp).size == 1:
-        return nn.Linear(in_features, full_out, bias=bias)
-    lin = nn.Linear(in_features, sum(n for _, n in ranges), bias=bias)
+        return Linear(in_features, full_out, bias=bias)
+    lin = Linear(in_features, sum(n for _, n in ranges), bias=bias)
     shard(lin.weight, 0, ranges, full_out)
     if bias:
         shard(lin.bias, 0, ranges, full_out)
     return lin
 
 
-class RowParallelLinear(nn.Linear):
+class RowParallelLinear(Linear):
     """y = all_reduce(x_rank @ W_rank^T) + b: the input features are split over the ranks."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, tp: TPGroup,
@@ -127,7 +128,7 @@ class RowParallelLinear(nn.Linear):
         shard(self.weight, 1, ranges, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.all_reduce(F.linear(x, self.weight))
+        y = self.tp.all_reduce(linear(x, self.weight))
         return y if self.bias is None else y + self.bias
 
 
@@ -136,7 +137,7 @@ def row_linear(in_features: int, out_features: int, bias: bool, ranges: list[tup
     """nn.Linear at size 1 (numerically the same as before parallelism existed), else RowParallelLinear over
     this rank's ``ranges`` of the input features."""
     if group_of(tp).size == 1:
-        return nn.Linear(in_features, out_features, bias=bias)
+        return Linear(in_features, out_features, bias=bias)
     return RowParallelLinear(in_features, out_features, bias, tp, ranges)
 
 
@@ -157,7 +158,7 @@ class VocabParallelEmbedding(nn.Embedding):
         return self.tp.all_reduce(out)
 
 
-class VocabParallelLMHead(nn.Linear):
+class VocabParallelLMHead(Linear):
     """Logits of this rank's vocabulary slice, gathered from every rank into the whole row (every rank must
     call it for the same rows)."""
 
@@ -170,7 +171,7 @@ class VocabParallelLMHead(nn.Linear):
             shard(self.bias, 0, [(tp.rank * n, n)], vocab_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = F.linear(x, self.weight, self.bias).contiguous()
+        local = linear(x, self.weight, self.bias).contiguous()
         parts = [torch.empty_like(local) for _ in range(self.tp.size)]
         torch.distributed.all_gather(parts, local, group=self.tp.group)
         return torch.cat(parts, dim=-1)
@@ -189,5 +190,5 @@ def vocab_linear(hidden_size: int, vocab_size: int, bias: bool, tp: TPGroup | No
     """lm_head, split like ``vocab_embedding`` (so tied weights stay tied slice by slice)."""
     tp = group_of(tp)
     if tp.size == 1 or vocab_size % tp.size:
-        return nn.Linear(hidden_size, vocab_size, bias=bias)
+        return Linear(hidden_size, vocab_size, bias=bias)
     return VocabParallelLMHead(hidden_size, vocab_size, bias, tp)

@@ -1,0 +1,64 @@
+"""Linear layers, with a weight-streaming GEMV (kernels/gemv.cu) for the few-token forwards of decoding.
+
+At 1-4 tokens per forward a linear layer is bound by reading its weight: cuBLAS reads bf16 weights at
+2.4-3.0 TB/s there on an H200 (../shared/reference/gpu-notes.md), which is what keeps a batch-1 decode
+step at twice its weight read. ``linear(x, weight, bias)`` runs the CuPy GEMV when x has at most
+``GEMV_MAX_ROWS`` rows on CUDA in bf16/fp16 (kernels on: ``FASTGEN_KERNELS``; ``FASTGEN_KERNELS_OFF=gemv``
+switches it off alone), else ``torch.nn.functional.linear``, its reference. Every linear layer the core
+builds (``layers.sharded``: column, row and vocabulary layers) is a ``Linear`` and goes through it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import kernels
+
+GEMV_CU = "gemv.cu"
+GEMV_MAX_ROWS = 4
+# (rows of W per warp, 16-byte loads in flight per row, warps per block) by rows of x
+GEMV_CONFIG = {1: (1, 8, 4), 2: (2, 4, 4), 3: (2, 4, 4), 4: (2, 4, 4)}
+CONFIGS = ((1, 4), (1, 8), (2, 2), (2, 4), (4, 2))      # the (R, U) pairs gemv.cu instantiates
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def gemv_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``linear`` can take the GEMV kernel for these operands."""
+    k = weight.shape[-1]
+    return (x.dtype in _HALF and weight.dtype == x.dtype and x.shape[-1] == k and k % 8 == 0
+            and 0 < x.numel() // k <= GEMV_MAX_ROWS and weight.is_contiguous() and weight.data_ptr() % 16 == 0
+            and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())) and kernels.use(x, "gemv"))
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         config: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` by the GEMV kernel (the caller checked ``gemv_fits``). ``config``:
+    (rows per warp, loads in flight, warps per block), one of ``CONFIGS`` (default: ``GEMV_CONFIG``)."""
+    n, k = weight.shape
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous() or x2.data_ptr() % 16:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    r, u, warps = config or GEMV_CONFIG[m]
+    y = x2.new_empty(m, n)
+    grid = (-(-n // (r * warps)),)
+    name = f"gemv_{kernels.SUFFIX[x.dtype]}_m{m}_r{r}_u{u}"
+    kernels.launch(kernels.core_source(GEMV_CU), name, grid, (32 * warps,),
+                   (kernels.ptr(y), kernels.ptr(x2), kernels.ptr(weight), kernels.ptr(bias),
+                    kernels.i32(n), kernels.i32(k)), x.device)
+    return y.view(*x.shape[:-1], n)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, by the GEMV kernel where it fits (see the module's docstring)."""
+    if x.is_cuda and gemv_fits(x, weight, bias):
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, names and numerics on CPU) whose forward is ``linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)

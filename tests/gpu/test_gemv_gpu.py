@@ -1,0 +1,73 @@
+"""The decode GEMV (kernels/gemv.cu) against torch.nn.functional.linear: every instantiated configuration,
+1-4 rows, bf16/fp16, with and without bias, shapes whose K is not a multiple of the warp's stride and whose N
+is not a multiple of the rows per block; inside a CUDA graph; and the fallbacks of ``linear``."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgen_core.layers import linear as L
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytest.importorskip("cupy", reason="CuPy is not installed")
+
+
+@pytest.fixture(autouse=True)
+def cupy_kernels(monkeypatch):
+    monkeypatch.setenv("FASTGEN_KERNELS", "cupy")
+
+
+def _close(y, x, w, b):
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    err = (y.double() - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    assert err <= 1e-2 * scale, (err, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("n,k", [(7680, 2560), (2563, 10240), (37, 8), (130, 2568)])
+@pytest.mark.parametrize("config", [(r, u, w) for r, u in L.CONFIGS for w in (4, 8)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_matches_linear(dtype, m, n, k, config, bias):
+    g = torch.Generator(device="cuda").manual_seed(m * n + k)
+    x = torch.randn(m, k, device="cuda", dtype=dtype, generator=g)
+    w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / k ** 0.5
+    b = torch.randn(n, device="cuda", dtype=dtype, generator=g) if bias else None
+    assert L.gemv_fits(x, w, b)
+    y = L.gemv(x, w, b, config)
+    torch.cuda.synchronize()
+    assert y.shape == (m, n) and y.dtype == dtype
+    _close(y, x, w, b)
+
+
+def test_linear_takes_gemv_only_where_it_fits(monkeypatch):
+    w = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(3, 256, device="cuda", dtype=torch.bfloat16)
+    assert L.gemv_fits(x, w, None)
+    assert not L.gemv_fits(torch.randn(5, 256, device="cuda", dtype=torch.bfloat16), w, None)   # too many rows
+    assert not L.gemv_fits(x.float(), w.float(), None)                                          # fp32: cuBLAS
+    w_odd = torch.randn(512, 252, device="cuda", dtype=torch.bfloat16)
+    assert not L.gemv_fits(x[:, :252], w_odd, None)                                             # K % 8 != 0
+    monkeypatch.setenv("FASTGEN_KERNELS", "reference")
+    assert not L.gemv_fits(x, w, None)
+    # a strided x (a row view of a wider buffer) is made contiguous first
+    monkeypatch.setenv("FASTGEN_KERNELS", "cupy")
+    wide = torch.randn(3, 2, 256, device="cuda", dtype=torch.bfloat16)
+    _close(L.linear(wide[:, 1], w), wide[:, 1], w, None)
+
+
+def test_gemv_is_captured_in_a_cuda_graph():
+    lin = L.Linear(2560, 7680, bias=True).to("cuda", torch.bfloat16)
+    x = torch.randn(2, 2560, device="cuda", dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        lin(x)                                   # compile outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = lin(x)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    _close(y, x, lin.weight, lin.bias)
