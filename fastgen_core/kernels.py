@@ -155,6 +155,32 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     return out
 
 
+# ---- (attn + mlp) + x, then LayerNorm: the parallel-residual layer's boundary ----------------------------
+
+def add3_layer_norm_ref(a: torch.Tensor, m: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, layer_norm(s)) with s = (a + m) + x: a parallel layer's output and the next layer's norm of it."""
+    s = a + m + x
+    return s, F.layer_norm(s, (s.shape[-1],), weight, bias, eps)
+
+
+def add3_layer_norm(a: torch.Tensor, m: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``add3_layer_norm_ref`` in one kernel on CUDA in bf16/fp16 (float32 stays with torch's LayerNorm,
+    whose statistics it shares bit for bit with transformers)."""
+    if not (use(x, "add3_layer_norm") and x.dtype != torch.float32 and weight is not None
+            and all(t.is_contiguous() and t.dtype == x.dtype and t.shape == x.shape for t in (a, m, x))
+            and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)):
+        return add3_layer_norm_ref(a, m, x, weight, bias, eps)
+    hidden = x.shape[-1]
+    rows = x.numel() // hidden
+    s, out = torch.empty_like(x), torch.empty_like(x)
+    if rows:
+        launch(core_source(FUSED_OPS_CU), f"add3_layer_norm_{SUFFIX[x.dtype]}", (rows,), (threads(hidden),),
+               (ptr(s), ptr(out), ptr(a), ptr(m), ptr(x), ptr(weight), ptr(bias), f32(eps), i32(hidden)), x.device)
+    return s, out
+
+
 # ---- SiLU(gate) * up -------------------------------------------------------------------------------------
 
 def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:

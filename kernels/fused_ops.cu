@@ -72,6 +72,35 @@ __device__ void silu_and_mul(T* __restrict__ out, const T* __restrict__ gate_up,
     }
 }
 
+// One block per row of [rows, hidden], for the parallel-residual layers (Phi, Falcon, GPT-NeoX): the layer's
+// output s = (attn + mlp) + x, rounded to T after each add as torch's two adds round, is written to ``sum``
+// (the next layer's residual input) and out = LayerNorm(s) * w + b (b may be null) for the next layer:
+// float32 mean and variance (two passes over s), one rounding at the end, as torch's layer_norm kernel.
+template <typename T>
+__device__ void add3_layer_norm(T* __restrict__ sum, T* __restrict__ out, const T* __restrict__ a,
+                                const T* __restrict__ m, const T* __restrict__ x, const T* __restrict__ w,
+                                const T* __restrict__ b, float eps, int hidden) {
+    const long off = (long)blockIdx.x * hidden;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        const float s = to_f(from_f<T>(to_f(from_f<T>(to_f(a[off + i]) + to_f(m[off + i]))) + to_f(x[off + i])));
+        sum[off + i] = from_f<T>(s);
+        acc += s;
+    }
+    const float mean = block_sum(acc) / hidden;
+    __syncthreads();                    // block_sum's shared slots are reused below
+    float var = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        const float d = to_f(sum[off + i]) - mean;
+        var += d * d;
+    }
+    const float rstd = rsqrtf(block_sum(var) / hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        const float y = (to_f(sum[off + i]) - mean) * rstd * to_f(w[i]) + (b ? to_f(b[i]) : 0.0f);
+        out[off + i] = from_f<T>(y);
+    }
+}
+
 #define FASTGEN_INSTANTIATE(T, suffix)                                                                     \
     extern "C" __global__ void rms_norm_##suffix(T* out, const T* x, T* residual, const T* w, float eps,  \
                                                  int hidden) {                                            \
@@ -79,6 +108,10 @@ __device__ void silu_and_mul(T* __restrict__ out, const T* __restrict__ gate_up,
     }                                                                                                     \
     extern "C" __global__ void silu_and_mul_##suffix(T* out, const T* gate_up, long total, int inter) {   \
         silu_and_mul<T>(out, gate_up, total, inter);                                                      \
+    }                                                                                                     \
+    extern "C" __global__ void add3_layer_norm_##suffix(T* sum, T* out, const T* a, const T* m, const T* x, \
+                                                        const T* w, const T* b, float eps, int hidden) {  \
+        add3_layer_norm<T>(sum, out, a, m, x, w, b, eps, hidden);                                          \
     }
 
 FASTGEN_INSTANTIATE(float, f32)

@@ -5,8 +5,8 @@ import torch
 import transformers as t
 
 from fastgen_core import UnsupportedModelError
-from fastgen_core.layers import (LayerNorm, ParallelDecoderLayer, PreNormDecoderLayer, RopeParams, rope_from_hf,
-                                 ungroup_qkv)
+from fastgen_core.layers import (LayerNorm, ParallelDecoderLayer, Pending, PreNormDecoderLayer, RopeParams,
+                                 rope_from_hf, settle, ungroup_qkv)
 
 NEOX = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=1, intermediate_size=128, vocab_size=64)
 
@@ -73,7 +73,13 @@ def test_parallel_block_sums_attention_mlp_and_residual(shared_norm):
     block = ParallelDecoderLayer(attn, mlp, ln1, None if shared_norm else ln2)
     x = torch.randn(4, 16)
     want = attn(ln1(x), None) + mlp((ln1 if shared_norm else ln2)(x)) + x
-    assert torch.equal(block(x, None), want)
+    out = block(x, None)
+    assert isinstance(out, Pending) and torch.equal(out.x, x)       # the sum is left to the next norm
+    summed, normed = settle(out, ln2)
+    assert torch.equal(summed, want) and torch.equal(normed, ln2(want))
+    # a second block takes the first one's Pending as its input: the same as taking the sum
+    again = settle(block(out, None), ln1)[0]
+    assert torch.equal(again, settle(block(want, None), ln1)[0])
 
 
 def test_pre_norm_block_takes_layer_norms():
@@ -83,7 +89,9 @@ def test_pre_norm_block_takes_layer_norms():
     x = torch.randn(4, 16)
     h = x + attn(ln1(x), None)
     want = h + mlp(ln2(h))
-    assert torch.equal(block(x.clone(), None), want)
+    summed, normed = settle(block(x.clone(), None), ln1)
+    assert torch.equal(summed, want) and torch.equal(normed, ln1(want))
+    assert torch.equal(settle(want, ln1)[1], ln1(want))               # a tensor is just normed
     assert block.input_layernorm is ln1 and block.post_attention_layernorm is ln2
 
 

@@ -71,6 +71,50 @@ def decode_bench(rows):
         print(json.dumps(res), flush=True)
 
 
+SMALL_DECODES = {  # few sequences: what split-K is for; name: (hq, hk, d, sequences, context)
+    "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "phi-2 4 x 1200": (32, 32, 80, 4, 1200),
+    "llama-2-7b 1 x 1200": (32, 32, 128, 1, 1200), "llama-2-7b 1 x 4000": (32, 32, 128, 1, 4000),
+    "mixtral 1 x 1200": (32, 8, 128, 1, 1200), "falcon-7b mqa 64 x 1200": (71, 1, 64, 64, 1200),
+    "falcon-7b mqa 1 x 1200": (71, 1, 64, 1, 1200)}
+
+
+def small_decode_sweep(rows):
+    """Decode attention with few sequences, timed inside a CUDA graph (as the engine replays it: a launch
+    from the host takes longer than these kernels run): tiles x context splits, against the default."""
+    for name, (hq, hk, d, n, ctx) in SMALL_DECODES.items():
+        g = torch.Generator().manual_seed(0)
+        q, _, _, kc, vc, meta = random_case(n, [], hq, hk, d, 32, "cuda", torch.bfloat16, max_ctx=ctx + 1)
+        meta.context_lens.fill_(ctx)
+        meta.context_lens_host = [ctx] * n
+        nb = -(-ctx // 32)                        # the engine's block size
+        kc = torch.randn(n * nb + 3, 32, hk, d, device="cuda", dtype=torch.bfloat16)
+        vc = torch.randn_like(kc)
+        meta.block_tables = torch.randperm(kc.shape[0], generator=g)[:n * nb].view(n, nb).cuda()
+        meta.max_decode_context = ctx
+        gb = n * ctx * hk * d * 2 * 2 / 1e9
+        out = torch.empty_like(q)
+
+        def us(cfg, splits):
+            return 1e3 * triton.testing.do_bench_cudagraph(
+                lambda: PD.paged_decode(q, kc, vc, meta, d ** -0.5, None, out, cfg, splits), rep=50)
+        res = {"small_decode": name, "GB": round(gb, 4), "default_us": round(us(None, None), 2),
+               "default": [PD.tile_config(n * hk, torch.bfloat16), PD.num_splits(n * hk)]}
+        best = None
+        for block_n in (16, 32, 64, 128):
+            for splits in (1, 4, 8, 16, 32, 64):
+                try:
+                    t = us((block_n, 4, 3), splits)
+                except Exception as e:
+                    res[f"n{block_n}s{splits}"] = f"error {type(e).__name__}"
+                    continue
+                res[f"n{block_n}s{splits}"] = round(t, 2)
+                best = min(best or (t, block_n, splits), (t, block_n, splits))
+        res["best"] = [round(best[0], 2), best[1], best[2], round(gb / best[0] * 1e3, 2)]
+        rows.append(res)
+        print(f"{name:26} default {res['default_us']:7.2f} us {res['default']}  best {res['best'][0]:7.2f} us "
+              f"BLOCK_N {best[1]} splits {best[2]} ({res['best'][3]} TB/s)", flush=True)
+
+
 def flops(meta, hq, d):
     keys = sum(sum(range(ctx - n + 1, ctx + 1)) for s in meta.prefill_seqs
                for n, ctx in [(meta.query_lens[s], meta.context_lens_host[s])])
@@ -80,8 +124,15 @@ def flops(meta, hq, d):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
+    ap.add_argument("--small-decode-only", action="store_true", help="only the few-sequence decode sweep")
     a = ap.parse_args()
     rows = []
+    small_decode_sweep(rows)
+    if a.small_decode_only:
+        if a.json:
+            with open(a.json, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+        return
     decode_bench(rows)
     for sname, (hq, hk, d) in SHAPES.items():
         for mname, chunks in MIXES.items():

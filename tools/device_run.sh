@@ -14,8 +14,11 @@
 #   agreement  bf16 top-1 agreement with transformers, kernels on / all CuPy kernels off / SDPA prefill
 #   final      a short confirming run: the GPU tests of the newest code (split decode, async scheduling,
 #              fused kernels, fp32 tokens) and Phi-2's per-token latency at 1 and 32 clients, async and sync
-#   gemv       tools/gemv_bench.py (decode GEMV vs cuBLAS by shape and rows), then per-token latency at 1 client
-#              (Phi-2, Llama-2-7B) and Phi-2's batch-1 decode step profile, GEMV on and off (FASTGEN_KERNELS_OFF)
+#   gemv       tools/gemv_bench.py (decode GEMV vs cuBLAS by shape and rows)
+#   smalldecode  tools/attention_bench.py --small-decode-only: decode attention of few sequences, tiles x splits
+#   batch1     per-token latency at 1 client (BATCH1_PRESETS, default Phi-2 and Llama-2-7B), the GEMV and
+#              add3_layer_norm kernels on and off; Phi-2's batch-1 decode step profile
+#   hostprof   cProfile of the host's work in Phi-2's prompt-carrying steps
 #   hostdiag   host time outside GPU busy time per step, Phi-2 at 128 and 32 sequences, sync and async loops
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
@@ -93,22 +96,31 @@ if has speed2; then
 fi
 if has gemv; then
   timeout 150 python3 tools/gemv_bench.py --json "$OUT/gemv.jsonl" 2>&1 | tail -32
-  for off in "" gemv; do
-    for p in phi-2 llama-2-7b; do
-      FASTGEN_KERNELS_OFF=$off timeout 60 $OL --preset $p --num-requests 16 --gen-mean 60 --online 1 \
-        --tag "gemv${off:+-off}" 2>&1 | grep -E "^online" | sed "s/^/$p gemv${off:+-off} /"
+fi
+if has smalldecode; then
+  timeout 150 python3 tools/attention_bench.py --small-decode-only --json "$OUT/small_decode.jsonl" 2>&1 | tail -9
+fi
+if has batch1; then     # per-token latency at 1 client, the decode kernels of this work on and off
+  for off in "" "gemv,add3_layer_norm"; do
+    for p in ${BATCH1_PRESETS:-phi-2 llama-2-7b}; do
+      FASTGEN_KERNELS_OFF=$off timeout 80 $OL --preset $p --num-requests 16 --gen-mean 60 --online 1 \
+        --tag "batch1${off:+-off}" 2>&1 | grep -E "^online" | sed "s/^/$p ${off:+off:$off} /"
     done
-    FASTGEN_KERNELS_OFF=$off timeout 90 python3 tools/profile_steps.py --preset phi-2 --requests 1 --prompt 1200 \
-      --gen 128 --equal-gen --top 24 --json "$OUT/profile.jsonl" --tag "batch1-gemv${off:+-off}" > /tmp/p1.txt 2>&1
-    cat /tmp/p1.txt >> "$OUT/profile.txt"; grep -E "no synchronise|^decode|^prefill" /tmp/p1.txt; tail -25 /tmp/p1.txt
   done
+  timeout 90 python3 tools/profile_steps.py --preset phi-2 --requests 1 --prompt 1200 --gen 128 --equal-gen \
+    --top 24 --json "$OUT/profile.jsonl" --tag batch1 > /tmp/p1.txt 2>&1
+  cat /tmp/p1.txt >> "$OUT/profile.txt"; grep -E "no synchronise|^decode|^prefill" /tmp/p1.txt; tail -25 /tmp/p1.txt
+fi
+if has hostprof; then   # the host's own time in prompt-carrying steps (cProfile, steps synchronised)
+  timeout 100 python3 tools/profile_steps.py --preset phi-2 --requests 32 --prompt 1200 --gen 2 --equal-gen \
+    --cprofile --top 30 --tag prefill-host 2>&1 | tee "$OUT/hostprof.txt" | tail -44
 fi
 if has hostdiag; then
   for n in ${HOST_SEQS:-128 32}; do
     for loop in sync async; do
       timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests $n --equal-gen --only-overlapped \
         $([ $loop = async ] && echo --async-scheduling) --json "$OUT/profile.jsonl" --tag "host-$n-$loop" 2>&1 \
-        | grep -E "no synchronise"
+        > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"; grep -E "no synchronise" /tmp/h.txt || tail -5 /tmp/h.txt
     done
   done
 fi

@@ -125,6 +125,22 @@ def overlapped_pass(eng, w, tag):
     return out
 
 
+def host_profile(eng, w, a):
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    rows, _, _ = run_pass(eng, w, "c")
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(a.top)
+    print(f"{a.preset} {a.requests} req {a.prompt}/{a.gen} {a.tag}: host profile of {len(rows)} steps "
+          f"({sum(r[1] for r in rows) / 1e3:.2f} s of steps under cProfile)")
+    print("\n".join(out.getvalue().splitlines()[:a.top + 12]))
+    eng.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="phi-2")
@@ -140,6 +156,8 @@ def main():
     ap.add_argument("--only-overlapped", action="store_true", help="skip passes 1 and 2")
     ap.add_argument("--async-scheduling", action="store_true", help="the engine's asynchronous step loop")
     ap.add_argument("--top", type=int, default=15, help="kernels listed per step type")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="only a host profile (cProfile) of one pass, steps synchronised: top functions by own time")
     a = ap.parse_args()
     d = write_preset(a.preset, tempfile.mkdtemp(), a.num_layers)
     eng = LLMEngine(EngineConfig(str(d), device="cuda", dtype="bfloat16", load_format="dummy",
@@ -150,6 +168,9 @@ def main():
         w.gen_lens = [a.gen] * len(w.gen_lens)
     warm_up(eng, w)
     run_pass(eng, w, "warm")                 # a first pass meets kernel variants a server has long loaded
+    if a.cprofile:
+        host_profile(eng, w, a)
+        return
     over = overlapped_pass(eng, w, "o")
     print(f"{a.preset} budget {a.budget} {a.requests} req {a.prompt}/{a.gen} {a.tag} async_scheduling="
           f"{eng.async_scheduling}, no synchronise between steps: {json.dumps(over)}")

@@ -6,12 +6,13 @@ from .moe import GroupedExperts, SparseMoE, grouped_experts_ref, moe_dense_ref, 
 from .norm import LayerNorm, RMSNorm
 from .rotary import RopeParams, RotaryEmbedding, rope_from_hf
 from .sharded import TPGroup, column_linear, row_linear, shard, vocab_embedding, vocab_linear
-from .transformer import (CausalLM, ParallelDecoderLayer, PreNormDecoderLayer, RotaryAttention, gated_mlp_rules,
-                          prenorm_decoder_weight_map, ungroup_qkv)
+from .linear import Linear
+from .transformer import (CausalLM, ParallelDecoderLayer, Pending, PreNormDecoderLayer, RotaryAttention,
+                          gated_mlp_rules, prenorm_decoder_weight_map, settle, ungroup_qkv)
 
 __all__ = ["get_activation", "AttentionMetadata", "ForwardContext", "PagedAttention", "paged_attention_ref",
            "write_kv_ref", "GatedMLP", "MLP", "LayerNorm", "RMSNorm", "RopeParams", "RotaryEmbedding", "rope_from_hf",
-           "CausalLM", "ParallelDecoderLayer", "PreNormDecoderLayer", "RotaryAttention", "gated_mlp_rules",
-           "prenorm_decoder_weight_map", "ungroup_qkv",
+           "CausalLM", "ParallelDecoderLayer", "Pending", "PreNormDecoderLayer", "RotaryAttention",
+           "gated_mlp_rules", "prenorm_decoder_weight_map", "settle", "ungroup_qkv", "Linear",
            "GroupedExperts", "SparseMoE", "grouped_experts_ref", "moe_dense_ref", "route_topk",
            "TPGroup", "column_linear", "row_linear", "shard", "vocab_embedding", "vocab_linear"]

@@ -1,10 +1,11 @@
 """Linear layers, with a weight-streaming GEMV (kernels/gemv.cu) for the few-token forwards of decoding.
 
-At 1-4 tokens per forward a linear layer is bound by reading its weight: cuBLAS reads bf16 weights at
-2.4-3.0 TB/s there on an H200 (../shared/reference/gpu-notes.md), which is what keeps a batch-1 decode
-step at twice its weight read. ``linear(x, weight, bias)`` runs the CuPy GEMV when x has at most
-``GEMV_MAX_ROWS`` rows on CUDA in bf16/fp16 (kernels on: ``FASTGEN_KERNELS``; ``FASTGEN_KERNELS_OFF=gemv``
-switches it off alone), else ``torch.nn.functional.linear``, its reference. Every linear layer the core
+At one token per forward a linear layer is bound by reading its weight. On an H200 (tools/gemv_bench.py,
+docs/bench-results/gemv-h200.jsonl) cuBLAS reads the bf16 weights of Phi-2's and Llama-2-7B's layers at
+1.8-4.0 TB/s at one row, this kernel at 2.1-4.4 (5-6% less time over the layers of a step); at 2-4 rows
+cuBLAS was as fast or faster, so ``linear(x, weight, bias)`` runs the CuPy GEMV for a single row on CUDA in
+bf16/fp16 (kernels on: ``FASTGEN_KERNELS``; ``FASTGEN_KERNELS_OFF=gemv`` switches it off alone), else
+``torch.nn.functional.linear``, its reference. Every linear layer the core
 builds (``layers.sharded``: column, row and vocabulary layers) is a ``Linear`` and goes through it.
 """
 from __future__ import annotations
@@ -16,10 +17,8 @@ from torch import nn
 from .. import kernels
 
 GEMV_CU = "gemv.cu"
-GEMV_MAX_ROWS = 4
-# (rows of W per warp, 16-byte loads in flight per row, warps per block) by rows of x
-GEMV_CONFIG = {1: (1, 8, 4), 2: (2, 4, 4), 3: (2, 4, 4), 4: (2, 4, 4)}
-CONFIGS = ((1, 4), (1, 8), (2, 2), (2, 4), (4, 2))      # the (R, U) pairs gemv.cu instantiates
+GEMV_MAX_ROWS = 1
+CONFIGS = ((1, 4), (2, 2), (4, 2))      # the (R, U) pairs gemv.cu instantiates, for 1 and 2 rows
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -31,16 +30,22 @@ def gemv_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
             and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())) and kernels.use(x, "gemv"))
 
 
+def gemv_config(n: int, k: int) -> tuple[int, int, int]:
+    """(rows of W per warp, 16-byte loads in flight per row, warps per block) for W [n, k] at one row: four
+    rows per warp for the big Llama-2-7B-sized layers, two elsewhere (the sweep's winners)."""
+    return (4, 2, 4) if k >= 4096 and n >= 8192 else (2, 2, 4)
+
+
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` by the GEMV kernel (the caller checked ``gemv_fits``). ``config``:
-    (rows per warp, loads in flight, warps per block), one of ``CONFIGS`` (default: ``GEMV_CONFIG``)."""
+    (rows per warp, loads in flight, warps per block), (R, U) one of ``CONFIGS`` (default: ``gemv_config``)."""
     n, k = weight.shape
     x2 = x.reshape(-1, k)
     if not x2.is_contiguous() or x2.data_ptr() % 16:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    r, u, warps = config or GEMV_CONFIG[m]
+    r, u, warps = config or gemv_config(n, k)
     y = x2.new_empty(m, n)
     grid = (-(-n // (r * warps)),)
     name = f"gemv_{kernels.SUFFIX[x.dtype]}_m{m}_r{r}_u{u}"

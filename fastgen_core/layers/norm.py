@@ -1,5 +1,6 @@
 """Normalisations families compose: RMSNorm (Llama, Qwen2, Mixtral) and LayerNorm with bias (GPT-NeoX, Phi,
-Falcon). Both offer ``add_and_norm`` (residual add fused with the norm), which the decoder blocks use."""
+Falcon). Both offer ``add_and_norm`` (residual add fused with the norm), which the decoder blocks use;
+LayerNorm also ``add3_and_norm`` (a parallel-residual layer's three-way sum fused with the next norm)."""
 import torch
 from torch import nn
 
@@ -37,3 +38,8 @@ class LayerNorm(nn.LayerNorm):
         """``residual += x`` (in place: the residual stream) and return the norm of the sum."""
         residual.add_(x)
         return self(residual)
+
+    def add3_and_norm(self, a: torch.Tensor, m: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, norm(s)) for s = (a + m) + x, in one kernel where the CuPy kernels run (a parallel layer's
+        output and the next layer's norm of it)."""
+        return kernels.add3_layer_norm(a, m, x, self.weight, self.bias, self.eps)

@@ -5,6 +5,8 @@ Engine parameter names follow transformers where users know them (``embed_tokens
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -62,6 +64,30 @@ class RotaryAttention(nn.Module):
         return self.o_proj(self.attn(q, k, v, ctx))
 
 
+class Pending(NamedTuple):
+    """A decoder layer's output left unsummed for the next norm, which adds it in its own kernel: ``x + mlp``
+    (pre-norm layers, ``attn`` None) or ``(attn + mlp) + x`` (parallel layers). Layers take a Pending or a
+    tensor as input (``settle``); ``CausalLM.forward`` settles the last one with the final norm."""
+    x: torch.Tensor
+    mlp: torch.Tensor
+    attn: torch.Tensor | None = None
+
+
+def settle(h: torch.Tensor | Pending, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the layer input h stands for, ``norm`` of it). A pre-norm Pending is added into its ``x`` in place
+    (the residual stream) by ``norm.add_and_norm``; a parallel one goes to ``norm.add3_and_norm`` when the
+    norm has it; a tensor is just normed."""
+    if not isinstance(h, Pending):
+        return h, norm(h)
+    if h.attn is None:
+        normed = norm.add_and_norm(h.mlp, h.x)
+        return h.x, normed
+    if hasattr(norm, "add3_and_norm"):
+        return norm.add3_and_norm(h.attn, h.mlp, h.x)
+    s = h.attn + h.mlp + h.x
+    return s, norm(s)
+
+
 class PreNormDecoderLayer(nn.Module):
     """x + attn(norm(x)); then h + mlp(norm(h)). Llama, Mistral, Qwen2, Mixtral (the mlp may be an MoE) with
     the default RMSNorms; GPT-NeoX (``use_parallel_residual: false``) and Falcon (``parallel_attn: false``)
@@ -76,11 +102,13 @@ class PreNormDecoderLayer(nn.Module):
                                          else RMSNorm(hidden_size, eps))
         self.mlp = mlp
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(x), ctx)
-        h = x       # the residual stream: x + attn is added in place, fused with the norm that follows
-        normed = self.post_attention_layernorm.add_and_norm(attn, h)
-        return h + self.mlp(normed)
+    def forward(self, x: torch.Tensor | Pending, ctx: ForwardContext) -> Pending:
+        x, normed = settle(x, self.input_layernorm)
+        attn = self.self_attn(normed, ctx)
+        # the residual stream: x + attn is added in place, fused with the norm that follows; x + mlp is left
+        # to the next layer's input norm (or the final norm)
+        normed = self.post_attention_layernorm.add_and_norm(attn, x)
+        return Pending(x, self.mlp(normed))
 
 
 class ParallelDecoderLayer(nn.Module):
@@ -100,10 +128,11 @@ class ParallelDecoderLayer(nn.Module):
         self.post_attention_layernorm = post_attention_layernorm
         self.mlp = mlp
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        h = self.input_layernorm(x)
+    def forward(self, x: torch.Tensor | Pending, ctx: ForwardContext) -> Pending:
+        x, h = settle(x, self.input_layernorm)
         m = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
-        return self.self_attn(h, ctx) + self.mlp(m) + x
+        attn = self.self_attn(h, ctx)
+        return Pending(x, self.mlp(m), attn)      # summed with the next norm
 
 
 class CausalLM(nn.Module):
@@ -131,7 +160,7 @@ class CausalLM(nn.Module):
         h = self.embed(input_ids, ctx)
         for layer in self.layers:
             h = layer(h, ctx)
-        return self.norm(h)
+        return settle(h, self.norm)[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

@@ -1,5 +1,5 @@
 """The decode GEMV (kernels/gemv.cu) against torch.nn.functional.linear: every instantiated configuration,
-1-4 rows, bf16/fp16, with and without bias, shapes whose K is not a multiple of the warp's stride and whose N
+1 and 2 rows, bf16/fp16, with and without bias, shapes whose K is not a multiple of the warp's stride and whose N
 is not a multiple of the rows per block; inside a CUDA graph; and the fallbacks of ``linear``."""
 import pytest
 import torch
@@ -24,7 +24,7 @@ def _close(y, x, w, b):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("m", [1, 2])
 @pytest.mark.parametrize("n,k", [(7680, 2560), (2563, 10240), (37, 8), (130, 2568)])
 @pytest.mark.parametrize("config", [(r, u, w) for r, u in L.CONFIGS for w in (4, 8)])
 @pytest.mark.parametrize("bias", [False, True])
@@ -33,7 +33,7 @@ def test_gemv_matches_linear(dtype, m, n, k, config, bias):
     x = torch.randn(m, k, device="cuda", dtype=dtype, generator=g)
     w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / k ** 0.5
     b = torch.randn(n, device="cuda", dtype=dtype, generator=g) if bias else None
-    assert L.gemv_fits(x, w, b)
+    assert L.gemv_fits(x, w, b) == (m == 1)
     y = L.gemv(x, w, b, config)
     torch.cuda.synchronize()
     assert y.shape == (m, n) and y.dtype == dtype
@@ -42,9 +42,9 @@ def test_gemv_matches_linear(dtype, m, n, k, config, bias):
 
 def test_linear_takes_gemv_only_where_it_fits(monkeypatch):
     w = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
-    x = torch.randn(3, 256, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, 256, device="cuda", dtype=torch.bfloat16)
     assert L.gemv_fits(x, w, None)
-    assert not L.gemv_fits(torch.randn(5, 256, device="cuda", dtype=torch.bfloat16), w, None)   # too many rows
+    assert not L.gemv_fits(torch.randn(2, 256, device="cuda", dtype=torch.bfloat16), w, None)   # 2 rows: cuBLAS
     assert not L.gemv_fits(x.float(), w.float(), None)                                          # fp32: cuBLAS
     w_odd = torch.randn(512, 252, device="cuda", dtype=torch.bfloat16)
     assert not L.gemv_fits(x[:, :252], w_odd, None)                                             # K % 8 != 0
@@ -52,13 +52,13 @@ def test_linear_takes_gemv_only_where_it_fits(monkeypatch):
     assert not L.gemv_fits(x, w, None)
     # a strided x (a row view of a wider buffer) is made contiguous first
     monkeypatch.setenv("FASTGEN_KERNELS", "cupy")
-    wide = torch.randn(3, 2, 256, device="cuda", dtype=torch.bfloat16)
+    wide = torch.randn(1, 2, 256, device="cuda", dtype=torch.bfloat16)
     _close(L.linear(wide[:, 1], w), wide[:, 1], w, None)
 
 
 def test_gemv_is_captured_in_a_cuda_graph():
     lin = L.Linear(2560, 7680, bias=True).to("cuda", torch.bfloat16)
-    x = torch.randn(2, 2560, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, 2560, device="cuda", dtype=torch.bfloat16)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -85,6 +85,21 @@ def test_rotary_kv_write_matches_the_reference(dtype, hq, hk, d, rot):
     assert torch.equal(k1.view(-1, hk, d)[untouched], k0.view(-1, hk, d)[untouched])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,hidden", [(1, 2560), (7, 4544), (300, 2560), (3, 100), (2, 8192)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_add3_layer_norm_matches_the_reference(dtype, rows, hidden, bias):
+    g = torch.Generator(device="cuda").manual_seed(rows * hidden)
+    a, m, x = (torch.randn(rows, hidden, device="cuda", dtype=dtype, generator=g) * s for s in (1.0, 2.0, 4.0))
+    w = torch.randn(hidden, device="cuda", dtype=dtype, generator=g)
+    b = torch.randn(hidden, device="cuda", dtype=dtype, generator=g) if bias else None
+    s1, n1 = kernels.add3_layer_norm(a, m, x, w, b, 1e-5)
+    s2, n2 = kernels.add3_layer_norm_ref(a, m, x, w, b, 1e-5)
+    assert torch.equal(s1, s2)                              # the sum rounds as torch's two adds do
+    torch.testing.assert_close(n1, n2, rtol=TOL[dtype], atol=TOL[dtype])
+    assert _same_bits_share(n1, n2) > 0.98                  # differs only through the statistics' last place
+
+
 def test_kernels_are_captured_in_a_cuda_graph():
     x = torch.randn(16, 2560, device="cuda", dtype=torch.bfloat16)
     w = torch.ones(2560, device="cuda", dtype=torch.bfloat16)
