@@ -109,3 +109,28 @@ def test_core_linear_layers_are_gemv_capable_and_plain_linear_on_cpu():
         plain.load_state_dict(m.state_dict())
         assert torch.equal(m(x), plain(x))
     assert not L.gemv_fits(x.bfloat16(), built[0].weight.bfloat16(), None)   # CPU tensors never take the kernel
+
+
+def test_experts_gemv_glue_weights_and_sums_like_the_grouped_reference(monkeypatch):
+    """The decode MoE path's own arithmetic (pairs, activation, float32 weighting and sum) on CPU, its GEMV
+    swapped for that GEMV's torch reference (the kernel itself is tested against the same reference in
+    tests/gpu/test_gemv_gpu.py)."""
+    from fastgen_core.layers import linear as L
+    from fastgen_core.layers import moe
+    torch.manual_seed(0)
+    monkeypatch.setattr(moe, "expert_gemv", L.expert_gemv_ref)
+    x = torch.randn(3, 32)
+    gate_up, down = torch.randn(6, 2 * 48, 32), torch.randn(6, 32, 48)
+    for act in (torch.nn.functional.silu, torch.nn.functional.gelu):
+        w, ids = moe.route_topk(torch.randn(3, 6), 2)
+        got = moe.experts_gemv(x, gate_up, down, w, ids, act)
+        want = moe.grouped_experts_ref(x, gate_up, down, w, ids, act, use_grouped_mm=False)
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-5 * want.abs().max().item())
+        torch.testing.assert_close(got, moe.moe_dense_ref(x, gate_up, down, w, ids, act),
+                                   rtol=2e-5, atol=1e-5 * want.abs().max().item())
+        # a wrong slot (both pairs of a token through its first expert) is caught
+        monkeypatch.setattr(moe, "expert_gemv", lambda x_, wt, i, d: L.expert_gemv_ref(x_, wt, i.view(-1, 2)[:, :1]
+                                                                                       .repeat(1, 2), d))
+        bad = moe.experts_gemv(x, gate_up, down, w, ids, act)
+        monkeypatch.setattr(moe, "expert_gemv", L.expert_gemv_ref)
+        assert not torch.allclose(bad, want, rtol=1e-3)

@@ -225,4 +225,4 @@ def test_a_family_that_does_not_hand_its_layers_the_group_is_refused_with_the_fi
 def test_the_old_module_knows_no_group_and_says_so():
     with pytest.warns(DeprecationWarning, match="pass tp=config.tp|Pass tp=config.tp"):
         tp = parallel.current()
-    assert tp == sharded.TPGroup() and type(parallel.column_linear(4, 8, [(0, 8)], True)) is torch.nn.Linear
+    assert tp == sharded.TPGroup() and isinstance(parallel.column_linear(4, 8, [(0, 8)], True), torch.nn.Linear)

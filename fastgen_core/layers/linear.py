@@ -55,6 +55,38 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     return y.view(*x.shape[:-1], n)
 
 
+def expert_gemv_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``expert_gemv`` can take x [rows, K] and stacked experts ``weight`` [E, N, K]."""
+    return (x.is_cuda and x.dtype in _HALF and weight.dtype == x.dtype and weight.dim() == 3
+            and x.shape[-1] == weight.shape[-1] and weight.shape[-1] % 8 == 0 and weight.is_contiguous()
+            and weight.data_ptr() % 16 == 0 and kernels.use(x, "expert_gemv"))
+
+
+def expert_gemv_ref(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, x_div: int) -> torch.Tensor:
+    """``expert_gemv`` in torch: one ``F.linear`` per pair."""
+    ids = ids.reshape(-1)
+    rows = [F.linear(x[p // x_div], weight[e]) for p, e in enumerate(ids.tolist())]
+    return torch.stack(rows) if rows else x.new_empty(0, weight.shape[1])
+
+
+def expert_gemv(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, x_div: int) -> torch.Tensor:
+    """y [P, N] with row p = x[p // x_div] @ weight[ids[p]]^T: each (token, slot) pair of a decode step's
+    mixture-of-experts layer through its own expert, reading only that expert's weight (kernels/gemv.cu).
+    ``ids`` [P] int64 expert per pair, on the device (no host sync: a CUDA graph captures it)."""
+    _, n, k = weight.shape
+    x = x.contiguous()
+    ids = ids.reshape(-1).to(torch.int64).contiguous()
+    p = ids.numel()
+    r, u, warps = gemv_config(n, k)
+    y = x.new_empty(p, n)
+    if p:
+        kernels.launch(kernels.core_source(GEMV_CU), f"expert_gemv_{kernels.SUFFIX[x.dtype]}_r{r}_u{u}",
+                       (-(-n // (r * warps)), p), (32 * warps,),
+                       (kernels.ptr(y), kernels.ptr(x), kernels.ptr(weight), kernels.ptr(ids), kernels.i32(x_div),
+                        kernels.i32(n), kernels.i32(k)), x.device)
+    return y
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, by the GEMV kernel where it fits (see the module's docstring)."""
     if x.is_cuda and gemv_fits(x, weight, bias):

@@ -15,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from .activations import get_activation
+from .linear import expert_gemv, expert_gemv_fits
 from .sharded import TPGroup, group_of, shard, split_size
+
+EXPERT_GEMV_MAX_PAIRS = 8       # tokens x top_k up to which a CUDA MoE layer takes experts_gemv
 
 
 def route_topk(router_logits: torch.Tensor, top_k: int, renormalize: bool = True
@@ -102,6 +106,25 @@ def grouped_experts_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: 
     return weighted.view(t, k, -1).sum(dim=1).to(x.dtype)
 
 
+def experts_gemv(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
+                 topk_weights: torch.Tensor, topk_ids: torch.Tensor, act: Callable) -> torch.Tensor:
+    """``grouped_experts_ref`` for a few tokens (decode): each (token, slot) pair runs its expert's two
+    projections as GEMVs that read only that expert's weights (``layers.linear.expert_gemv``), with no sort,
+    no grouping and no host sync; the contributions are weighted and summed in float32 and rounded once,
+    as the reference does. At batch 1 this reads top_k of the experts where ``F.grouped_mm`` ran GEMM tiles
+    sized for many rows."""
+    t, k = topk_ids.shape
+    ids = topk_ids.reshape(-1)
+    gate_up = expert_gemv(x, gate_up_proj, ids, k)                       # [t * k, 2I]
+    if act is F.silu:
+        h = kernels.silu_and_mul(gate_up)
+    else:
+        gate, up = gate_up.chunk(2, dim=-1)
+        h = act(gate) * up
+    ys = expert_gemv(h, down_proj, ids, 1)                               # [t * k, H]
+    return (ys.view(t, k, -1).float() * topk_weights.float()[..., None]).sum(dim=1).to(x.dtype)
+
+
 def moe_dense_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
                   topk_weights: torch.Tensor, topk_ids: torch.Tensor, act: Callable) -> torch.Tensor:
     """The naive oracle: every expert over every token, masked by a dense [T, E] routing matrix."""
@@ -134,7 +157,10 @@ class GroupedExperts(nn.Module):
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        out = grouped_experts_ref(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.act)
+        if topk_ids.numel() <= EXPERT_GEMV_MAX_PAIRS and expert_gemv_fits(x, self.gate_up_proj):
+            out = experts_gemv(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.act)
+        else:
+            out = grouped_experts_ref(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.act)
         return self.tp.all_reduce(out)
 
 

@@ -71,3 +71,48 @@ def test_gemv_is_captured_in_a_cuda_graph():
     g.replay()
     torch.cuda.synchronize()
     _close(y, x, lin.weight, lin.bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens,top_k", [(1, 2), (2, 2), (4, 2), (3, 1)])
+@pytest.mark.parametrize("hidden,inter", [(4096, 14336), (256, 512)])
+def test_expert_gemv_reads_each_pairs_own_expert(dtype, tokens, top_k, hidden, inter):
+    from fastgen_core.layers import moe
+    g = torch.Generator(device="cuda").manual_seed(tokens * 10 + top_k)
+    experts = 8
+    x = torch.randn(tokens, hidden, device="cuda", dtype=dtype, generator=g)
+    gate_up = torch.randn(experts, 2 * inter, hidden, device="cuda", dtype=dtype, generator=g) / hidden ** 0.5
+    down = torch.randn(experts, hidden, inter, device="cuda", dtype=dtype, generator=g) / inter ** 0.5
+    weights, ids = moe.route_topk(torch.randn(tokens, experts, device="cuda", generator=g), top_k)
+    assert L.expert_gemv_fits(x, gate_up)
+    y = L.expert_gemv(x, gate_up, ids.reshape(-1), top_k)
+    ref = L.expert_gemv_ref(x.double(), gate_up.double(), ids.reshape(-1), top_k)
+    assert (y.double() - ref).abs().max().item() <= 1e-2 * ref.abs().max().item()
+    got = moe.experts_gemv(x, gate_up, down, weights, ids, torch.nn.functional.silu)
+    want = moe.grouped_experts_ref(x, gate_up, down, weights, ids, torch.nn.functional.silu, use_grouped_mm=False)
+    assert (got.double() - want.double()).abs().max().item() <= 2e-2 * want.double().abs().max().item()
+
+
+def test_moe_decode_layer_takes_expert_gemv_inside_a_cuda_graph():
+    from fastgen_core.layers import moe
+    torch.manual_seed(0)
+    layer = moe.SparseMoE(512, 1024, 8, 2).to("cuda", torch.bfloat16)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        layer(x)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    for _ in range(3):                       # new inputs route to other experts; the graph follows them
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        w, ids = moe.route_topk(layer.gate(x), 2)
+        want = moe.grouped_experts_ref(x, layer.experts.gate_up_proj, layer.experts.down_proj, w, ids,
+                                       torch.nn.functional.silu)
+        assert (y.double() - want.double()).abs().max().item() <= 2e-2 * want.double().abs().max().item()
