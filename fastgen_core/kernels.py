@@ -111,11 +111,17 @@ def _function(path: str, name: str, device_index: int):
     return load(path, device_index).get_function(name)
 
 
+# the current stream's handle without building a torch.cuda.Stream per launch (CUDA builds of torch have it;
+# a prompt step launches ~100 of these kernels, so the host's few microseconds each add up)
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def launch(path: str | Path, name: str, grid: tuple, block: tuple, args: tuple, device: torch.device) -> None:
     """Run ``name`` from the module at ``path`` on torch's current stream of ``device``."""
     index = device.index or 0
     fn = _function(str(path), name, index)
-    with _external_stream(torch.cuda.current_stream(device).cuda_stream, index):
+    stream = _RAW_STREAM(index) if _RAW_STREAM is not None else torch.cuda.current_stream(device).cuda_stream
+    with _external_stream(stream, index):
         fn(grid, block, args)
 
 
