@@ -140,27 +140,34 @@ class LLMEngine:
         """Forward and sample ``batch`` on the device; the sampled tokens stay there (and start their copy to
         the host). Placeholders stand for them in the sequences until ``_resolve`` reads them."""
         now = time.monotonic()
+        counters = self.counters
         for c in batch.chunks:
-            req = self.requests[c.seq.request_id]
-            if req.first_scheduled is None:
-                req.first_scheduled = now
-            if c.seq.num_preemptions == 0 and c.start < len(c.seq.prompt_token_ids):
-                self.counters["prompt_tokens"] += min(c.length, len(c.seq.prompt_token_ids) - c.start)
+            seq = c.seq
+            num_prompt = len(seq.prompt_token_ids)
+            # a sequence's first chunk starts inside its prompt (one prompt token at least is computed)
+            if c.start < num_prompt:
+                req = self.requests[seq.request_id]
+                if req.first_scheduled is None:
+                    req.first_scheduled = now
+                if seq.num_preemptions == 0:
+                    counters["prompt_tokens"] += min(c.length, num_prompt - c.start)
         logits, sampled, prompt = self.runner.forward(batch, self._fed_from_device(batch))
         self.scheduler.postprocess(batch)
-        self.counters["steps"] += 1
-        seqs = [batch.chunks[s].seq for s in sampled]
-        rows = self.processor.sampling_rows(seqs, [len(s.output_token_ids) for s in seqs])
+        counters["steps"] += 1
+        chunks = batch.chunks
+        seqs = [chunks[s].seq for s in sampled]
+        rows = self.processor.sampling_rows(seqs)
         keep = any(r.params.logprobs is not None or r.params.return_logits for r in rows)
         tokens = self.sampler(logits, rows) if seqs else torch.empty(0, dtype=torch.long, device=self.device)
         if keep and self.async_scheduling:
             logits = logits.clone()          # the decode graphs' output buffer is rewritten by the next step
         positions = []
         for seq in seqs:
-            positions.append(len(seq.output_token_ids))
-            seq.output_token_ids.append(PLACEHOLDER)
+            out = seq.output_token_ids
+            positions.append(len(out))
+            out.append(PLACEHOLDER)
             seq.pending += 1
-            seq.last_pending = len(seq.output_token_ids) >= seq.max_new_tokens
+            seq.last_pending = len(out) >= seq.max_new_tokens
         host, ready = tokens, None
         if tokens.is_cuda:
             host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
@@ -195,13 +202,16 @@ class LLMEngine:
         lps = token_logprobs(launched.logits, tokens, launched.rows) if launched.rows is not None else None
         outputs = []
         now = time.monotonic()
+        requests = self.requests
+        register = self.scheduler.register_blocks if self.allocator.prefix_caching else None
         for i, (seq, pos, tok) in enumerate(zip(launched.seqs, launched.positions, tokens)):
-            req = self.requests.get(seq.request_id)
+            req = requests.get(seq.request_id)
             if req is None or seq.is_finished:          # aborted, or ended by the step before this one
                 continue
             seq.output_token_ids[pos] = tok
             seq.pending -= 1
-            self.scheduler.register_blocks(seq)
+            if register is not None:
+                register(seq)
             lp = lps[i] if lps is not None else None
             if req.params.return_logits:
                 req.logits.append(launched.logits[i].cpu())
@@ -217,11 +227,15 @@ class LLMEngine:
         req.last_token = now
         req.detok.add(tok)
         # the detokenizer and the stop checks see the outputs up to this token (later ones may be pending)
-        later = seq.output_token_ids[pos + 1:]
-        del seq.output_token_ids[pos + 1:]
+        out = seq.output_token_ids
+        later = None
+        if pos + 1 < len(out):
+            later = out[pos + 1:]
+            del out[pos + 1:]
         reason = self.processor.finish_reason(req, tok)
         if reason is None:
-            seq.output_token_ids += later
+            if later:
+                out += later
             return self.processor.stream_delta(req, tok, lp)
         seq.pending = 0                      # tokens sampled after the end are dropped
         seq.last_pending = False

@@ -45,6 +45,7 @@ class Request:
     logits: list = field(default_factory=list)
     logprobs: list = field(default_factory=list)
     prompt_logprobs: list = field(default_factory=list)   # of prompt tokens 1.. (token 0 has none)
+    row: SamplingRow | None = None  # what the sampler reads for it once nothing is banned (sampling_rows)
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None
     first_token: float | None = None
@@ -128,17 +129,22 @@ class RequestProcessor:
         req = self.requests[rid] = Request(seq, params, prepared.text, IncrementalDetokenizer(self.tokenizer), gen)
         return req
 
-    def sampling_rows(self, seqs: list[Sequence], num_known: list[int]) -> list[SamplingRow]:
-        """What the sampler needs per sampled sequence: its options, generator, banned tokens (min_new_tokens)
-        and token lists. ``num_known[i]``: generated tokens the row's sequence has before this sample."""
+    def sampling_rows(self, seqs: list[Sequence]) -> list[SamplingRow]:
+        """What the sampler needs per sampled sequence (before its sample is appended): its options,
+        generator, banned tokens (min_new_tokens) and token lists."""
         rows = []
-        for seq, n in zip(seqs, num_known):
-            req = self.requests[seq.request_id]
-            banned = []
-            if n < req.params.min_new_tokens:
-                banned = sorted((set() if req.params.ignore_eos else self.eos_token_ids)
-                                | set(req.params.stop_token_ids))
-            rows.append(SamplingRow(req.params, req.generator, banned, seq.prompt_token_ids, seq.output_token_ids))
+        requests = self.requests
+        for seq in seqs:
+            req = requests[seq.request_id]
+            p = req.params
+            row = req.row
+            if len(seq.output_token_ids) < p.min_new_tokens:
+                banned = sorted((set() if p.ignore_eos else self.eos_token_ids) | set(p.stop_token_ids))
+                row = SamplingRow(p, req.generator, banned, seq.prompt_token_ids, seq.output_token_ids)
+            elif row is None or row.output_ids is not seq.output_token_ids or row.prompt_ids is not seq.prompt_token_ids:
+                # nothing banned: the same row every step (it holds the sequence's token lists, not copies)
+                row = req.row = SamplingRow(p, req.generator, [], seq.prompt_token_ids, seq.output_token_ids)
+            rows.append(row)
         return rows
 
     # ---- after the GPU ----------------------------------------------------------------------
