@@ -16,7 +16,7 @@ import torch
 from ..errors import InvalidRequestError
 from ..sampler import SamplingRow, logprobs_of
 from ..sampling import SamplingParams
-from ..tokenizer import IncrementalDetokenizer
+from ..tokenizer import IncrementalDetokenizer, fast_decode
 from .outputs import RequestOutput, Response
 from .sequence import Sequence
 
@@ -64,6 +64,9 @@ class RequestProcessor:
         self.model_name = model_name
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        # one decode function and one memo of single-token texts for every request's detokenizer
+        self._decode = fast_decode(tokenizer) if tokenizer is not None else None
+        self._single_texts: dict[int, str] = {}
 
     # ---- before the GPU ---------------------------------------------------------------------
     def validate_prompt(self, prompt) -> tuple[list[int], str | None]:
@@ -126,7 +129,8 @@ class RequestProcessor:
         gen = None
         if params.seed is not None and not params.greedy:
             gen = torch.Generator(device=self.device).manual_seed(params.seed)
-        req = self.requests[rid] = Request(seq, params, prepared.text, IncrementalDetokenizer(self.tokenizer), gen)
+        detok = IncrementalDetokenizer(self.tokenizer, self._decode, self._single_texts)
+        req = self.requests[rid] = Request(seq, params, prepared.text, detok, gen)
         return req
 
     def sampling_rows(self, seqs: list[Sequence]) -> list[SamplingRow]:
@@ -164,10 +168,12 @@ class RequestProcessor:
                                                        req.params.prompt_logprobs)
             row += n
 
-    def finish_reason(self, req: Request, tok: int) -> str | None:
-        """Why the request ends with ``tok`` appended (already in its outputs and detokenizer), or None."""
+    def finish_reason(self, req: Request, tok: int, n: int | None = None) -> str | None:
+        """Why the request ends with ``tok`` appended (already in its detokenizer and its outputs, as their
+        ``n``-th token: by default the last one), or None."""
         seq, p = req.seq, req.params
-        n = len(seq.output_token_ids)
+        if n is None:
+            n = len(seq.output_token_ids)
         if tok in p.stop_token_ids or (not p.ignore_eos and tok in self.eos_token_ids):
             return "stop"
         if p.stop and n >= p.min_new_tokens:
