@@ -1,6 +1,7 @@
 """Ragged batch -> tensors: token ids, positions, KV slots, block tables and which rows are sampled."""
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import torch
@@ -116,7 +117,9 @@ def feed_from_device(input_ids: torch.Tensor, fed: tuple) -> None:
     """input_ids[rows] = tokens[indices]: tokens sampled on the device by the step before, never read back."""
     rows, tokens, indices = fed
     dev = input_ids.device
-    host = torch.tensor([rows, indices], dtype=torch.long)      # one host buffer, one copy
+    packed = array("q", rows)
+    packed += array("q", indices)
+    host = torch.frombuffer(packed, dtype=torch.long).view(2, len(rows))      # one host buffer, one copy
     if dev.type == "cuda":
         host = host.pin_memory()
     r, i = host.to(dev, non_blocking=True)

@@ -50,6 +50,7 @@ class _Launched:
     logits: torch.Tensor | None     # kept for rows that return logits or logprobs
     rows: list | None
     prompt: tuple | None
+    penalized: bool                 # some row has penalties: they read every token, so resolve it first
 
 
 class LLMEngine:
@@ -123,7 +124,7 @@ class LLMEngine:
     # ---- the step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         outputs = []
-        if self._inflight is not None and any(s.params.penalized for s in self._inflight.seqs):
+        if self._inflight is not None and self._inflight.penalized:
             outputs = self._resolve(self._inflight)       # penalties read every token of the sequence
             self._inflight = None
         batch = self.scheduler.schedule()
@@ -157,7 +158,13 @@ class LLMEngine:
         chunks = batch.chunks
         seqs = [chunks[s].seq for s in sampled]
         rows = self.processor.sampling_rows(seqs)
-        keep = any(r.params.logprobs is not None or r.params.return_logits for r in rows)
+        keep = penalized = False
+        for r in rows:
+            p = r.params
+            if p.logprobs is not None or p.return_logits:
+                keep = True
+            if p.penalized:
+                penalized = True
         tokens = self.sampler(logits, rows) if seqs else torch.empty(0, dtype=torch.long, device=self.device)
         if keep and self.async_scheduling:
             logits = logits.clone()          # the decode graphs' output buffer is rewritten by the next step
@@ -175,7 +182,7 @@ class LLMEngine:
             ready = torch.cuda.Event()
             ready.record()
         return _Launched(batch, seqs, positions, tokens, host, ready, logits if keep else None,
-                         rows if keep else None, prompt)
+                         rows if keep else None, prompt, penalized)
 
     def _fed_from_device(self, batch: ScheduledBatch) -> tuple | None:
         """(rows, source tokens, their indices): the batch rows whose input is a token still on the device
@@ -186,10 +193,12 @@ class LLMEngine:
         rows, idx, row = [], [], 0
         for c in batch.chunks:
             seq = c.seq
-            if c.start + c.length == seq.num_tokens and seq.pending and id(seq) in index:
-                rows.append(row + c.length - 1)
-                idx.append(index[id(seq)])
             row += c.length
+            if seq.pending and c.start + c.length == len(seq.prompt_token_ids) + len(seq.output_token_ids):
+                i = index.get(id(seq))
+                if i is not None:
+                    rows.append(row - 1)
+                    idx.append(i)
         return (rows, self._inflight.tokens, idx) if rows else None
 
     def _resolve(self, launched: _Launched) -> list[RequestOutput]:
@@ -226,18 +235,12 @@ class LLMEngine:
         req.first_token = req.first_token or now
         req.last_token = now
         req.detok.add(tok)
-        # the detokenizer and the stop checks see the outputs up to this token (later ones may be pending)
-        out = seq.output_token_ids
-        later = None
-        if pos + 1 < len(out):
-            later = out[pos + 1:]
-            del out[pos + 1:]
-        reason = self.processor.finish_reason(req, tok)
+        # the stop checks see the outputs up to this token (later ones may be pending)
+        reason = self.processor.finish_reason(req, tok, pos + 1)
         if reason is None:
-            if later:
-                out += later
             return self.processor.stream_delta(req, tok, lp)
-        seq.pending = 0                      # tokens sampled after the end are dropped
+        del seq.output_token_ids[pos + 1:]   # tokens sampled after the end are dropped
+        seq.pending = 0
         seq.last_pending = False
         self.scheduler.finish(seq, reason)
         self.requests.pop(seq.request_id, None)
