@@ -175,6 +175,8 @@ class Scheduler:
     def _make_room(self, seq: Sequence, end: int, batch: ScheduledBatch) -> None:
         """Preempt the newest running sequences not yet scheduled in this batch (``seq`` itself last) until
         seq's block table can grow to ``end`` tokens."""
+        if self.allocator.can_grow(seq.block_table, end):
+            return
         scheduled = {c.seq.seq_id for c in batch.chunks}
         while not self.allocator.can_grow(seq.block_table, end):
             victim = max((s for s in self.running if s.seq_id not in scheduled and not s.last_pending),
