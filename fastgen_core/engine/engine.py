@@ -32,6 +32,7 @@ from .kv_cache import BlockAllocator
 from .outputs import RequestOutput, Response  # noqa: F401  (re-exported: fastgen_core.engine.engine.Response)
 from .requests import PreparedRequest, Request, RequestProcessor  # noqa: F401
 from .scheduler import ScheduledBatch, Scheduler
+from .sequence import SequenceStatus
 
 log = logging.getLogger("fastgen.engine")
 PLACEHOLDER = -1            # a sampled token the host has not read back yet
@@ -213,9 +214,10 @@ class LLMEngine:
         now = time.monotonic()
         requests = self.requests
         register = self.scheduler.register_blocks if self.allocator.prefix_caching else None
+        finished = SequenceStatus.FINISHED
         for i, (seq, pos, tok) in enumerate(zip(launched.seqs, launched.positions, tokens)):
             req = requests.get(seq.request_id)
-            if req is None or seq.is_finished:          # aborted, or ended by the step before this one
+            if req is None or seq.status is finished:   # aborted, or ended by the step before this one
                 continue
             seq.output_token_ids[pos] = tok
             seq.pending -= 1
@@ -227,11 +229,11 @@ class LLMEngine:
             if lp is not None:
                 req.logprobs.append(lp)
             outputs.append(self._append(req, pos, tok, now, lp))
+        self.counters["generated_tokens"] += len(outputs)       # one token each
         return outputs
 
     def _append(self, req: Request, pos: int, tok: int, now: float, lp) -> RequestOutput:
         seq = req.seq
-        self.counters["generated_tokens"] += 1
         req.first_token = req.first_token or now
         req.last_token = now
         req.detok.add(tok)

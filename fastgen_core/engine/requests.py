@@ -188,13 +188,14 @@ class RequestProcessor:
 
     def stream_delta(self, req: Request, tok: int, lp) -> RequestOutput:
         """The output of a step that did not end the request: the text that is safe to stream so far."""
-        p = req.params
+        stop = req.params.stop
         text = req.detok.text
-        hold = max(map(len, p.stop)) - 1 if p.stop else 0      # a stop string may still be forming
-        upto = max(req.emitted, len(text) - hold)
-        delta = text[req.emitted:upto]
+        emitted = req.emitted
+        hold = max(map(len, stop)) - 1 if stop else 0      # a stop string may still be forming
+        upto = max(emitted, len(text) - hold)
         req.emitted = upto
-        return RequestOutput(req.seq.request_id, [tok], delta, False, logprobs=[lp] if lp is not None else None)
+        return RequestOutput(req.seq.request_id, [tok], text[emitted:upto], False, None, None,
+                             [lp] if lp is not None else None)
 
     def final_output(self, req: Request, tok: int, reason: str, lp) -> RequestOutput:
         """The last output of a request (its sequence already finished with ``reason``)."""
