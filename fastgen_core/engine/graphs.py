@@ -140,7 +140,7 @@ class DecodeGraphs:
         """[n, vocab] float32 logits for a decode-only batch of n <= max_batch sequences."""
         return self.run_plan(self.plan(batch))
 
-    def run_plan(self, plan: tuple[int, int, int, int, list[int]], fed: tuple | None = None) -> torch.Tensor:
+    def run_plan(self, plan: tuple[int, int, int, int, array], fed: tuple | None = None) -> torch.Tensor:
         """``fed``: rows whose input token is on the device (see ModelRunner.forward)."""
         n, b, width, max_ctx, packed = plan
         host = torch.frombuffer(packed, dtype=torch.long)
