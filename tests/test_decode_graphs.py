@@ -3,7 +3,7 @@ static-buffer forward (run without capture on CPU; tests/gpu captures it). Every
 also serves half of its runs through this path."""
 import pytest
 
-from fastgen_core import pipeline
+from fastgen_core import SamplingParams, pipeline
 from fastgen_core.config import EngineConfig
 from fastgen_core.engine.graphs import bucket_sizes
 from fastgen_core.errors import ConfigError
@@ -52,4 +52,50 @@ def test_padded_decode_path_matches_transformers_and_leaves_other_rows_alone(tin
     stats = p.engine.stats()
     assert stats["graph_steps"] == graphs.replays > 0 and stats["preemptions"] > 0
     assert stats["steps"] > stats["graph_steps"] and stats["kv_blocks_used"] == 0
+    p.destroy()
+
+
+def _plan_from_scratch(graphs, batch):
+    """The graph step's packed inputs built from nothing (what DecodeGraphs.plan keeps up to date in place)."""
+    n = len(batch.chunks)
+    b, bs = graphs.bucket(n), graphs.block_size
+    ids, pos, slots, ctx, tables = [], [], [], [], []
+    for c in batch.chunks:
+        seq, p = c.seq, c.start
+        ids.append(seq.token_at(p))
+        pos.append(p)
+        slots.append(seq.block_table[p // bs] * bs + p % bs)
+        ctx.append(p + 1)
+        tables.append(seq.block_table[:p // bs + 1])
+    pad = b - n
+    ids, pos, slots, ctx = ids + [0] * pad, pos + [0] * pad, slots + [graphs.scratch * bs] * pad, ctx + [1] * pad
+    tables += [[graphs.scratch]] * pad
+    width = max(map(len, tables))
+    flat = [x for t in tables for x in t + [0] * (width - len(t))]
+    return n, b, width, max(ctx), ids + pos + slots + ctx + flat
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_graph_inputs_kept_in_place_equal_inputs_built_from_scratch(tiny_model_dir, async_scheduling):
+    """The host block tables are updated row by row from step to step; through batches that grow and shrink,
+    sequences that finish, and preemptions (new block tables), every step's inputs equal a fresh build."""
+    p = pipeline(str(tiny_model_dir[0]), device="cpu", max_ragged_batch_size=64, kv_block_size=4, num_kv_blocks=48,
+                 async_scheduling=async_scheduling)
+    graphs = p.engine.runner.enable_decode_graphs(16, p.engine.max_context, capture=False)
+    plan, checked = graphs.plan, []
+
+    def checked_plan(batch):
+        got = plan(batch)
+        want = _plan_from_scratch(graphs, batch)
+        assert got[:4] == want[:4] and list(got[4]) == want[4]
+        checked.append(got[0])
+        return got
+
+    graphs.plan = checked_plan
+    eng = p.engine
+    for i, q in enumerate(random_prompts(20, 128, 1, 30, seed=5)):     # lengths that end at other steps
+        eng.add_request(q, SamplingParams(max_new_tokens=5 + 3 * (i % 7), ignore_eos=True))
+    while eng.has_unfinished():
+        eng.step()
+    assert len(set(checked)) > 4 and eng.stats()["preemptions"] > 0
     p.destroy()

@@ -39,3 +39,35 @@ def test_clean_up_spaces_keeps_transformers_decode():
     tok.clean_up_tokenization_spaces = True
     ids = tok("a , b .").input_ids
     assert fast_decode(tok)(ids) == tok.decode(ids, skip_special_tokens=True)
+
+
+def _pieces_uncached(tok, ids):
+    """The incremental pieces with every window decoded afresh (no memo of single-token texts)."""
+    dec = fast_decode(tok)
+    out, prefix, read = [], 0, 0
+    for i in range(1, len(ids) + 1):
+        prefix_text, new_text = dec(ids[prefix:read]), dec(ids[prefix:i])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            out.append(new_text[len(prefix_text):])
+            prefix, read = read, i
+        else:
+            out.append("")
+    return out
+
+
+def test_detokenizers_sharing_a_memo_stream_what_each_would_alone():
+    """The engine's requests share one decode function and one memo of single-token texts: interleaved
+    sequences (multi-byte characters split over tokens among them) stream the same pieces as unshared ones."""
+    rng = random.Random(7)
+    for name, tok in tokenizers():
+        seqs = [[rng.randrange(tok.vocab_size) for _ in range(120)] for _ in range(4)]
+        if name == "smollm2":
+            seqs[0] = tok("Héllo, wörld! 東京は日本の首都です。 🙂 ok").input_ids + seqs[0]
+        memo = {}
+        dets = [IncrementalDetokenizer(tok, fast_decode(tok), memo) for _ in seqs]
+        got = [[] for _ in seqs]
+        for i in range(max(map(len, seqs))):
+            for s, d, g in zip(seqs, dets, got):
+                if i < len(s):
+                    g.append(d.add(s[i]))
+        assert memo and got == [_pieces_uncached(tok, s) for s in seqs], name

@@ -1,6 +1,7 @@
 """Ragged batch -> tensors: token ids, positions, KV slots, block tables and which rows are sampled."""
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import torch
@@ -85,7 +86,10 @@ def plan_to_device(plan: BatchPlan, block_size: int, kv_caches, device: torch.de
     # one host buffer, one (pinned, asynchronous) copy: no per-tensor H2D transfer and no device sync
     parts = [plan.ids, plan.positions, plan.slots, plan.context_lens, plan.logits_rows, plan.decode_rows,
              plan.decode_seqs, plan.flat_tables]
-    host = torch.tensor([x for p in parts for x in p], dtype=torch.long)
+    packed = array("q")
+    for p in parts:
+        packed += array("q", p)        # (an int64 array reads ~3x faster than torch.tensor on a list)
+    host = torch.frombuffer(packed, dtype=torch.long)
     if device.type == "cuda":
         host = host.pin_memory()
     (ids_t, pos_t, slots_t, ctx_t, logits_t, drows_t, dseqs_t,
@@ -116,7 +120,9 @@ def feed_from_device(input_ids: torch.Tensor, fed: tuple) -> None:
     """input_ids[rows] = tokens[indices]: tokens sampled on the device by the step before, never read back."""
     rows, tokens, indices = fed
     dev = input_ids.device
-    host = torch.tensor([rows, indices], dtype=torch.long)      # one host buffer, one copy
+    packed = array("q", rows)
+    packed += array("q", indices)
+    host = torch.frombuffer(packed, dtype=torch.long).view(2, len(rows))      # one host buffer, one copy
     if dev.type == "cuda":
         host = host.pin_memory()
     r, i = host.to(dev, non_blocking=True)

@@ -32,6 +32,7 @@ from .kv_cache import BlockAllocator
 from .outputs import RequestOutput, Response  # noqa: F401  (re-exported: fastgen_core.engine.engine.Response)
 from .requests import PreparedRequest, Request, RequestProcessor  # noqa: F401
 from .scheduler import ScheduledBatch, Scheduler
+from .sequence import SequenceStatus
 
 log = logging.getLogger("fastgen.engine")
 PLACEHOLDER = -1            # a sampled token the host has not read back yet
@@ -50,6 +51,7 @@ class _Launched:
     logits: torch.Tensor | None     # kept for rows that return logits or logprobs
     rows: list | None
     prompt: tuple | None
+    penalized: bool                 # some row has penalties: they read every token, so resolve it first
 
 
 class LLMEngine:
@@ -123,7 +125,7 @@ class LLMEngine:
     # ---- the step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         outputs = []
-        if self._inflight is not None and any(s.params.penalized for s in self._inflight.seqs):
+        if self._inflight is not None and self._inflight.penalized:
             outputs = self._resolve(self._inflight)       # penalties read every token of the sequence
             self._inflight = None
         batch = self.scheduler.schedule()
@@ -140,27 +142,40 @@ class LLMEngine:
         """Forward and sample ``batch`` on the device; the sampled tokens stay there (and start their copy to
         the host). Placeholders stand for them in the sequences until ``_resolve`` reads them."""
         now = time.monotonic()
+        counters = self.counters
         for c in batch.chunks:
-            req = self.requests[c.seq.request_id]
-            if req.first_scheduled is None:
-                req.first_scheduled = now
-            if c.seq.num_preemptions == 0 and c.start < len(c.seq.prompt_token_ids):
-                self.counters["prompt_tokens"] += min(c.length, len(c.seq.prompt_token_ids) - c.start)
+            seq = c.seq
+            num_prompt = len(seq.prompt_token_ids)
+            # a sequence's first chunk starts inside its prompt (one prompt token at least is computed)
+            if c.start < num_prompt:
+                req = self.requests[seq.request_id]
+                if req.first_scheduled is None:
+                    req.first_scheduled = now
+                if seq.num_preemptions == 0:
+                    counters["prompt_tokens"] += min(c.length, num_prompt - c.start)
         logits, sampled, prompt = self.runner.forward(batch, self._fed_from_device(batch))
         self.scheduler.postprocess(batch)
-        self.counters["steps"] += 1
-        seqs = [batch.chunks[s].seq for s in sampled]
-        rows = self.processor.sampling_rows(seqs, [len(s.output_token_ids) for s in seqs])
-        keep = any(r.params.logprobs is not None or r.params.return_logits for r in rows)
+        counters["steps"] += 1
+        chunks = batch.chunks
+        seqs = [chunks[s].seq for s in sampled]
+        rows = self.processor.sampling_rows(seqs)
+        keep = penalized = False
+        for r in rows:
+            p = r.params
+            if p.logprobs is not None or p.return_logits:
+                keep = True
+            if p.penalized:
+                penalized = True
         tokens = self.sampler(logits, rows) if seqs else torch.empty(0, dtype=torch.long, device=self.device)
         if keep and self.async_scheduling:
             logits = logits.clone()          # the decode graphs' output buffer is rewritten by the next step
         positions = []
         for seq in seqs:
-            positions.append(len(seq.output_token_ids))
-            seq.output_token_ids.append(PLACEHOLDER)
+            out = seq.output_token_ids
+            positions.append(len(out))
+            out.append(PLACEHOLDER)
             seq.pending += 1
-            seq.last_pending = len(seq.output_token_ids) >= seq.max_new_tokens
+            seq.last_pending = len(out) >= seq.max_new_tokens
         host, ready = tokens, None
         if tokens.is_cuda:
             host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
@@ -168,7 +183,7 @@ class LLMEngine:
             ready = torch.cuda.Event()
             ready.record()
         return _Launched(batch, seqs, positions, tokens, host, ready, logits if keep else None,
-                         rows if keep else None, prompt)
+                         rows if keep else None, prompt, penalized)
 
     def _fed_from_device(self, batch: ScheduledBatch) -> tuple | None:
         """(rows, source tokens, their indices): the batch rows whose input is a token still on the device
@@ -179,10 +194,12 @@ class LLMEngine:
         rows, idx, row = [], [], 0
         for c in batch.chunks:
             seq = c.seq
-            if c.start + c.length == seq.num_tokens and seq.pending and id(seq) in index:
-                rows.append(row + c.length - 1)
-                idx.append(index[id(seq)])
             row += c.length
+            if seq.pending and c.start + c.length == len(seq.prompt_token_ids) + len(seq.output_token_ids):
+                i = index.get(id(seq))
+                if i is not None:
+                    rows.append(row - 1)
+                    idx.append(i)
         return (rows, self._inflight.tokens, idx) if rows else None
 
     def _resolve(self, launched: _Launched) -> list[RequestOutput]:
@@ -195,35 +212,37 @@ class LLMEngine:
         lps = token_logprobs(launched.logits, tokens, launched.rows) if launched.rows is not None else None
         outputs = []
         now = time.monotonic()
+        requests = self.requests
+        register = self.scheduler.register_blocks if self.allocator.prefix_caching else None
+        finished = SequenceStatus.FINISHED
         for i, (seq, pos, tok) in enumerate(zip(launched.seqs, launched.positions, tokens)):
-            req = self.requests.get(seq.request_id)
-            if req is None or seq.is_finished:          # aborted, or ended by the step before this one
+            req = requests.get(seq.request_id)
+            if req is None or seq.status is finished:   # aborted, or ended by the step before this one
                 continue
             seq.output_token_ids[pos] = tok
             seq.pending -= 1
-            self.scheduler.register_blocks(seq)
+            if register is not None:
+                register(seq)
             lp = lps[i] if lps is not None else None
             if req.params.return_logits:
                 req.logits.append(launched.logits[i].cpu())
             if lp is not None:
                 req.logprobs.append(lp)
             outputs.append(self._append(req, pos, tok, now, lp))
+        self.counters["generated_tokens"] += len(outputs)       # one token each
         return outputs
 
     def _append(self, req: Request, pos: int, tok: int, now: float, lp) -> RequestOutput:
         seq = req.seq
-        self.counters["generated_tokens"] += 1
         req.first_token = req.first_token or now
         req.last_token = now
         req.detok.add(tok)
-        # the detokenizer and the stop checks see the outputs up to this token (later ones may be pending)
-        later = seq.output_token_ids[pos + 1:]
-        del seq.output_token_ids[pos + 1:]
-        reason = self.processor.finish_reason(req, tok)
+        # the stop checks see the outputs up to this token (later ones may be pending)
+        reason = self.processor.finish_reason(req, tok, pos + 1)
         if reason is None:
-            seq.output_token_ids += later
             return self.processor.stream_delta(req, tok, lp)
-        seq.pending = 0                      # tokens sampled after the end are dropped
+        del seq.output_token_ids[pos + 1:]   # tokens sampled after the end are dropped
+        seq.pending = 0
         seq.last_pending = False
         self.scheduler.finish(seq, reason)
         self.requests.pop(seq.request_id, None)

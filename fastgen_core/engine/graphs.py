@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 
 import torch
 
@@ -62,6 +63,12 @@ class DecodeGraphs:
         self.inputs = torch.zeros(4, b, dtype=torch.long, device=device)
         self.tables = torch.zeros(b, self.width, dtype=torch.long, device=device)
         self.rows = torch.arange(b, device=device)
+        # the host's copy of the block tables, [B, W], one row per batch row, updated in place (plan)
+        self._tables_buf = array("q", bytes(8 * b * self.width))
+        self._host_tables = torch.frombuffer(self._tables_buf, dtype=torch.long).view(b, self.width)
+        self._row_owner: list = [None] * b          # the block-table list each row was written from
+        self._row_used = [0] * b                    # how many of its leading entries are written
+        self._pad_table = [scratch_block]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.replays = 0
@@ -75,42 +82,68 @@ class DecodeGraphs:
                 return s
         raise ValueError(f"{n} decodes exceed the largest graph batch {self.max_batch}")
 
-    def plan(self, batch: ScheduledBatch) -> tuple[int, int, int, int, list[int]]:
-        """Host part of a step: (n, bucket, table width, longest context, packed inputs), all plain ints so
+    def plan(self, batch: ScheduledBatch) -> tuple[int, int, int, int, array]:
+        """Host part of a step: (n, bucket, table width, longest context, packed inputs: ids, positions, slots
+        and context lengths of the ``bucket`` rows, then their block tables cut to ``width``), plain ints so
         that rank 0 can send it to tensor-parallel workers, whose graphs replay the same step."""
-        n = len(batch.chunks)
+        chunks = batch.chunks
+        n = len(chunks)
         b = self.bucket(n)
         bs = self.block_size
-        scratch_slot = self.scratch * bs
-        ids, pos, slots, ctx, tables = [], [], [], [], []
-        width = 1
-        for c in batch.chunks:
+        ids, pos, slots, ctx = [0] * b, [0] * b, [self.scratch * bs] * b, [1] * b
+        width = max_ctx = 1
+        owner, written = self._row_owner, self._row_used
+        for i, c in enumerate(chunks):
             seq, p = c.seq, c.start
-            ids.append(seq.token_slice(p, p + 1)[0])
-            pos.append(p)
+            prompt = seq.prompt_token_ids
+            ids[i] = prompt[p] if p < len(prompt) else seq.output_token_ids[p - len(prompt)]
+            pos[i] = p
             bt = seq.block_table
-            slots.append(bt[p // bs] * bs + p % bs)
-            ctx.append(p + 1)
+            slots[i] = bt[p // bs] * bs + p % bs
+            ctx[i] = p + 1
+            if p >= max_ctx:
+                max_ctx = p + 1
             used = p // bs + 1
-            width = max(width, used)
-            tables.append(bt[:used])
-        pad = b - n
-        ids += [0] * pad
-        pos += [0] * pad
-        slots += [scratch_slot] * pad
-        ctx += [1] * pad
-        tables += [[self.scratch]] * pad
-        flat = [x for t in tables for x in t + [0] * (width - len(t))]
-        return n, b, width, max(ctx), ids + pos + slots + ctx + flat
+            if used > width:
+                width = used
+            if owner[i] is not bt or written[i] != used:
+                self._table_row(i, bt, used)
+        for i in range(n, b):
+            if owner[i] is not self._pad_table:
+                self._table_row(i, self._pad_table, 1)
+        packed = array("q", ids)
+        packed += array("q", pos)
+        packed += array("q", slots)
+        packed += array("q", ctx)
+        tables = array("q", bytes(8 * b * width))
+        torch.frombuffer(tables, dtype=torch.long).view(b, width).copy_(self._host_tables[:b, :width])
+        return n, b, width, max_ctx, packed + tables
+
+    def _table_row(self, i: int, table: list[int], used: int) -> None:
+        """Row i of the host block tables holds ``table[:used]`` then zeros. Kept from step to step: a block
+        table only grows while its sequence runs (a preempted or new sequence gets a new list), so a row
+        that still holds the same list needs only its new blocks written."""
+        have = self._row_used[i]
+        base = i * self.width
+        buf = self._tables_buf
+        if self._row_owner[i] is table and have <= used and (have == 0 or buf[base + have - 1] == table[have - 1]):
+            if have < used:
+                buf[base + have:base + used] = array("q", table[have:used])
+        else:
+            buf[base:base + used] = array("q", table[:used])
+            if have > used:
+                buf[base + used:base + have] = array("q", bytes(8 * (have - used)))
+            self._row_owner[i] = table
+        self._row_used[i] = used
 
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """[n, vocab] float32 logits for a decode-only batch of n <= max_batch sequences."""
         return self.run_plan(self.plan(batch))
 
-    def run_plan(self, plan: tuple[int, int, int, int, list[int]], fed: tuple | None = None) -> torch.Tensor:
+    def run_plan(self, plan: tuple[int, int, int, int, array], fed: tuple | None = None) -> torch.Tensor:
         """``fed``: rows whose input token is on the device (see ModelRunner.forward)."""
         n, b, width, max_ctx, packed = plan
-        host = torch.tensor(packed, dtype=torch.long)
+        host = torch.frombuffer(packed, dtype=torch.long)
         if self.device.type == "cuda":
             host = host.pin_memory()
         self.inputs[:, :b].copy_(host[:4 * b].view(4, b), non_blocking=True)

@@ -16,7 +16,7 @@ import torch
 from ..errors import InvalidRequestError
 from ..sampler import SamplingRow, logprobs_of
 from ..sampling import SamplingParams
-from ..tokenizer import IncrementalDetokenizer
+from ..tokenizer import IncrementalDetokenizer, fast_decode
 from .outputs import RequestOutput, Response
 from .sequence import Sequence
 
@@ -45,6 +45,7 @@ class Request:
     logits: list = field(default_factory=list)
     logprobs: list = field(default_factory=list)
     prompt_logprobs: list = field(default_factory=list)   # of prompt tokens 1.. (token 0 has none)
+    row: SamplingRow | None = None  # what the sampler reads for it once nothing is banned (sampling_rows)
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None
     first_token: float | None = None
@@ -63,6 +64,9 @@ class RequestProcessor:
         self.model_name = model_name
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        # one decode function and one memo of single-token texts for every request's detokenizer
+        self._decode = fast_decode(tokenizer) if tokenizer is not None else None
+        self._single_texts: dict[int, str] = {}
 
     # ---- before the GPU ---------------------------------------------------------------------
     def validate_prompt(self, prompt) -> tuple[list[int], str | None]:
@@ -125,20 +129,26 @@ class RequestProcessor:
         gen = None
         if params.seed is not None and not params.greedy:
             gen = torch.Generator(device=self.device).manual_seed(params.seed)
-        req = self.requests[rid] = Request(seq, params, prepared.text, IncrementalDetokenizer(self.tokenizer), gen)
+        detok = IncrementalDetokenizer(self.tokenizer, self._decode, self._single_texts)
+        req = self.requests[rid] = Request(seq, params, prepared.text, detok, gen)
         return req
 
-    def sampling_rows(self, seqs: list[Sequence], num_known: list[int]) -> list[SamplingRow]:
-        """What the sampler needs per sampled sequence: its options, generator, banned tokens (min_new_tokens)
-        and token lists. ``num_known[i]``: generated tokens the row's sequence has before this sample."""
+    def sampling_rows(self, seqs: list[Sequence]) -> list[SamplingRow]:
+        """What the sampler needs per sampled sequence (before its sample is appended): its options,
+        generator, banned tokens (min_new_tokens) and token lists."""
         rows = []
-        for seq, n in zip(seqs, num_known):
-            req = self.requests[seq.request_id]
-            banned = []
-            if n < req.params.min_new_tokens:
-                banned = sorted((set() if req.params.ignore_eos else self.eos_token_ids)
-                                | set(req.params.stop_token_ids))
-            rows.append(SamplingRow(req.params, req.generator, banned, seq.prompt_token_ids, seq.output_token_ids))
+        requests = self.requests
+        for seq in seqs:
+            req = requests[seq.request_id]
+            p = req.params
+            row = req.row
+            if len(seq.output_token_ids) < p.min_new_tokens:
+                banned = sorted((set() if p.ignore_eos else self.eos_token_ids) | set(p.stop_token_ids))
+                row = SamplingRow(p, req.generator, banned, seq.prompt_token_ids, seq.output_token_ids)
+            elif row is None or row.output_ids is not seq.output_token_ids or row.prompt_ids is not seq.prompt_token_ids:
+                # nothing banned: the same row every step (it holds the sequence's token lists, not copies)
+                row = req.row = SamplingRow(p, req.generator, [], seq.prompt_token_ids, seq.output_token_ids)
+            rows.append(row)
         return rows
 
     # ---- after the GPU ----------------------------------------------------------------------
@@ -158,10 +168,12 @@ class RequestProcessor:
                                                        req.params.prompt_logprobs)
             row += n
 
-    def finish_reason(self, req: Request, tok: int) -> str | None:
-        """Why the request ends with ``tok`` appended (already in its outputs and detokenizer), or None."""
+    def finish_reason(self, req: Request, tok: int, n: int | None = None) -> str | None:
+        """Why the request ends with ``tok`` appended (already in its detokenizer and its outputs, as their
+        ``n``-th token: by default the last one), or None."""
         seq, p = req.seq, req.params
-        n = len(seq.output_token_ids)
+        if n is None:
+            n = len(seq.output_token_ids)
         if tok in p.stop_token_ids or (not p.ignore_eos and tok in self.eos_token_ids):
             return "stop"
         if p.stop and n >= p.min_new_tokens:
@@ -176,13 +188,14 @@ class RequestProcessor:
 
     def stream_delta(self, req: Request, tok: int, lp) -> RequestOutput:
         """The output of a step that did not end the request: the text that is safe to stream so far."""
-        p = req.params
+        stop = req.params.stop
         text = req.detok.text
-        hold = max(map(len, p.stop)) - 1 if p.stop else 0      # a stop string may still be forming
-        upto = max(req.emitted, len(text) - hold)
-        delta = text[req.emitted:upto]
+        emitted = req.emitted
+        hold = max(map(len, stop)) - 1 if stop else 0      # a stop string may still be forming
+        upto = max(emitted, len(text) - hold)
         req.emitted = upto
-        return RequestOutput(req.seq.request_id, [tok], delta, False, logprobs=[lp] if lp is not None else None)
+        return RequestOutput(req.seq.request_id, [tok], text[emitted:upto], False, None, None,
+                             [lp] if lp is not None else None)
 
     def final_output(self, req: Request, tok: int, reason: str, lp) -> RequestOutput:
         """The last output of a request (its sequence already finished with ``reason``)."""

@@ -32,7 +32,7 @@ from .kv_cache import BlockAllocator, extend_block_keys
 from .sequence import Sequence, SequenceStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledChunk:
     seq: Sequence
     start: int          # first token index (== seq.num_computed_tokens when scheduled)
@@ -120,30 +120,36 @@ class Scheduler:
     # ---- one step ---------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
+        chunks = batch.chunks
         budget = self.max_ragged_batch_size
-        scheduled: set[int] = set()
-        decodes = [s for s in self.running if s.num_uncomputed == 1 and not s.last_pending]
-        prefills = [s for s in self.running if s.num_uncomputed > 1]
-        for seq in decodes + prefills:
-            if budget == 0 or len(batch.chunks) >= self.max_ragged_sequence_count:
-                break
-            if seq.status is not SequenceStatus.RUNNING:   # preempted earlier in this loop
-                continue
-            n = min(seq.num_uncomputed, budget)
-            end = seq.num_computed_tokens + n
-            while not self.allocator.can_grow(seq.block_table, end):
-                victim = max((s for s in self.running if s.seq_id not in scheduled and not s.last_pending),
-                             key=lambda s: s.seq_id, default=seq)
-                self._preempt(victim, batch)
-                if victim is seq:
-                    break
-            if seq.status is not SequenceStatus.RUNNING:
-                continue
-            self.allocator.grow(seq.block_table, end)
-            batch.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n, end == seq.num_tokens))
-            scheduled.add(seq.seq_id)
-            budget -= n
+        max_count = self.max_ragged_sequence_count
         alloc = self.allocator
+        bs = alloc.block_size
+        running_status = SequenceStatus.RUNNING
+        decodes, prefills = [], []
+        for s in self.running:
+            uncomputed = len(s.prompt_token_ids) + len(s.output_token_ids) - s.num_computed_tokens
+            if uncomputed == 1:
+                if not s.last_pending:
+                    decodes.append(s)
+            elif uncomputed > 1:
+                prefills.append(s)
+        for seq in decodes + prefills:
+            if budget == 0 or len(chunks) >= max_count:
+                break
+            if seq.status is not running_status:   # preempted earlier in this loop
+                continue
+            start = seq.num_computed_tokens
+            num_tokens = len(seq.prompt_token_ids) + len(seq.output_token_ids)
+            n = min(num_tokens - start, budget)
+            end = start + n
+            if end > len(seq.block_table) * bs:     # needs blocks (a decode: once every block_size steps)
+                self._make_room(seq, end, batch)
+                if seq.status is not running_status:
+                    continue
+                alloc.grow(seq.block_table, end)
+            chunks.append(ScheduledChunk(seq, start, n, end == num_tokens))
+            budget -= n
         while self.waiting and budget > 0 and len(batch.chunks) < self.max_ragged_sequence_count:
             seq = self.waiting[0]
             hits = self._cached_prefix(seq)
@@ -163,9 +169,21 @@ class Scheduler:
             n = min(seq.num_uncomputed, budget)
             start = seq.num_computed_tokens
             batch.chunks.append(ScheduledChunk(seq, start, n, start + n == seq.num_tokens))
-            scheduled.add(seq.seq_id)
             budget -= n
         return batch
+
+    def _make_room(self, seq: Sequence, end: int, batch: ScheduledBatch) -> None:
+        """Preempt the newest running sequences not yet scheduled in this batch (``seq`` itself last) until
+        seq's block table can grow to ``end`` tokens."""
+        if self.allocator.can_grow(seq.block_table, end):
+            return
+        scheduled = {c.seq.seq_id for c in batch.chunks}
+        while not self.allocator.can_grow(seq.block_table, end):
+            victim = max((s for s in self.running if s.seq_id not in scheduled and not s.last_pending),
+                         key=lambda s: s.seq_id, default=seq)
+            self._preempt(victim, batch)
+            if victim is seq:
+                break
 
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks holding the start of seq's known tokens; at least one token is left to compute,
@@ -179,13 +197,15 @@ class Scheduler:
     def postprocess(self, batch: ScheduledBatch) -> None:
         """Record that the scheduled tokens now have K/V in the cache (sampling appends tokens after), and
         with prefix caching register the blocks this step filled."""
-        bs = self.allocator.block_size
+        finished = SequenceStatus.FINISHED
+        caching = self.allocator.prefix_caching
         for c in batch.chunks:
             seq = c.seq
-            if seq.is_finished:              # ended (or aborted) while this batch was being built
+            if seq.status is finished:       # ended (or aborted) while this batch was being built
                 continue
             seq.num_computed_tokens = c.start + c.length
-            self.register_blocks(seq)
+            if caching:
+                self.register_blocks(seq)
 
     def register_blocks(self, seq: Sequence) -> None:
         """Put the sequence's full, computed blocks whose tokens are all known into the prefix cache."""
