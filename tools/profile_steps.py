@@ -164,8 +164,9 @@ def main():
                                  max_ragged_batch_size=a.budget, gpu_memory_fraction=0.9,
                                  async_scheduling=a.async_scheduling))
     w = make_workload(a.requests, a.prompt, a.gen, 0, eng.model_config.vocab_size, eng.max_context)
-    if a.equal_gen:
+    if a.equal_gen:     # every request exactly --gen tokens, its prompt cut to leave room for them
         w.gen_lens = [a.gen] * len(w.gen_lens)
+        w.prompts = [p[:eng.max_context - a.gen - 1] for p in w.prompts]
     warm_up(eng, w)
     run_pass(eng, w, "warm")                 # a first pass meets kernel variants a server has long loaded
     if a.cprofile:
