@@ -168,6 +168,13 @@ def test_pythia_1b_preset_builds_pythia_1b_through_its_plugin(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == 1_011_781_632
 
 
+def test_moe_token_weight_read_counts_only_the_active_experts():
+    from fastgen_core.bench.cli import _weight_reads
+    r = _weight_reads({"params": 46_700_000_000, "active_params": 12_900_000_000, "weight_bytes": 93_400_000_000},
+                      {"copy_TBps": 4.3})
+    assert abs(r["weight_read_s"] - 93.4 / 4300) < 1e-4 and abs(r["token_weight_read_s"] - 25.8 / 4300) < 1e-4
+
+
 def test_online_runs_every_prompt_and_generation_scenario(tmp_path):
     """--prompt-mean and --gen-mean both take lists: one scenario per pair, offline and online, and each
     online record carries the weight-read time its per-token latency is compared with."""
@@ -177,7 +184,7 @@ def test_online_runs_every_prompt_and_generation_scenario(tmp_path):
     online = [r for r in recs if r["kind"] == "online"]
     assert sorted({(r["mean_prompt"], r["mean_gen"]) for r in online}) == [(10, 3), (10, 5), (20, 3), (20, 5)]
     assert sorted(r["clients"] for r in online) == [1] * 4 + [2] * 4 and not any(r["async_scheduling"] for r in recs)
-    assert all(r["weight_read_s"] > 0 for r in online)
+    assert all(r["weight_read_s"] > 0 and r["token_weight_read_s"] == r["weight_read_s"] for r in online)   # dense
     assert len([r for r in recs if r["kind"] == "offline"]) == 4
     only_online = run_bench(preset="tiny-llama", device="cpu", num_requests=3, prompt_mean=[10], gen_mean=[3],
                             online=[1], peer=[], warm_passes=0, offline=False, output=str(tmp_path / "o.jsonl"))
