@@ -22,6 +22,8 @@
 #              fails is switched off for the rest), per-token latency at 1 client (Phi-2 also at 32; Llama-2-7B;
 #              Mixtral-8x7B with the expert GEMV on and off), host time per decode step at 128 sequences
 #              (sync and async loops), Phi-2 online with the async loop, Phi-2 offline; lines in final2.txt
+#   loops      Phi-2 online at 1 and 32 clients, synchronous and asynchronous loops alternated, 3 rounds
+#              (whether async_scheduling should become the default)
 #   hostprof   cProfile of the host's work in Phi-2's prompt-carrying steps
 #   hostdiag   host time outside GPU busy time per step, Phi-2 at 128 and 32 sequences, sync and async loops
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -157,6 +159,14 @@ if has final2; then    # session 5's closing run: its kernels' GPU tests (a kern
   timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --async-scheduling --tag final-async \
     2>&1 | on "phi-2 async"
   timeout 80 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag final 2>&1 | on "phi-2 offline"
+fi
+if has loops; then     # the async-default question: Phi-2 at 1 and 32 clients, sync and async alternated, 3 rounds each
+  for round in 1 2 3; do
+    for loop in sync async; do
+      timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag "loops-$loop-$round" \
+        $([ $loop = async ] && echo --async-scheduling) 2>&1 | grep -E "^online" | sed "s/^/$loop round $round /"
+    done
+  done
 fi
 if has load; then
   timeout 300 python3 tools/load_time.py --preset llama-2-7b --json "$OUT/load.jsonl" 2>&1 | tail -6
