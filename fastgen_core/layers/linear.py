@@ -5,8 +5,8 @@ docs/bench-results/gemv-h200.jsonl) cuBLAS reads the bf16 weights of Phi-2's and
 1.8-4.0 TB/s at one row, this kernel at 2.1-4.4 (5-6% less time over the layers of a step); at 2-4 rows
 cuBLAS was as fast or faster, so ``linear(x, weight, bias)`` runs the CuPy GEMV for a single row on CUDA in
 bf16/fp16 (kernels on: ``FASTGEN_KERNELS``; ``FASTGEN_KERNELS_OFF=gemv`` switches it off alone), else
-``torch.nn.functional.linear``, its reference. Every linear layer the core
-builds (``layers.sharded``: column, row and vocabulary layers) is a ``Linear`` and goes through it.
+``torch.nn.functional.linear``, its reference. Every linear layer the core builds (``layers.sharded``:
+column, row and vocabulary layers) is a ``Linear`` and goes through it.
 """
 from __future__ import annotations
 
