@@ -87,6 +87,18 @@ def use(x: torch.Tensor, name: str = "") -> bool:
             and available())
 
 
+def triton_available(build, switched_off: tuple[str, ...]) -> bool:
+    """Whether the Triton kernels that ``build()`` defines can be used here: ``FASTGEN_ATTENTION`` is not one
+    of ``switched_off``, and Triton imports and accepts them (else the caller's torch path takes over)."""
+    if os.environ.get("FASTGEN_ATTENTION", "") in switched_off:
+        return False
+    try:
+        build()
+    except Exception:  # ImportError, or a Triton too old for the kernel
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def load(path: str | Path, device_index: int = 0):
     """A compiled ``cupy.RawModule`` of the CUDA source at ``path`` for the GPU ``device_index``."""

@@ -32,7 +32,6 @@ from .kv_cache import BlockAllocator
 from .outputs import RequestOutput, Response  # noqa: F401  (re-exported: fastgen_core.engine.engine.Response)
 from .requests import PreparedRequest, Request, RequestProcessor  # noqa: F401
 from .scheduler import ScheduledBatch, Scheduler
-from .sequence import SequenceStatus
 
 log = logging.getLogger("fastgen.engine")
 PLACEHOLDER = -1            # a sampled token the host has not read back yet
@@ -195,7 +194,7 @@ class LLMEngine:
         for c in batch.chunks:
             seq = c.seq
             row += c.length
-            if seq.pending and c.start + c.length == len(seq.prompt_token_ids) + len(seq.output_token_ids):
+            if seq.pending and c.start + c.length == seq.num_tokens:
                 i = index.get(id(seq))
                 if i is not None:
                     rows.append(row - 1)
@@ -214,10 +213,9 @@ class LLMEngine:
         now = time.monotonic()
         requests = self.requests
         register = self.scheduler.register_blocks if self.allocator.prefix_caching else None
-        finished = SequenceStatus.FINISHED
         for i, (seq, pos, tok) in enumerate(zip(launched.seqs, launched.positions, tokens)):
             req = requests.get(seq.request_id)
-            if req is None or seq.status is finished:   # aborted, or ended by the step before this one
+            if req is None or seq.is_finished:          # aborted, or ended by the step before this one
                 continue
             seq.output_token_ids[pos] = tok
             seq.pending -= 1

@@ -95,8 +95,7 @@ class DecodeGraphs:
         owner, written = self._row_owner, self._row_used
         for i, c in enumerate(chunks):
             seq, p = c.seq, c.start
-            prompt = seq.prompt_token_ids
-            ids[i] = prompt[p] if p < len(prompt) else seq.output_token_ids[p - len(prompt)]
+            ids[i] = seq.token_at(p)
             pos[i] = p
             bt = seq.block_table
             slots[i] = bt[p // bs] * bs + p % bs

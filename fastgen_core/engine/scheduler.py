@@ -128,7 +128,7 @@ class Scheduler:
         running_status = SequenceStatus.RUNNING
         decodes, prefills = [], []
         for s in self.running:
-            uncomputed = len(s.prompt_token_ids) + len(s.output_token_ids) - s.num_computed_tokens
+            uncomputed = s.num_uncomputed
             if uncomputed == 1:
                 if not s.last_pending:
                     decodes.append(s)
@@ -140,7 +140,7 @@ class Scheduler:
             if seq.status is not running_status:   # preempted earlier in this loop
                 continue
             start = seq.num_computed_tokens
-            num_tokens = len(seq.prompt_token_ids) + len(seq.output_token_ids)
+            num_tokens = seq.num_tokens
             n = min(num_tokens - start, budget)
             end = start + n
             if end > len(seq.block_table) * bs:     # needs blocks (a decode: once every block_size steps)
@@ -197,11 +197,10 @@ class Scheduler:
     def postprocess(self, batch: ScheduledBatch) -> None:
         """Record that the scheduled tokens now have K/V in the cache (sampling appends tokens after), and
         with prefix caching register the blocks this step filled."""
-        finished = SequenceStatus.FINISHED
         caching = self.allocator.prefix_caching
         for c in batch.chunks:
             seq = c.seq
-            if seq.status is finished:       # ended (or aborted) while this batch was being built
+            if seq.is_finished:              # ended (or aborted) while this batch was being built
                 continue
             seq.num_computed_tokens = c.start + c.length
             if caching:

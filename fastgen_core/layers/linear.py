@@ -22,12 +22,18 @@ CONFIGS = ((1, 4), (2, 2), (4, 2))      # the (R, U) pairs gemv.cu instantiates,
 _HALF = (torch.bfloat16, torch.float16)
 
 
-def gemv_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether ``linear`` can take the GEMV kernel for these operands."""
+def _streamable(x: torch.Tensor, weight: torch.Tensor, name: str) -> bool:
+    """What both GEMV kernels need: bf16/fp16 operands of one dtype, K a multiple of 8, the weight contiguous
+    and 16-byte aligned (its rows are read with 16-byte loads), and the kernel ``name`` switched on."""
     k = weight.shape[-1]
     return (x.dtype in _HALF and weight.dtype == x.dtype and x.shape[-1] == k and k % 8 == 0
-            and 0 < x.numel() // k <= GEMV_MAX_ROWS and weight.is_contiguous() and weight.data_ptr() % 16 == 0
-            and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())) and kernels.use(x, "gemv"))
+            and weight.is_contiguous() and weight.data_ptr() % 16 == 0 and kernels.use(x, name))
+
+
+def gemv_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``linear`` can take the GEMV kernel for these operands."""
+    return (0 < x.numel() // weight.shape[-1] <= GEMV_MAX_ROWS
+            and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())) and _streamable(x, weight, "gemv"))
 
 
 def gemv_config(n: int, k: int) -> tuple[int, int, int]:
@@ -57,9 +63,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 
 def expert_gemv_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``expert_gemv`` can take x [rows, K] and stacked experts ``weight`` [E, N, K]."""
-    return (x.is_cuda and x.dtype in _HALF and weight.dtype == x.dtype and weight.dim() == 3
-            and x.shape[-1] == weight.shape[-1] and weight.shape[-1] % 8 == 0 and weight.is_contiguous()
-            and weight.data_ptr() % 16 == 0 and kernels.use(x, "expert_gemv"))
+    return x.is_cuda and weight.dim() == 3 and _streamable(x, weight, "expert_gemv")
 
 
 def expert_gemv_ref(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, x_div: int) -> torch.Tensor:

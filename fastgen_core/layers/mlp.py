@@ -7,6 +7,15 @@ from .activations import get_activation
 from .sharded import TPGroup, column_linear, group_of, row_linear, split_size
 
 
+def gated_act(gate_up: torch.Tensor, act) -> torch.Tensor:
+    """act(gate) * up for gate_up = [gate | up] (two equal halves of the last dimension): SiLU through the
+    fused CuPy kernel (``kernels.silu_and_mul``, its torch reference on CPU), any other activation in torch."""
+    if act is F.silu:
+        return kernels.silu_and_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return act(gate) * up
+
+
 class GatedMLP(nn.Module):
     """act(x @ gate) * (x @ up) @ down, with gate and up fused in one GEMM (``gate_up_proj``). ``tp``: the
     tensor-parallel group whose ranks split the intermediate columns (None: one process)."""
@@ -23,11 +32,7 @@ class GatedMLP(nn.Module):
         self.act = get_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
-        if self.act is F.silu:
-            return self.down_proj(kernels.silu_and_mul(gate_up))
-        gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        return self.down_proj(self.act(gate) * up)
+        return self.down_proj(gated_act(self.gate_up_proj(x), self.act))
 
 
 class MLP(nn.Module):

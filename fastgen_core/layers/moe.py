@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
 from .activations import get_activation
 from .linear import expert_gemv, expert_gemv_fits
+from .mlp import gated_act
 from .sharded import TPGroup, group_of, shard, split_size
 
 EXPERT_GEMV_MAX_PAIRS = 8       # tokens x top_k up to which a CUDA MoE layer takes experts_gemv
@@ -115,12 +115,7 @@ def experts_gemv(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.T
     sized for many rows."""
     t, k = topk_ids.shape
     ids = topk_ids.reshape(-1)
-    gate_up = expert_gemv(x, gate_up_proj, ids, k)                       # [t * k, 2I]
-    if act is F.silu:
-        h = kernels.silu_and_mul(gate_up)
-    else:
-        gate, up = gate_up.chunk(2, dim=-1)
-        h = act(gate) * up
+    h = gated_act(expert_gemv(x, gate_up_proj, ids, k), act)             # [t * k, I]
     ys = expert_gemv(h, down_proj, ids, 1)                               # [t * k, H]
     return (ys.view(t, k, -1).float() * topk_weights.float()[..., None]).sum(dim=1).to(x.dtype)
 

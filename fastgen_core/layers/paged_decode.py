@@ -13,20 +13,16 @@ imported lazily: without it (CPU machines, CI) ``available()`` is False and noth
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
+
+from .. import kernels
 
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-    if os.environ.get("FASTGEN_ATTENTION", "") in ("torch", "reference"):
-        return False
-    try:
-        _kernel()
-    except Exception:  # ImportError, or a Triton too old for the kernel: the torch path takes over
-        return False
-    return True
+    """The Triton decode kernel, unless FASTGEN_ATTENTION chooses the torch path."""
+    return kernels.triton_available(_kernel, ("torch", "reference"))
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,22 +18,18 @@ run this kernel under Triton's interpreter (``TRITON_INTERPRET=1``) when Triton 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
+
+from .. import kernels
 
 LOG2E = 1.4426950408889634
 
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-    if os.environ.get("FASTGEN_ATTENTION", "") in ("torch", "reference", "sdpa"):
-        return False
-    try:
-        _kernel()
-    except Exception:  # ImportError, or a Triton too old for the kernel: the SDPA path takes over
-        return False
-    return True
+    """The Triton prompt-chunk kernel, unless FASTGEN_ATTENTION chooses another path (else SDPA)."""
+    return kernels.triton_available(_kernel, ("torch", "reference", "sdpa"))
 
 
 @functools.lru_cache(maxsize=None)
