@@ -82,16 +82,27 @@ def plan_batch(batch: ScheduledBatch, block_size: int) -> BatchPlan:
                      logits_rows, sampled, decode_rows, decode_seqs, prefill_seqs, max_decode_ctx, prompt_rows)
 
 
+def int64_array(*parts) -> array:
+    """The int sequences ``parts`` end to end in one int64 array (a tensor reads it ~3x faster than
+    torch.tensor reads a list)."""
+    packed = array("q")
+    for p in parts:
+        packed += array("q", p)
+    return packed
+
+
+def host_tensor(packed: array, device: torch.device) -> torch.Tensor:
+    """``packed`` as a CPU int64 tensor, in pinned memory when it is bound for CUDA (so that its one copy to
+    the device is asynchronous)."""
+    host = torch.frombuffer(packed, dtype=torch.long)
+    return host.pin_memory() if device.type == "cuda" else host
+
+
 def plan_to_device(plan: BatchPlan, block_size: int, kv_caches, device: torch.device) -> PreparedBatch:
     # one host buffer, one (pinned, asynchronous) copy: no per-tensor H2D transfer and no device sync
     parts = [plan.ids, plan.positions, plan.slots, plan.context_lens, plan.logits_rows, plan.decode_rows,
              plan.decode_seqs, plan.flat_tables]
-    packed = array("q")
-    for p in parts:
-        packed += array("q", p)        # (an int64 array reads ~3x faster than torch.tensor on a list)
-    host = torch.frombuffer(packed, dtype=torch.long)
-    if device.type == "cuda":
-        host = host.pin_memory()
+    host = host_tensor(int64_array(*parts), device)
     (ids_t, pos_t, slots_t, ctx_t, logits_t, drows_t, dseqs_t,
      tables_t) = host.to(device, non_blocking=True).split([len(p) for p in parts])
     decodes = bool(plan.decode_rows)
@@ -120,10 +131,6 @@ def feed_from_device(input_ids: torch.Tensor, fed: tuple) -> None:
     """input_ids[rows] = tokens[indices]: tokens sampled on the device by the step before, never read back."""
     rows, tokens, indices = fed
     dev = input_ids.device
-    packed = array("q", rows)
-    packed += array("q", indices)
-    host = torch.frombuffer(packed, dtype=torch.long).view(2, len(rows))      # one host buffer, one copy
-    if dev.type == "cuda":
-        host = host.pin_memory()
+    host = host_tensor(int64_array(rows, indices), dev).view(2, len(rows))      # one host buffer, one copy
     r, i = host.to(dev, non_blocking=True)
     input_ids.index_copy_(0, r, tokens.index_select(0, i))

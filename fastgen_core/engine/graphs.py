@@ -25,7 +25,7 @@ import torch
 
 from ..layers.attention import AttentionMetadata, ForwardContext
 from ..layers.rotary import RotaryEmbedding
-from .batch import feed_from_device
+from .batch import feed_from_device, host_tensor, int64_array
 from .scheduler import ScheduledBatch
 
 log = logging.getLogger("fastgen.engine")
@@ -110,13 +110,9 @@ class DecodeGraphs:
         for i in range(n, b):
             if owner[i] is not self._pad_table:
                 self._table_row(i, self._pad_table, 1)
-        packed = array("q", ids)
-        packed += array("q", pos)
-        packed += array("q", slots)
-        packed += array("q", ctx)
         tables = array("q", bytes(8 * b * width))
         torch.frombuffer(tables, dtype=torch.long).view(b, width).copy_(self._host_tables[:b, :width])
-        return n, b, width, max_ctx, packed + tables
+        return n, b, width, max_ctx, int64_array(ids, pos, slots, ctx, tables)
 
     def _table_row(self, i: int, table: list[int], used: int) -> None:
         """Row i of the host block tables holds ``table[:used]`` then zeros. Kept from step to step: a block
@@ -142,9 +138,7 @@ class DecodeGraphs:
     def run_plan(self, plan: tuple[int, int, int, int, array], fed: tuple | None = None) -> torch.Tensor:
         """``fed``: rows whose input token is on the device (see ModelRunner.forward)."""
         n, b, width, max_ctx, packed = plan
-        host = torch.frombuffer(packed, dtype=torch.long)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
+        host = host_tensor(packed, self.device)
         self.inputs[:, :b].copy_(host[:4 * b].view(4, b), non_blocking=True)
         self.tables[:b, :width].copy_(host[4 * b:].view(b, width), non_blocking=True)
         if fed is not None:

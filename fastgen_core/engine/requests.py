@@ -194,8 +194,8 @@ class RequestProcessor:
         hold = max(map(len, stop)) - 1 if stop else 0      # a stop string may still be forming
         upto = max(emitted, len(text) - hold)
         req.emitted = upto
-        return RequestOutput(req.seq.request_id, [tok], text[emitted:upto], False, None, None,
-                             [lp] if lp is not None else None)
+        return RequestOutput(req.seq.request_id, [tok], text[emitted:upto], False,
+                             logprobs=[lp] if lp is not None else None)
 
     def final_output(self, req: Request, tok: int, reason: str, lp) -> RequestOutput:
         """The last output of a request (its sequence already finished with ``reason``)."""
