@@ -26,6 +26,7 @@
 #              (whether async_scheduling should become the default)
 #   hostprof   cProfile of the host's work in Phi-2's prompt-carrying steps
 #   hostdiag   host time outside GPU busy time per step, Phi-2 at 128 and 32 sequences, sync and async loops
+#   syncs      where Phi-2's steps make the host wait for the GPU (torch's sync debug mode), async and sync loops
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
 #              seed's other Phi-2 scenarios and Falcon-40B 1200/60 while time lasts
@@ -166,6 +167,13 @@ if has loops; then     # the async-default question: Phi-2 at 1 and 32 clients, 
       timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag "loops-$loop-$round" \
         $([ $loop = async ] && echo --async-scheduling) 2>&1 | grep -E "^online" | sed "s/^/$loop round $round /"
     done
+  done
+fi
+if has syncs; then
+  for loop in async sync; do
+    timeout 90 python3 tools/profile_steps.py --preset phi-2 --requests 32 --prompt 1200 --gen 16 --equal-gen \
+      --sync-sites --top 20 --tag "syncs-$loop" $([ $loop = async ] && echo --async-scheduling) 2>&1 \
+      | tee -a "$OUT/syncs.txt" | tail -22
   done
 fi
 if has load; then

@@ -141,6 +141,38 @@ def host_profile(eng, w, a):
     eng.close()
 
 
+def sync_sites(eng, w, a):
+    """Where the host waits for the GPU inside steps: torch's sync debug mode, each warning's call site
+    (the innermost frames in fastgen code) counted over one pass."""
+    import traceback
+    import warnings
+    from collections import Counter
+    sites = Counter()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if "fastgen" in f.filename]
+        sites[" <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}({f.name})" for f in frames[-3:][::-1])] += 1
+
+    old = warnings.showwarning
+    warnings.showwarning = show
+    warnings.simplefilter("always")
+    torch.cuda.set_sync_debug_mode("warn")
+    submit(eng, w, "s")
+    steps = 0
+    try:
+        while eng.has_unfinished():
+            eng.step()
+            steps += 1
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        warnings.showwarning = old
+    print(f"{a.preset} {a.requests} req {a.prompt}/{a.gen} {a.tag} async_scheduling={eng.async_scheduling}: "
+          f"{sum(sites.values())} synchronising calls in {steps} steps")
+    for site, n in sites.most_common(a.top):
+        print(f"{n:>7}  {site}")
+    eng.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="phi-2")
@@ -158,6 +190,8 @@ def main():
     ap.add_argument("--top", type=int, default=15, help="kernels listed per step type")
     ap.add_argument("--cprofile", action="store_true",
                     help="only a host profile (cProfile) of one pass, steps synchronised: top functions by own time")
+    ap.add_argument("--sync-sites", action="store_true",
+                    help="only list where steps synchronise with the GPU (torch's sync debug mode), one pass")
     a = ap.parse_args()
     d = write_preset(a.preset, tempfile.mkdtemp(), a.num_layers)
     eng = LLMEngine(EngineConfig(str(d), device="cuda", dtype="bfloat16", load_format="dummy",
@@ -171,6 +205,9 @@ def main():
     run_pass(eng, w, "warm")                 # a first pass meets kernel variants a server has long loaded
     if a.cprofile:
         host_profile(eng, w, a)
+        return
+    if a.sync_sites:
+        sync_sites(eng, w, a)
         return
     over = overlapped_pass(eng, w, "o")
     print(f"{a.preset} budget {a.budget} {a.requests} req {a.prompt}/{a.gen} {a.tag} async_scheduling="
