@@ -39,7 +39,9 @@ class EngineConfig:
     it) or, on CPU, processes; rank 0 runs in this process, the others in child processes.
     tp_cuda_graphs: capture decode graphs under tensor parallelism too (off until measured on GPUs).
     async_scheduling: schedule and prepare step N+1 while the GPU runs step N (see engine.engine); the
-    same outputs either way. Off by default: on an H200 it did not win (docs/performance.md, Speed II).
+    same outputs either way. None (the default): on for a CUDA engine without tensor parallelism, where
+    it won at 1 and 32 clients in three alternated rounds on an H200 (docs/performance.md), off on CPU,
+    where the host is the device and there is nothing to overlap.
     """
 
     model: str
@@ -60,13 +62,14 @@ class EngineConfig:
     enable_prefix_caching: bool = False
     tensor_parallel_size: int = 1
     tp_cuda_graphs: bool = False
-    async_scheduling: bool = False
+    async_scheduling: bool | None = None
 
     def __post_init__(self):
         import torch
         for name in ("cuda_graphs", "enable_prefix_caching", "tp_cuda_graphs", "async_scheduling"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            if not isinstance(getattr(self, name), bool) and not (name == "async_scheduling" and self.async_scheduling is None):
+                allowed = "true, false or null (automatic)" if name == "async_scheduling" else "true or false"
+                raise ConfigError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
         for name in ("max_ragged_batch_size", "max_ragged_sequence_count", "cuda_graph_max_batch",
                      "tensor_parallel_size"):
             _positive_int(name, getattr(self, name))
@@ -104,6 +107,8 @@ class EngineConfig:
         return cls(model=model, **kwargs)
 
     def resolve_async_scheduling(self, tp_size: int) -> bool:
+        if self.async_scheduling is None:             # automatic: where the GPU's work can hide the host's
+            return tp_size == 1 and self.torch_device().type == "cuda"
         if self.async_scheduling and tp_size > 1:     # the workers would need each step's tokens from rank 0
             raise ConfigError("async_scheduling needs tensor_parallel_size=1")
         return self.async_scheduling

@@ -117,3 +117,21 @@ def test_abort_while_a_step_is_in_flight(tiny_model_dir):
     want = p("keep going", max_new_tokens=12, ignore_eos=True)[0]
     assert done[keep].token_ids == want.token_ids
     p.destroy()
+
+
+@pytest.mark.parametrize("value,tp,device,expect", [(None, 1, "cpu", False), (None, 2, "cpu", False),
+                                                    (True, 1, "cpu", True), (False, 1, "cpu", False)])
+def test_async_scheduling_default_is_automatic(tmp_path, value, tp, device, expect):
+    """None (the default) resolves to the asynchronous loop only on CUDA without tensor parallelism."""
+    from fastgen_core.config import EngineConfig
+    cfg = EngineConfig(str(tmp_path), device=device, async_scheduling=value)
+    assert cfg.resolve_async_scheduling(tp) is expect
+
+
+def test_async_scheduling_bad_value_names_allowed(tmp_path):
+    from fastgen_core.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"async_scheduling must be true, false or null \(automatic\), got 'yes'"):
+        from fastgen_core.config import EngineConfig
+        EngineConfig(str(tmp_path), async_scheduling="yes")
+    with pytest.raises(ConfigError, match="async_scheduling needs tensor_parallel_size=1"):
+        EngineConfig(str(tmp_path), async_scheduling=True).resolve_async_scheduling(2)

@@ -72,8 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="untimed passes over the first scenario before timing (their wall times are recorded)")
     p.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size,
                    help="shard the model over this many GPUs; the floor then uses this many cards' ceilings")
-    p.add_argument("--async-scheduling", action="store_true",
-                   help="run the step loop one step ahead of the GPU (default: synchronous)")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the step loop one step ahead of the GPU (default: the engine's choice, on for CUDA "
+                        "without tensor parallelism)")
     p.add_argument("--no-offline", dest="offline", action="store_false",
                    help="skip the timed offline runs (the online runs and the warm-up pass still happen)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
@@ -113,6 +114,8 @@ def run_bench(**options) -> list[dict]:
         flag = "--" + k.replace("_", "-")
         if k in ("cuda_graphs", "offline"):
             argv += [] if v else ["--no-" + k.replace("_", "-")]
+        elif k == "async_scheduling" and v is not None:
+            argv += [flag if v else "--no-" + k.replace("_", "-")]
         elif isinstance(v, bool):
             argv += [flag] if v else []
         elif isinstance(v, (list, tuple)) and k in ("gen_mean", "prompt_mean"):
@@ -164,7 +167,7 @@ def run_bench_args(args) -> list[dict]:
             "max_ragged_batch_size": args.max_ragged_batch_size,
             "cuda_graphs": bool(args.cuda_graphs and device.type == "cuda"), "shared_prefix": args.shared_prefix,
             "prefix_caching": args.enable_prefix_caching, "tensor_parallel_size": args.tensor_parallel_size,
-            "async_scheduling": args.async_scheduling}
+            "async_scheduling": cfg.resolve_async_scheduling(args.tensor_parallel_size)}
     records: list[dict] = []
     out_path = Path(args.output) if args.output else results_dir(args) / f"{run_id}-{name}.jsonl"
     # one tick per stage: ceilings, load, warm-up, our scenarios, online client counts, the peer's scenarios

@@ -1,6 +1,6 @@
 """LLMEngine: the step loop. schedule -> run (forward + sample on the device) -> outputs.
 
-With ``async_scheduling`` (opt-in: on an H200 it has not won yet, docs/performance.md) the host runs one
+With ``async_scheduling`` (the default on CUDA without tensor parallelism) the host runs one
 step ahead of the GPU, as vLLM's async scheduling and SGLang's overlap scheduler do: ``step()`` schedules and launches step N+1 while the GPU still
 runs step N, then reads N's sampled tokens and returns N's outputs. A token sampled at N is fed to N+1
 straight from the device (the host holds a placeholder until it reads it back), so the host's scheduling,

@@ -22,6 +22,7 @@ def test_graph_decode_fp32_matches_transformers(name, tmp_path):
                         kv_block_size=16, num_kv_blocks=blocks, cuda_graph_max_batch=24)
         g = pipe.engine.runner.graphs
         assert g is not None and g.capture and sorted(g.graphs) == g.sizes
+        assert pipe.engine.async_scheduling, "the default on CUDA is the asynchronous loop"
         outs = pipe(prompts, max_new_tokens=16, ignore_eos=True)
         assert [o.token_ids for o in outs] == want, f"blocks {blocks}"
         st = pipe.engine.stats()
