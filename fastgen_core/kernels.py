@@ -4,7 +4,8 @@ The core's CUDA sources live in the top-level ``kernels/`` folder of the reposit
 package ``fastgen_core._kernels`` (``core_source(name)`` finds one through importlib.resources, in a wheel or
 an editable install); a plugin's live inside its own package (``src/<package>/kernels/*.cu``, package
 data). ``load(path)`` compiles one with NVRTC for the current GPU (once per process and
-device) and ``launch`` runs a function on torch's current stream, so launches are ordered with torch's ops
+device; the core's folder is on the include path, so any source can ``#include "fastgen.cuh"`` or
+``"gemv.cuh"``) and ``launch`` runs a function on torch's current stream, so launches are ordered with torch's ops
 and are captured by CUDA graphs with them.
 
 Every kernel here has a pure-torch reference with the same signature next to it (``*_ref``); CPU always runs
@@ -106,8 +107,9 @@ def load(path: str | Path, device_index: int = 0):
     path = Path(path)
     major, minor = torch.cuda.get_device_capability(device_index)
     arch = f"-arch=sm_{major}{minor}" + ("a" if major >= 9 else "")
+    include = f"-I{kernel_dir()}"           # the core's headers (fastgen.cuh, gemv.cuh), for plugins' sources too
     with cupy.cuda.Device(device_index):
-        mod = cupy.RawModule(code=path.read_text(), options=("-std=c++17", arch), name_expressions=None)
+        mod = cupy.RawModule(code=path.read_text(), options=("-std=c++17", arch, include), name_expressions=None)
         mod.compile()
     return mod
 

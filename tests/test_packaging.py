@@ -45,8 +45,8 @@ def core_wheel(tmp_path_factory):
 
 def test_the_core_wheel_carries_every_cuda_source_and_every_module(core_wheel):
     names = set(core_wheel.namelist())
-    cu = tracked("kernels/*.cu")
-    assert {"kernels/fused_ops.cu", "kernels/rotary_kv.cu"} <= set(cu)
+    cu = tracked("kernels/*.cu") + tracked("kernels/*.cuh")      # sources and the headers they include
+    assert {"kernels/fused_ops.cu", "kernels/rotary_kv.cu", "kernels/fastgen.cuh", "kernels/gemv.cuh"} <= set(cu)
     missing = [f for f in cu if "fastgen_core/_kernels/" + Path(f).name not in names]
     assert not missing, f"the fastgen-core wheel lacks {missing}"
     modules = [str(p.relative_to(ROOT)) for p in (ROOT / "fastgen_core").rglob("*.py") if "__pycache__" not in p.parts]

@@ -19,7 +19,9 @@ from pathlib import Path
 NVCC_VERSION = "13.0.88"
 NVCC_WHEELS = (f"nvidia-cuda-nvcc=={NVCC_VERSION}", f"nvidia-nvvm=={NVCC_VERSION}",
                f"nvidia-cuda-crt=={NVCC_VERSION}", "nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cccl==13.0.85")
-NVCC_FLAGS = ("-std=c++17", "-arch=sm_90a", "--ptx", "-o", os.devnull)
+# the core's headers, as fastgen_core.kernels.load puts them on NVRTC's include path
+NVCC_FLAGS = ("-std=c++17", "-arch=sm_90a", f"-I{Path(__file__).resolve().parents[1] / 'kernels'}", "--ptx", "-o",
+              os.devnull)
 
 
 def wheel_home() -> Path:

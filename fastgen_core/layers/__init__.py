@@ -6,7 +6,7 @@ from .moe import GroupedExperts, SparseMoE, grouped_experts_ref, moe_dense_ref, 
 from .norm import LayerNorm, RMSNorm
 from .rotary import RopeParams, RotaryEmbedding, rope_from_hf
 from .sharded import TPGroup, column_linear, row_linear, shard, vocab_embedding, vocab_linear
-from .linear import Linear
+from .linear import Linear, gemv, gemv_fits
 from .transformer import (CausalLM, ParallelDecoderLayer, Pending, PreNormDecoderLayer, RotaryAttention,
                           gated_mlp_rules, prenorm_decoder_weight_map, settle, ungroup_qkv)
 
@@ -15,4 +15,4 @@ __all__ = ["get_activation", "AttentionMetadata", "ForwardContext", "PagedAttent
            "CausalLM", "ParallelDecoderLayer", "Pending", "PreNormDecoderLayer", "RotaryAttention",
            "gated_mlp_rules", "prenorm_decoder_weight_map", "settle", "ungroup_qkv", "Linear",
            "GroupedExperts", "SparseMoE", "grouped_experts_ref", "moe_dense_ref", "route_topk",
-           "TPGroup", "column_linear", "row_linear", "shard", "vocab_embedding", "vocab_linear"]
+           "TPGroup", "gemv", "gemv_fits", "column_linear", "row_linear", "shard", "vocab_embedding", "vocab_linear"]

@@ -43,9 +43,11 @@ def gemv_config(n: int, k: int) -> tuple[int, int, int]:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: tuple[int, int, int] | None = None) -> torch.Tensor:
+         config: tuple[int, int, int] | None = None, source=None, prefix: str = "gemv") -> torch.Tensor:
     """``F.linear(x, weight, bias)`` by the GEMV kernel (the caller checked ``gemv_fits``). ``config``:
-    (rows per warp, loads in flight, warps per block), (R, U) one of ``CONFIGS`` (default: ``gemv_config``)."""
+    (rows per warp, loads in flight, warps per block), (R, U) one of ``CONFIGS`` (default: ``gemv_config``).
+    ``source``/``prefix``: another module's instantiation of gemv.cuh with an epilogue (a plugin's
+    ``FASTGEN_GEMV_CONFIGS(prefix, Act, ...)``), e.g. fc1 with its activation; default: kernels/gemv.cu."""
     n, k = weight.shape
     x2 = x.reshape(-1, k)
     if not x2.is_contiguous() or x2.data_ptr() % 16:
@@ -54,8 +56,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     r, u, warps = config or gemv_config(n, k)
     y = x2.new_empty(m, n)
     grid = (-(-n // (r * warps)),)
-    name = f"gemv_{kernels.SUFFIX[x.dtype]}_m{m}_r{r}_u{u}"
-    kernels.launch(kernels.core_source(GEMV_CU), name, grid, (32 * warps,),
+    name = f"{prefix}_{kernels.SUFFIX[x.dtype]}_m{m}_r{r}_u{u}"
+    kernels.launch(source or kernels.core_source(GEMV_CU), name, grid, (32 * warps,),
                    (kernels.ptr(y), kernels.ptr(x2), kernels.ptr(weight), kernels.ptr(bias),
                     kernels.i32(n), kernels.i32(k)), x.device)
     return y.view(*x.shape[:-1], n)

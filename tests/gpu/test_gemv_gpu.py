@@ -116,3 +116,52 @@ def test_moe_decode_layer_takes_expert_gemv_inside_a_cuda_graph():
         want = moe.grouped_experts_ref(x, layer.experts.gate_up_proj, layer.experts.down_proj, w, ids,
                                        torch.nn.functional.silu)
         assert (y.double() - want.double()).abs().max().item() <= 2e-2 * want.double().abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,k", [(10240, 2560), (37, 8), (130, 2568)])
+@pytest.mark.parametrize("config", [(r, u, 4) for r, u in L.CONFIGS])
+def test_phi_fc1_gelu_new_gemv_equals_fc1_then_gelu_new(dtype, n, k, config):
+    """fastgen-phi's fc1 + gelu_new kernel (the core's gemv.cuh included from a plugin's source, with an
+    epilogue): bit for bit the GEMV followed by the gelu_new kernel, and close to the float64 reference."""
+    fp = pytest.importorskip("fastgen_phi.model")
+    g = torch.Generator(device="cuda").manual_seed(n + k)
+    x = torch.randn(1, k, device="cuda", dtype=dtype, generator=g)
+    w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / k ** 0.5
+    b = torch.randn(n, device="cuda", dtype=dtype, generator=g)
+    fused = L.gemv(x, w, b, config, source=fp.GELU_NEW_CU, prefix="gemv_gelu_new")
+    two = fp.gelu_new(L.gemv(x, w, b, config))
+    assert torch.equal(fused, two)
+    ref = fp.gelu_new_ref(F.linear(x.double(), w.double(), b.double()))
+    assert (fused.double() - ref).abs().max().item() <= 1e-2 * ref.abs().max().item()
+
+
+def test_phi_mlp_one_row_takes_the_fused_kernel_and_matches_the_unfused_path(monkeypatch):
+    fp = pytest.importorskip("fastgen_phi.model")
+    torch.manual_seed(0)
+    mlp = fp.PhiMLP(2560, 10240, "gelu_new").to("cuda", torch.bfloat16)
+    x = torch.randn(1, 2560, device="cuda", dtype=torch.bfloat16)
+    assert fp.fc1_gelu_new(x, mlp.fc1.weight, mlp.fc1.bias) is not None
+    assert fp.fc1_gelu_new(torch.cat([x, x]), mlp.fc1.weight, mlp.fc1.bias) is None      # 2 rows: cuBLAS + kernel
+    fused = mlp(x)
+    graph_out = torch.empty_like(fused)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        mlp(x)
+        with torch.cuda.graph(g, stream=s):
+            graph_out.copy_(mlp(x))
+    torch.cuda.current_stream().wait_stream(s)
+    g.replay()
+    monkeypatch.setenv("FASTGEN_KERNELS_OFF", "gemv_gelu_new")
+    from fastgen_core import kernels
+    kernels._switched_off.cache_clear()
+    try:
+        assert fp.fc1_gelu_new(x, mlp.fc1.weight, mlp.fc1.bias) is None
+        unfused = mlp(x)
+    finally:
+        monkeypatch.delenv("FASTGEN_KERNELS_OFF")
+        kernels._switched_off.cache_clear()
+    torch.cuda.synchronize()
+    assert torch.equal(fused, unfused) and torch.equal(graph_out, fused)

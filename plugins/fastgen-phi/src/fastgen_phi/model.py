@@ -8,7 +8,7 @@ import torch
 
 from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap, fused, kernels
 from fastgen_core.layers import (MLP, CausalLM, LayerNorm, ParallelDecoderLayer, RotaryAttention, RotaryEmbedding,
-                                 get_activation, rope_from_hf)
+                                 gemv, gemv_fits, get_activation, rope_from_hf)
 
 GELU_NEW_CU = Path(__file__).resolve().parent / "kernels" / "gelu_new.cu"
 
@@ -57,13 +57,27 @@ def gelu_new(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def fc1_gelu_new(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """gelu_new(F.linear(x, weight, bias)) for one decode row as one kernel (the core's GEMV with gelu_new as
+    its epilogue, kernels/gelu_new.cu), or None where that kernel does not apply (then fc1, then gelu_new)."""
+    if not (x.is_cuda and gemv_fits(x, weight, bias) and kernels.use(x, "gemv_gelu_new")):
+        return None
+    return gemv(x, weight, bias, source=GELU_NEW_CU, prefix="gemv_gelu_new")
+
+
 class PhiMLP(MLP):
-    """The shared MLP; with gelu_new, the activation is one kernel (fc1's bias stays in fc1's GEMM)."""
+    """The shared MLP; with gelu_new, the activation is one kernel (fc1's bias stays in fc1's GEMM), and at one
+    decode row fc1 and the activation are one kernel."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str, tp=None):
         super().__init__(hidden_size, intermediate_size, act, bias=True, tp=tp)
-        if act == "gelu_new":
+        self.gelu_new = act == "gelu_new"
+        if self.gelu_new:
             self.act = gelu_new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = fc1_gelu_new(x, self.fc1.weight, self.fc1.bias) if self.gelu_new else None
+        return self.fc2(self.act(self.fc1(x)) if h is None else h)
 
 
 def phi_layer(c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding) -> ParallelDecoderLayer:

@@ -8,17 +8,12 @@
 // the GEMM's epilogue (rounded once there, as the reference's nn.Linear does).
 // __fmul_rn/__fadd_rn keep float32 (where rounding is the identity) from being contracted into FMAs.
 // Each thread handles 16 bytes (8 bf16/fp16 or 4 float32 values) with one vector load and store.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <typename T> __device__ __forceinline__ float rnd(float x) { return to_f(from_f<T>(x)); }
+//
+// At one decode row, fc1 and the activation are one kernel instead: the core's weight-streaming GEMV
+// (gemv.cuh, from fastgen-core's kernel folder) with gelu_new as its epilogue, applied to fc1's output
+// rounded to the model dtype, so its bits are those of fc1's GEMV followed by gelu_new below.
+#include "fastgen.cuh"
+#include "gemv.cuh"
 
 template <typename T>
 __device__ __forceinline__ T gelu_new_one(T xv) {
@@ -52,3 +47,11 @@ extern "C" __global__ void gelu_new_bf16(__nv_bfloat16* out, const __nv_bfloat16
     gelu_new<__nv_bfloat16>(out, x, total);
 }
 extern "C" __global__ void gelu_new_f16(__half* out, const __half* x, long total) { gelu_new<__half>(out, x, total); }
+
+// gemv_gelu_new_<suffix>_m1_r<R>_u<U>(y, x, W, bias, N, K): gelu_new(x @ W^T + bias), y rounded as fc1's
+// output is before the activation reads it
+struct GeluNew {
+    template <typename T> __device__ __forceinline__ static T apply(float v) { return gelu_new_one<T>(from_f<T>(v)); }
+};
+FASTGEN_GEMV_CONFIGS(gemv_gelu_new, GeluNew, __nv_bfloat16, bf16, 1)
+FASTGEN_GEMV_CONFIGS(gemv_gelu_new, GeluNew, __half, f16, 1)
