@@ -35,23 +35,29 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc) {
     return acc;
 }
 
-// y [M, N] = Act::apply<T>(x @ W^T + bias), x [M, K], W [N, K], bias [N] or null. One warp per R
-// consecutive rows of W. Act is an epilogue on each output's float32 sum (NoAct: rounded to T).
-template <typename T, int M, int R, int U, typename Act = NoAct>
+// y [M, N] = Act::apply<T>(x @ W^T + bias), x [M, K], W [N, K], bias [N] or null. Each group of KS warps
+// takes R consecutive rows of W; the group's warps take interleaved chunks of K (32 x U loads each) and sum
+// their partial dots through shared memory in a fixed order (KS = 1: one warp per R rows, no shared memory).
+// KS > 1 gives more, shorter work items: more blocks per SM, less of a tail when N / R is small or K long.
+// Act is an epilogue on each output's float32 sum (NoAct: rounded to T). blockDim.x = 32 x warps, warps a
+// multiple of KS and at most 32.
+template <typename T, int M, int R, int U, typename Act = NoAct, int KS = 1>
 __device__ void gemv(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ W,
                      const T* __restrict__ bias, int N, int K) {
-    const int lane = threadIdx.x & 31;
-    const long n0 = ((long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
-    if (n0 >= N) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int part = warp % KS;
+    const long n0 = ((long)blockIdx.x * ((blockDim.x >> 5) / KS) + warp / KS) * R;
+    if (KS == 1 && n0 >= N) return;          // (with KS > 1 every warp must reach the barrier)
+    const bool active = n0 < N;
     const int K8 = K >> 3;
     const uint4* x4 = reinterpret_cast<const uint4*>(x);
-    const uint4* w4 = reinterpret_cast<const uint4*>(W) + n0 * K8;
+    const uint4* w4 = reinterpret_cast<const uint4*>(W) + (active ? n0 * K8 : 0);
     float acc[R][M];
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
         for (int m = 0; m < M; ++m) acc[r][m] = 0.0f;
-    for (int k = lane; k < K8; k += 32 * U) {
+    for (int k = part * 32 * U + lane; active && k < K8; k += 32 * U * KS) {
         uint4 w[U][R];
 #pragma unroll
         for (int u = 0; u < U; ++u)
@@ -79,6 +85,24 @@ __device__ void gemv(T* __restrict__ y, const T* __restrict__ x, const T* __rest
         for (int m = 0; m < M; ++m)
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) acc[r][m] += __shfl_xor_sync(0xffffffff, acc[r][m], o);
+    if (KS > 1) {
+        __shared__ float partial[32][R * M];
+        if (lane == 0) {
+#pragma unroll
+            for (int i = 0; i < R * M; ++i) partial[warp][i] = acc[i / M][i % M];
+        }
+        __syncthreads();
+        if (part != 0 || !active) return;
+        if (lane == 0) {
+#pragma unroll
+            for (int i = 0; i < R * M; ++i) {
+                float v = partial[warp][i];
+#pragma unroll
+                for (int p = 1; p < KS; ++p) v += partial[warp + p][i];
+                acc[i / M][i % M] = v;
+            }
+        }
+    }
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
@@ -91,14 +115,21 @@ __device__ void gemv(T* __restrict__ y, const T* __restrict__ x, const T* __rest
     }
 }
 
-// extern "C" kernel prefix_<suffix>_m<M>_r<R>_u<U>(y, x, W, bias, N, K): gemv with the epilogue Act
+// extern "C" kernel prefix_<suffix>_m<M>_r<R>_u<U>[_s<KS>](y, x, W, bias, N, K): gemv with the epilogue Act
 #define FASTGEN_GEMV_KERNEL(prefix, Act, T, suffix, M, R, U)                                              \
     extern "C" __global__ void prefix##_##suffix##_m##M##_r##R##_u##U(T* y, const T* x, const T* W,       \
                                                                      const T* bias, int N, int K) {      \
         gemv<T, M, R, U, Act>(y, x, W, bias, N, K);                                                        \
     }
-// Every (R, U) pair fastgen_core.layers.linear.CONFIGS names (the ones that won somewhere in a sweep on
-// an H200, tools/gemv_bench.py) for M rows.
+#define FASTGEN_GEMV_KERNEL_KS(prefix, Act, T, suffix, M, R, U, KS)                                       \
+    extern "C" __global__ void prefix##_##suffix##_m##M##_r##R##_u##U##_s##KS(T* y, const T* x, const T* W, \
+                                                                             const T* bias, int N, int K) { \
+        gemv<T, M, R, U, Act, KS>(y, x, W, bias, N, K);                                                    \
+    }
+#define FASTGEN_GEMV_RU(prefix, Act, T, suffix, M, R, U) FASTGEN_GEMV_KERNEL(prefix, Act, T, suffix, M, R, U) \
+    FASTGEN_GEMV_KERNEL_KS(prefix, Act, T, suffix, M, R, U, 2) FASTGEN_GEMV_KERNEL_KS(prefix, Act, T, suffix, M, R, U, 4)
+// Every (R, U, KS) fastgen_core.layers.linear.CONFIGS names for M rows: the (R, U) pairs that won somewhere
+// in a sweep on an H200 (tools/gemv_bench.py), each with 1, 2 and 4 warps per row group.
 #define FASTGEN_GEMV_CONFIGS(prefix, Act, T, suffix, M)                                                   \
-    FASTGEN_GEMV_KERNEL(prefix, Act, T, suffix, M, 1, 4) FASTGEN_GEMV_KERNEL(prefix, Act, T, suffix, M, 2, 2) \
-    FASTGEN_GEMV_KERNEL(prefix, Act, T, suffix, M, 4, 2)
+    FASTGEN_GEMV_RU(prefix, Act, T, suffix, M, 1, 4) FASTGEN_GEMV_RU(prefix, Act, T, suffix, M, 2, 2)      \
+    FASTGEN_GEMV_RU(prefix, Act, T, suffix, M, 4, 2)

@@ -27,6 +27,12 @@
 #   hostprof   cProfile of the host's work in Phi-2's prompt-carrying steps
 #   hostdiag   host time outside GPU busy time per step, Phi-2 at 128 and 32 sequences, sync and async loops
 #   syncs      where Phi-2's steps make the host wait for the GPU (torch's sync debug mode), async and sync loops
+#   s6         session 6: GPU tests of the GEMV (K-split variants, Phi's fc1+gelu_new GEMV), kernels, graphs and
+#              engine; the GEMV sweep at one row; Phi-2 at 1 client with fc1+gelu_new fused and not (2 rounds,
+#              alternated); host time of prompt-carrying and decode steps the GPU waits for (profiler-free walls),
+#              async and sync loops; lines in s6.txt
+#   seed       the seed's online scenarios (SEED_RUNS picks: phi2 falcon40b mix-short mix-1200 mix-1024), each a
+#              curve over client counts; records in bench.jsonl (plots: python -m fastgen_core.bench.plot)
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
 #              seed's other Phi-2 scenarios and Falcon-40B 1200/60 while time lasts
@@ -85,7 +91,7 @@ if has final; then
     2>&1 | tee "$OUT/gpu_tests.log" | tail -4
   for mode in async sync; do
     timeout 35 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag $mode \
-      $([ $mode = async ] && echo --async-scheduling) 2>&1 | grep -E "^online" | sed "s/^/$mode /"
+      --$([ $mode = sync ] && echo no-)async-scheduling 2>&1 | grep -E "^online" | sed "s/^/$mode /"
   done
 fi
 if has speed2; then
@@ -126,7 +132,7 @@ if has hostdiag; then
   for n in ${HOST_SEQS:-128 32}; do
     for loop in sync async; do
       timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests $n --equal-gen --only-overlapped \
-        $([ $loop = async ] && echo --async-scheduling) --json "$OUT/profile.jsonl" --tag "host-$n-$loop" 2>&1 \
+        --$([ $loop = sync ] && echo no-)async-scheduling --json "$OUT/profile.jsonl" --tag "host-$n-$loop" 2>&1 \
         > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"; grep -E "no synchronise" /tmp/h.txt || tail -5 /tmp/h.txt
     done
   done
@@ -152,7 +158,7 @@ if has final2; then    # session 5's closing run: its kernels' GPU tests (a kern
   timeout 100 $OL --preset mixtral-8x7b --num-requests 16 --gen-mean 60 --online 1 --tag final 2>&1 | on mixtral-8x7b
   for loop in sync async; do
     timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen --only-overlapped \
-      $([ $loop = async ] && echo --async-scheduling) --json "$OUT/profile.jsonl" --tag "host-128-$loop" \
+      --$([ $loop = sync ] && echo no-)async-scheduling --json "$OUT/profile.jsonl" --tag "host-128-$loop" \
       > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"; on "host-128-$loop" < /tmp/h.txt
   done
   FASTGEN_KERNELS_OFF="${FASTGEN_KERNELS_OFF:+$FASTGEN_KERNELS_OFF,}expert_gemv" timeout 100 $OL --preset mixtral-8x7b \
@@ -165,16 +171,48 @@ if has loops; then     # the async-default question: Phi-2 at 1 and 32 clients, 
   for round in 1 2 3; do
     for loop in sync async; do
       timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag "loops-$loop-$round" \
-        $([ $loop = async ] && echo --async-scheduling) 2>&1 | grep -E "^online" | sed "s/^/$loop round $round /"
+        --$([ $loop = sync ] && echo no-)async-scheduling 2>&1 | grep -E "^online" | sed "s/^/$loop round $round /"
     done
   done
 fi
 if has syncs; then
   for loop in async sync; do
     timeout 90 python3 tools/profile_steps.py --preset phi-2 --requests 32 --prompt 1200 --gen 16 --equal-gen \
-      --sync-sites --top 20 --tag "syncs-$loop" $([ $loop = async ] && echo --async-scheduling) 2>&1 \
+      --sync-sites --top 20 --tag "syncs-$loop" --$([ $loop = sync ] && echo no-)async-scheduling 2>&1 \
       | tee -a "$OUT/syncs.txt" | tail -22
   done
+fi
+if has s6; then
+  S="$OUT/s6.txt"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gemv_gpu.py tests/gpu/test_kernels_gpu.py \
+    tests/gpu/test_graphs_gpu.py tests/gpu/test_engine_gpu.py > /tmp/t.log 2>&1
+  tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | head -20 | tee -a "$S"; cp /tmp/t.log "$OUT/gpu_tests.log"
+  timeout 150 python3 tools/gemv_bench.py --rows 1 --json "$OUT/gemv.jsonl" 2>&1 | tee -a "$S" | tail -10
+  for round in 1 2; do
+    for off in "" gemv_gelu_new; do
+      FASTGEN_KERNELS_OFF=$off timeout 60 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+        --tag "b1${off:+-off-$off}-$round" 2>&1 | grep -E "^online" | sed "s/^/phi-2 round $round off:${off:-none} /" | tee -a "$S"
+    done
+  done
+  for loop in async sync; do
+    timeout 100 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen --only-overlapped \
+      --$([ $loop = sync ] && echo no-)async-scheduling --json "$OUT/profile.jsonl" --tag "host-128-$loop" 2>&1 \
+      | grep -E "no synchronise|Error" | tee -a "$S"
+  done
+fi
+if has seed; then      # the seed's scenarios, cheapest first; each command's timeout bounds it
+  S="$OUT/seed.txt"
+  sd() { grep -E "^online|Error" | sed "s/^/$1 /" | tee -a "$S"; }
+  OL="$OL --num-requests 16"      # (the warm-up pass's size; the online runs take max(8, 2C) requests)
+  R=",${SEED_RUNS:-phi2,falcon40b,mix-short,mix-1200,mix-1024},"
+  [[ $R == *,phi2,* ]] && timeout 120 $OL --preset phi-2 --prompt-mean 1900 --gen-mean 60 128 --online 1,8,32,64 \
+    --tag seed 2>&1 | sd phi-2
+  [[ $R == *,falcon40b,* ]] && timeout 170 $OL --preset falcon-40b --gen-mean 60 --online 1,8,32 --tag seed 2>&1 | sd falcon-40b
+  [[ $R == *,mix-short,* ]] && timeout 200 $OL --preset mixtral-8x7b --prompt-mean 500 --gen-mean 150 500 --online 1,16,64 \
+    --tag seed 2>&1 | sd mixtral-8x7b
+  [[ $R == *,mix-1200,* ]] && timeout 150 $OL --preset mixtral-8x7b --gen-mean 60 128 --online 1,16,64 --tag seed 2>&1 | sd mixtral-8x7b
+  [[ $R == *,mix-1024,* ]] && timeout 200 $OL --preset mixtral-8x7b --prompt-mean 500 --gen-mean 1024 --online 16,64 \
+    --tag seed 2>&1 | sd mixtral-8x7b
 fi
 if has load; then
   timeout 300 python3 tools/load_time.py --preset llama-2-7b --json "$OUT/load.jsonl" 2>&1 | tail -6

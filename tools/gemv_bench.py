@@ -63,12 +63,12 @@ def main():
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             rec = {"shape": name, "K": k, "N": n, "M": m,
                    "cublas_tb_s": round(nbytes / timed(lambda w: F.linear(x, w, bias), weights) / 1e12, 3)}
-            for r, u in L.CONFIGS:
+            for r, u, ks in L.CONFIGS:
                 for warps in (4, 8):
-                    s = timed(lambda w: L.gemv(x, w, bias, (r, u, warps)), weights)
-                    rec[f"r{r}u{u}w{warps}"] = round(nbytes / s / 1e12, 3)
+                    s = timed(lambda w: L.gemv(x, w, bias, (r, u, warps, ks)), weights)
+                    rec[f"r{r}u{u}w{warps}s{ks}"] = round(nbytes / s / 1e12, 3)
             best = max((v, c) for c, v in rec.items() if c.startswith("r"))
-            rec["best"], rec["default"] = best[1], "r{}u{}w{}".format(*L.gemv_config(n, k))
+            rec["best"], rec["default"] = best[1], "r{}u{}w{}s{}".format(*L.gemv_config(n, k))
             records.append(rec)
             print(f"{name:16} M={m} cuBLAS {rec['cublas_tb_s']:.2f} TB/s  gemv default {rec[rec['default']]:.2f}  "
                   f"best {best[1]} {best[0]:.2f}", flush=True)

@@ -87,38 +87,64 @@ def _busy_s(prof) -> float:
                if ev.device_type == torch.autograd.DeviceType.CUDA) / 1e6
 
 
-def overlapped_pass(eng, w, tag):
-    """Pass 3: no synchronise between steps. Kernel busy time from a profile over the run up to the
-    decode-only tail (the first step after which no prompt token is left) and another over the tail."""
+def _timed_run(eng, w, tag, profiled: bool):
+    """One run without a synchronise between steps, split at the decode-only tail (the first step after
+    which no prompt token is left; the host waits for the GPU once there). Returns (wall of the head, of the
+    tail, steps in each, sequences at the tail's start, the two profiles or Nones)."""
     submit(eng, w, tag)
     acts = [torch.profiler.ProfilerActivity.CUDA]
-    head = torch.profiler.profile(activities=acts)
+    head = torch.profiler.profile(activities=acts) if profiled else None
     tail = None
     steps = tail_steps = tail_running = 0
+    in_tail = False
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    head.__enter__()
+    if head is not None:
+        head.__enter__()
     tail_t0 = None
     while eng.has_unfinished():
-        if tail is None and not eng.scheduler.waiting and all(s.num_uncomputed <= 1 for s in eng.scheduler.running):
-            head.__exit__(None, None, None)         # (stopping a profile waits for the GPU once)
+        if not in_tail and not eng.scheduler.waiting and all(s.num_uncomputed <= 1 for s in eng.scheduler.running):
+            in_tail = True
+            if head is not None:
+                head.__exit__(None, None, None)         # (stopping a profile waits for the GPU once)
+            else:
+                torch.cuda.synchronize()
             tail_running = len(eng.scheduler.running)
-            tail = torch.profiler.profile(activities=acts)
-            tail.__enter__()
+            if profiled:
+                tail = torch.profiler.profile(activities=acts)
+                tail.__enter__()
             tail_t0 = time.perf_counter()
         eng.step()
         steps += 1
-        tail_steps += tail is not None
+        tail_steps += in_tail
     torch.cuda.synchronize()
     end = time.perf_counter()
-    (tail or head).__exit__(None, None, None)
+    if profiled:
+        (tail or head).__exit__(None, None, None)
+    head_wall = (tail_t0 or end) - t0
+    return head_wall, end - (tail_t0 or end), steps - tail_steps, tail_steps, tail_running, head, tail
+
+
+def overlapped_pass(eng, w, tag):
+    """Pass 3: no synchronise between steps. Kernel busy time from a profile over the run up to the
+    decode-only tail and another over the tail; the wall times also from a run of the same workload without
+    the profiler (CUPTI slows each launch down, which prompt-carrying steps, with hundreds of launches, feel)."""
+    head_wall_u, tail_wall_u, *_ = _timed_run(eng, w, tag + "u", profiled=False)
+    head_wall, tail_wall, head_steps, tail_steps, tail_running, head, tail = _timed_run(eng, w, tag, profiled=True)
+    steps = head_steps + tail_steps
     busy_head, busy_tail = _busy_s(head), (_busy_s(tail) if tail is not None else 0.0)
-    wall = end - t0
+    wall = head_wall + tail_wall
     out = {"steps": steps, "wall_s": round(wall, 4), "kernel_busy_s": round(busy_head + busy_tail, 4),
            "host_exposed_ms_per_step": round((wall - busy_head - busy_tail) / steps * 1e3, 3)}
+    if head_steps:      # the prompt-carrying part: host time the GPU waits for, against the GPU's busy time
+        out |= {"head_steps": head_steps, "head_busy_ms_per_step": round(busy_head / head_steps * 1e3, 3),
+                "head_host_exposed_ms_per_step": round(max(head_wall - busy_head, 0) / head_steps * 1e3, 3),
+                "head_host_exposed_ms_per_step_unprofiled": round(max(head_wall_u - busy_head, 0) / head_steps * 1e3, 3),
+                "head_host_exposed_share_unprofiled": round(max(head_wall_u - busy_head, 0) / busy_head, 4)}
     if tail_steps:
-        tail_wall = end - tail_t0
-        out |= {"decode_tail_steps": tail_steps, "decode_tail_sequences_at_start": tail_running,
+        out |= {"decode_tail_host_exposed_ms_per_step_unprofiled":
+                round(max(tail_wall_u - busy_tail, 0) / tail_steps * 1e3, 3),
+                "decode_tail_steps": tail_steps, "decode_tail_sequences_at_start": tail_running,
                 "decode_tail_wall_ms_per_step": round(tail_wall / tail_steps * 1e3, 3),
                 "decode_tail_busy_ms_per_step": round(busy_tail / tail_steps * 1e3, 3),
                 "decode_tail_host_exposed_ms_per_step": round(max(tail_wall - busy_tail, 0) / tail_steps * 1e3, 3)}
@@ -186,7 +212,8 @@ def main():
     ap.add_argument("--tag", default="")
     ap.add_argument("--equal-gen", action="store_true", help="every request generates exactly --gen tokens")
     ap.add_argument("--only-overlapped", action="store_true", help="skip passes 1 and 2")
-    ap.add_argument("--async-scheduling", action="store_true", help="the engine's asynchronous step loop")
+    ap.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                    help="the engine's asynchronous step loop (default: the engine's choice, on for CUDA)")
     ap.add_argument("--top", type=int, default=15, help="kernels listed per step type")
     ap.add_argument("--cprofile", action="store_true",
                     help="only a host profile (cProfile) of one pass, steps synchronised: top functions by own time")

@@ -18,7 +18,9 @@ from .. import kernels
 
 GEMV_CU = "gemv.cu"
 GEMV_MAX_ROWS = 1
-CONFIGS = ((1, 4), (2, 2), (4, 2))      # the (R, U) pairs gemv.cu instantiates, for 1 and 2 rows
+# the (R, U, KS) triples gemv.cuh's FASTGEN_GEMV_CONFIGS instantiates (rows per warp group, loads in flight per
+# row, warps per group splitting K), for 1 and 2 rows
+CONFIGS = tuple((r, u, ks) for r, u in ((1, 4), (2, 2), (4, 2)) for ks in (1, 2, 4))
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -36,16 +38,18 @@ def gemv_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
             and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())) and _streamable(x, weight, "gemv"))
 
 
-def gemv_config(n: int, k: int) -> tuple[int, int, int]:
-    """(rows of W per warp, 16-byte loads in flight per row, warps per block) for W [n, k] at one row: four
-    rows per warp for the big Llama-2-7B-sized layers, two elsewhere (the sweep's winners)."""
-    return (4, 2, 4) if k >= 4096 and n >= 8192 else (2, 2, 4)
+def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
+    """(rows of W per warp group, 16-byte loads in flight per row, warps per block, warps per group) for
+    W [n, k] at one row: four rows per warp for the big Llama-2-7B-sized layers, two elsewhere (the sweep's
+    winners)."""
+    return (4, 2, 4, 1) if k >= 4096 and n >= 8192 else (2, 2, 4, 1)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          config: tuple[int, int, int] | None = None, source=None, prefix: str = "gemv") -> torch.Tensor:
     """``F.linear(x, weight, bias)`` by the GEMV kernel (the caller checked ``gemv_fits``). ``config``:
-    (rows per warp, loads in flight, warps per block), (R, U) one of ``CONFIGS`` (default: ``gemv_config``).
+    (rows per warp group, loads in flight, warps per block[, warps per group]), (R, U, KS) one of ``CONFIGS``
+    and the warps a multiple of KS (default: ``gemv_config``).
     ``source``/``prefix``: another module's instantiation of gemv.cuh with an epilogue (a plugin's
     ``FASTGEN_GEMV_CONFIGS(prefix, Act, ...)``), e.g. fc1 with its activation; default: kernels/gemv.cu."""
     n, k = weight.shape
@@ -53,10 +57,10 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if not x2.is_contiguous() or x2.data_ptr() % 16:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    r, u, warps = config or gemv_config(n, k)
+    r, u, warps, ks = (*(config or gemv_config(n, k)), 1)[:4]
     y = x2.new_empty(m, n)
-    grid = (-(-n // (r * warps)),)
-    name = f"{prefix}_{kernels.SUFFIX[x.dtype]}_m{m}_r{r}_u{u}"
+    grid = (-(-n // (r * (warps // ks))),)
+    name = f"{prefix}_{kernels.SUFFIX[x.dtype]}_m{m}_r{r}_u{u}" + (f"_s{ks}" if ks > 1 else "")
     kernels.launch(source or kernels.core_source(GEMV_CU), name, grid, (32 * warps,),
                    (kernels.ptr(y), kernels.ptr(x2), kernels.ptr(weight), kernels.ptr(bias),
                     kernels.i32(n), kernels.i32(k)), x.device)
@@ -83,7 +87,7 @@ def expert_gemv(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, x_div:
     x = x.contiguous()
     ids = ids.reshape(-1).to(torch.int64).contiguous()
     p = ids.numel()
-    r, u, warps = gemv_config(n, k)
+    r, u, warps, _ = gemv_config(n, k)
     y = x.new_empty(p, n)
     if p:
         kernels.launch(kernels.core_source(GEMV_CU), f"expert_gemv_{kernels.SUFFIX[x.dtype]}_r{r}_u{u}",

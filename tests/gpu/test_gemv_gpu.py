@@ -26,7 +26,7 @@ def _close(y, x, w, b):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 2])
 @pytest.mark.parametrize("n,k", [(7680, 2560), (2563, 10240), (37, 8), (130, 2568)])
-@pytest.mark.parametrize("config", [(r, u, w) for r, u in L.CONFIGS for w in (4, 8)])
+@pytest.mark.parametrize("config", [(r, u, w, ks) for r, u, ks in L.CONFIGS for w in (4, 8)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gemv_matches_linear(dtype, m, n, k, config, bias):
     g = torch.Generator(device="cuda").manual_seed(m * n + k)
@@ -120,7 +120,7 @@ def test_moe_decode_layer_takes_expert_gemv_inside_a_cuda_graph():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,k", [(10240, 2560), (37, 8), (130, 2568)])
-@pytest.mark.parametrize("config", [(r, u, 4) for r, u in L.CONFIGS])
+@pytest.mark.parametrize("config", [(r, u, 4, ks) for r, u, ks in L.CONFIGS])
 def test_phi_fc1_gelu_new_gemv_equals_fc1_then_gelu_new(dtype, n, k, config):
     """fastgen-phi's fc1 + gelu_new kernel (the core's gemv.cuh included from a plugin's source, with an
     epilogue): bit for bit the GEMV followed by the gelu_new kernel, and close to the float64 reference."""
