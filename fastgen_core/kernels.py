@@ -73,6 +73,11 @@ def _switched_off() -> frozenset[str]:
     return frozenset(x.strip() for x in os.environ.get("FASTGEN_KERNELS_OFF", "").split(",") if x.strip())
 
 
+def switched_off(name: str) -> bool:
+    """Whether ``FASTGEN_KERNELS_OFF`` names ``name`` (for switches that pick among kernels, not a kernel's use)."""
+    return name in _switched_off()
+
+
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     try:

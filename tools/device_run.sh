@@ -33,6 +33,9 @@
 #              async and sync loops; lines in s6.txt
 #   seed       the seed's online scenarios (SEED_RUNS picks: phi2 falcon40b mix-short mix-1200 mix-1024), each a
 #              curve over client counts; records in bench.jsonl (plots: python -m fastgen_core.bench.plot)
+#   final3     session 6's closing run, most wanted first: GPU tests of the GEMV defaults, graphs, fp32 tokens and
+#              bf16 agreement; Phi-2 at 1 client with the K-split GEMV on and off, Llama-2-7B at 1 client;
+#              Phi-2 at 32 clients; then the seed scenarios (SEED_RUNS, default phi2,falcon40b,mix-short)
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
 #              seed's other Phi-2 scenarios and Falcon-40B 1200/60 while time lasts
@@ -199,6 +202,22 @@ if has s6; then
       --$([ $loop = sync ] && echo no-)async-scheduling --json "$OUT/profile.jsonl" --tag "host-128-$loop" 2>&1 \
       | grep -E "no synchronise|Error" | tee -a "$S"
   done
+fi
+if has final3; then
+  S="$OUT/final3.txt"
+  timeout 130 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gemv_gpu.py \
+    tests/gpu/test_graphs_gpu.py tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda \
+    tests/gpu/test_agreement_gpu.py -k "default or phi or graph or takes or bf16 or fp32 or transformers or async" \
+    > /tmp/t.log 2>&1; tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR|AGREEMENT" /tmp/t.log | cut -c1-150 | tee -a "$S"
+  cp /tmp/t.log "$OUT/gpu_tests.log"
+  f3() { grep -E "^online|Error" | sed "s/^/$1 /" | tee -a "$S"; }
+  for off in "" gemv_ksplit; do
+    FASTGEN_KERNELS_OFF=$off timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "final3${off:+-off-$off}" 2>&1 | f3 "phi-2 off:${off:-none}"
+  done
+  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag final3 2>&1 | f3 llama-2-7b
+  timeout 45 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32 --tag final3 2>&1 | f3 "phi-2"
+  SEED_RUNS=${SEED_RUNS:-phi2,falcon40b,mix-short}; STAGES="$STAGES,seed,"
 fi
 if has seed; then      # the seed's scenarios, cheapest first; each command's timeout bounds it
   S="$OUT/seed.txt"

@@ -1,8 +1,9 @@
 """Linear layers, with a weight-streaming GEMV (kernels/gemv.cu) for the few-token forwards of decoding.
 
 At one token per forward a linear layer is bound by reading its weight. On an H200 (tools/gemv_bench.py,
-docs/bench-results/gemv-h200.jsonl) cuBLAS reads the bf16 weights of Phi-2's and Llama-2-7B's layers at
-1.8-4.0 TB/s at one row, this kernel at 2.1-4.4 (5-6% less time over the layers of a step); at 2-4 rows
+docs/bench-results/gemv-h200.jsonl, gemv-ks-h200.jsonl) cuBLAS reads the bf16 weights of Phi-2's and
+Llama-2-7B's layers at 1.8-4.2 TB/s at one row, this kernel at 2.5-4.4 with K split over warps where few
+output rows leave SMs idle (Phi-2's fc2: 2.9 -> 3.8 TB/s); at 2-4 rows
 cuBLAS was as fast or faster, so ``linear(x, weight, bias)`` runs the CuPy GEMV for a single row on CUDA in
 bf16/fp16 (kernels on: ``FASTGEN_KERNELS``; ``FASTGEN_KERNELS_OFF=gemv`` switches it off alone), else
 ``torch.nn.functional.linear``, its reference. Every linear layer the core builds (``layers.sharded``:
@@ -38,11 +39,30 @@ def gemv_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
             and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())) and _streamable(x, weight, "gemv"))
 
 
+GEMV_MIN_BLOCKS = 960
+
+
 def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
     """(rows of W per warp group, 16-byte loads in flight per row, warps per block, warps per group) for
-    W [n, k] at one row: four rows per warp for the big Llama-2-7B-sized layers, two elsewhere (the sweep's
-    winners)."""
-    return (4, 2, 4, 1) if k >= 4096 and n >= 8192 else (2, 2, 4, 1)
+    W [n, k] at one row. Two rows per group, four warps per block; K is split over the fewest warps (1, 2, 4)
+    that make at least ``GEMV_MIN_BLOCKS`` blocks (few output rows: Phi-2's dense and fc2, Llama-2-7B's o
+    and down), and over four for Llama-sized wide layers (k >= 4096, n >= 8192). That picks the sweep's
+    best, or within 2% of it, for every layer of Phi-2 and Llama-2-7B on an H200
+    (docs/bench-results/gemv-ks-h200.jsonl). ``FASTGEN_KERNELS_OFF=gemv_ksplit``: the session-5 choice, one
+    warp per group (A/B)."""
+    if kernels.switched_off("gemv_ksplit"):
+        return (4, 2, 4, 1) if k >= 4096 and n >= 8192 else (2, 2, 4, 1)
+    if k >= 4096 and n >= 8192:
+        return 2, 2, 4, 4
+    ks = 1
+    while ks < 4 and n * ks < 2 * 4 * GEMV_MIN_BLOCKS:
+        ks *= 2
+    return 2, 2, 4, ks
+
+
+def expert_gemv_config(n: int, k: int) -> tuple[int, int, int]:
+    """(R, U, warps) of ``expert_gemv``: four rows per warp for Mixtral-sized experts, two elsewhere."""
+    return (4, 2, 4) if k >= 4096 and n >= 8192 else (2, 2, 4)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -87,7 +107,7 @@ def expert_gemv(x: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, x_div:
     x = x.contiguous()
     ids = ids.reshape(-1).to(torch.int64).contiguous()
     p = ids.numel()
-    r, u, warps, _ = gemv_config(n, k)
+    r, u, warps = expert_gemv_config(n, k)
     y = x.new_empty(p, n)
     if p:
         kernels.launch(kernels.core_source(GEMV_CU), f"expert_gemv_{kernels.SUFFIX[x.dtype]}_r{r}_u{u}",

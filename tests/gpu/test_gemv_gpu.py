@@ -165,3 +165,14 @@ def test_phi_mlp_one_row_takes_the_fused_kernel_and_matches_the_unfused_path(mon
         kernels._switched_off.cache_clear()
     torch.cuda.synchronize()
     assert torch.equal(fused, unfused) and torch.equal(graph_out, fused)
+
+
+@pytest.mark.parametrize("n,k", [(2560, 2560), (2560, 10240), (4096, 4096), (4096, 11008), (12288, 4096), (7680, 2560)])
+def test_linear_with_the_default_config_matches(n, k):
+    """``linear`` at one row takes ``gemv_config``'s choice (K split over 1, 2 or 4 warps by shape)."""
+    g = torch.Generator(device="cuda").manual_seed(n ^ k)
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) / k ** 0.5
+    b = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g)
+    assert L.gemv_config(n, k)[3] in (1, 2, 4)
+    _close(L.linear(x, w, b), x, w, b)
