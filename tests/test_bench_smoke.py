@@ -31,8 +31,8 @@ def test_bench_cli_writes_offline_online_floor_and_peer_records(tmp_path, capsys
     assert peer[0]["ours_over_theirs"] == pytest.approx(ours[0]["gen_tok_s"] / peer[0]["gen_tok_s"], rel=0.01)
     online = [r for r in recs if r["kind"] == "online"]
     assert [r["clients"] for r in online] == [1, 3]
-    for r in online:
-        assert r["requests"] == 5
+    for r in online:        # max(8, 2C) requests each: the online workload is drawn larger than the offline one
+        assert r["requests"] == 8 and r["clients_asked"] == r["clients"]
         for m in ("ttft_s", "tpot_s", "e2e_s"):
             assert 0 <= r[f"{m}_p50"] <= r[f"{m}_p90"] <= r[f"{m}_p95"]
         assert 0 <= r["served_frac_sla6"] <= r["served_frac_sla4"] <= r["served_frac_sla2"] <= 1
@@ -189,3 +189,17 @@ def test_online_runs_every_prompt_and_generation_scenario(tmp_path):
     only_online = run_bench(preset="tiny-llama", device="cpu", num_requests=3, prompt_mean=[10], gen_mean=[3],
                             online=[1], peer=[], warm_passes=0, offline=False, output=str(tmp_path / "o.jsonl"))
     assert [r["kind"] for r in only_online] == ["ceilings", "model", "online"]
+
+
+def test_online_concurrency_is_what_was_reached(tmp_path):
+    """Clients beyond the requests cannot run at once: the record says the concurrency reached."""
+    from fastgen_core.bench.online import run_online
+    from fastgen_core import pipeline
+    d = write_preset("tiny-llama", tmp_path / "m")
+    p = pipeline(str(d), device="cpu", load_format="dummy", max_ragged_batch_size=64)
+    try:
+        w = make_workload(3, 12, 4, 0, p.engine.model_config.vocab_size, p.engine.max_context)
+        r = run_online(p.engine, w, 8, 10)
+        assert (r["clients"], r["clients_asked"], r["requests"]) == (3, 8, 3)
+    finally:
+        p.destroy()

@@ -223,8 +223,11 @@ def run_bench_args(args) -> list[dict]:
              warm_pass_wall_s=warm_walls)
         stage(f"fastgen {scen['mean_prompt']}/{scen['mean_gen']}")
     for scen, w, _ in scenarios:
-        for c in args.online:
-            n = args.online_requests or max(8, 2 * c)
+        sizes = [args.online_requests or max(8, 2 * c) for c in args.online]
+        if sizes and max(sizes) > len(w.prompts):   # the online runs draw more requests than the offline ones
+            w = make_workload(max(sizes), scen["mean_prompt"], scen["mean_gen"], args.seed, mc.vocab_size,
+                              engine.max_context, args.shared_prefix)
+        for c, n in zip(args.online, sizes):
             emit(kind="online", engine="fastgen", **scen, **online.run_online(engine, w, c, n),
                  **_weight_reads(counts, floor_ceilings))
             stage(f"online {scen['mean_prompt']}/{scen['mean_gen']} C={c}")

@@ -78,7 +78,9 @@ def run_online(engine, workload: Workload, clients: int, num_requests: int | Non
             if t_first <= plen / 512 and rate >= s:
                 served[s] += 1
     gen = sum(count.values())
-    out = {"clients": clients, "requests": n, "wall_s": round(wall, 4), "gen_tok_s": round(gen / wall, 2),
+    # clients: the concurrency reached (no more than the requests); clients_asked: what was asked
+    out = {"clients": min(clients, n), "clients_asked": clients, "requests": n, "wall_s": round(wall, 4),
+           "gen_tok_s": round(gen / wall, 2),
            "requests_per_s": round(n / wall, 4)}
     for name, xs in (("ttft_s", ttft), ("tpot_s", tpot), ("e2e_s", e2e)):
         for q in (50, 90, 95):
