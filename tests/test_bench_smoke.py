@@ -18,6 +18,7 @@ def test_bench_cli_writes_offline_online_floor_and_peer_records(tmp_path, capsys
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     kinds = [r["kind"] for r in recs]
     assert kinds.count("ceilings") == 1 and kinds.count("model") == 1
+    assert [r["clients"] for r in recs if r["kind"] == "online_warm"] == [3]     # untimed, at the most clients
     ours = [r for r in recs if r["kind"] == "offline" and r["engine"] == "fastgen"]
     peer = [r for r in recs if r["kind"] == "offline" and r["engine"] == "transformers-static"]
     assert len(ours) == 1 and len(peer) == 1
@@ -203,3 +204,11 @@ def test_online_concurrency_is_what_was_reached(tmp_path):
         assert (r["clients"], r["clients_asked"], r["requests"]) == (3, 8, 3)
     finally:
         p.destroy()
+
+
+def test_plot_cli_names_what_it_could_not_use(tmp_path):
+    from fastgen_core.bench import plot
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps({"kind": "online", "model": "a", "tag": "x"}) + "\n")
+    with pytest.raises(SystemExit, match="no records in .* match model='b'"):
+        plot.main([str(f), str(tmp_path / "o.png"), "--model", "b"])

@@ -43,3 +43,30 @@ def plot(records: list[dict], path: str | Path, title: str = "") -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgen_core.bench.plot RECORDS.jsonl OUT.png [--model M] [--tag T]``: plot the records a
+    bench run wrote (for instance on a machine without matplotlib), optionally only one model's or tag's."""
+    import argparse
+    import json
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("records")
+    ap.add_argument("out")
+    ap.add_argument("--model", default=None, help="only records whose model is this")
+    ap.add_argument("--tag", default=None, help="only records with this tag")
+    ap.add_argument("--title", default="")
+    a = ap.parse_args(argv)
+    recs = [json.loads(line) for line in Path(a.records).read_text().splitlines() if line.strip()]
+    recs = [r for r in recs if (a.model is None or r.get("model") == a.model) and (a.tag is None or r.get("tag") == a.tag)]
+    if not recs:
+        raise SystemExit(f"no records in {a.records} match model={a.model!r} tag={a.tag!r}")
+    out = plot(recs, a.out, a.title)
+    if out is None:
+        raise SystemExit("matplotlib is not installed (pip install matplotlib)")
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
