@@ -66,10 +66,12 @@ class EngineConfig:
 
     def __post_init__(self):
         import torch
-        for name in ("cuda_graphs", "enable_prefix_caching", "tp_cuda_graphs", "async_scheduling"):
-            if not isinstance(getattr(self, name), bool) and not (name == "async_scheduling" and self.async_scheduling is None):
-                allowed = "true, false or null (automatic)" if name == "async_scheduling" else "true or false"
-                raise ConfigError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+        for name in ("cuda_graphs", "enable_prefix_caching", "tp_cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
+            raise ConfigError("async_scheduling must be true, false or null (automatic), "
+                              f"got {self.async_scheduling!r}")
         for name in ("max_ragged_batch_size", "max_ragged_sequence_count", "cuda_graph_max_batch",
                      "tensor_parallel_size"):
             _positive_int(name, getattr(self, name))

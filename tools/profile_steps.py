@@ -139,7 +139,8 @@ def overlapped_pass(eng, w, tag):
     if head_steps:      # the prompt-carrying part: host time the GPU waits for, against the GPU's busy time
         out |= {"head_steps": head_steps, "head_busy_ms_per_step": round(busy_head / head_steps * 1e3, 3),
                 "head_host_exposed_ms_per_step": round(max(head_wall - busy_head, 0) / head_steps * 1e3, 3),
-                "head_host_exposed_ms_per_step_unprofiled": round(max(head_wall_u - busy_head, 0) / head_steps * 1e3, 3),
+                "head_host_exposed_ms_per_step_unprofiled":
+                round(max(head_wall_u - busy_head, 0) / head_steps * 1e3, 3),
                 "head_host_exposed_share_unprofiled": round(max(head_wall_u - busy_head, 0) / busy_head, 4)}
     if tail_steps:
         out |= {"decode_tail_host_exposed_ms_per_step_unprofiled":

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--title", default="")
     a = ap.parse_args(argv)
     recs = [json.loads(line) for line in Path(a.records).read_text().splitlines() if line.strip()]
-    recs = [r for r in recs if (a.model is None or r.get("model") == a.model) and (a.tag is None or r.get("tag") == a.tag)]
+    recs = [r for r in recs
+            if (a.model is None or r.get("model") == a.model) and (a.tag is None or r.get("tag") == a.tag)]
     if not recs:
         raise SystemExit(f"no records in {a.records} match model={a.model!r} tag={a.tag!r}")
     out = plot(recs, a.out, a.title)

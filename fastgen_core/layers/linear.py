@@ -66,7 +66,7 @@ def expert_gemv_config(n: int, k: int) -> tuple[int, int, int]:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: tuple[int, int, int] | None = None, source=None, prefix: str = "gemv") -> torch.Tensor:
+         config: tuple[int, ...] | None = None, source=None, prefix: str = "gemv") -> torch.Tensor:
     """``F.linear(x, weight, bias)`` by the GEMV kernel (the caller checked ``gemv_fits``). ``config``:
     (rows per warp group, loads in flight, warps per block[, warps per group]), (R, U, KS) one of ``CONFIGS``
     and the warps a multiple of KS (default: ``gemv_config``).
