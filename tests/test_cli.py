@@ -101,9 +101,9 @@ def test_bench_writes_to_a_results_dir_and_keeps_the_terminal_quiet(tmp_path, mo
     files = list((tmp_path / "cache" / "bench").glob("*-tiny-llama.jsonl"))
     assert len(files) == 1 and list(cwd.iterdir()) == []
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
-    assert [r["kind"] for r in records] == ["ceilings", "model", "offline", "online"]
+    assert [r["kind"] for r in records] == ["ceilings", "model", "offline", "online_warm", "online"]
     assert not any(line.lstrip().startswith("{") for line in out.splitlines())     # JSON goes to the file only
-    assert "fastgen" in out and "online 12/4 C=1" in out and f"records (4 JSON lines): {files[0]}" in out
+    assert "fastgen" in out and "online 12/4 C=1" in out and f"records (5 JSON lines): {files[0]}" in out
     assert "bench tiny-llama" in err and "100%" in err and "5/5" in err         # the progress bar
     assert "$FASTGEN_CACHE/bench" in subcommands()["bench"].format_help()
 
