@@ -50,6 +50,17 @@ def tiny_model(path: str, layers: int, context: int) -> str:
     return path
 
 
+def timed(fn, add):
+    """``fn``, passing the seconds each call took to ``add``."""
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            add(time.perf_counter() - t)
+    return wrapper
+
+
 class ForwardTimer:
     """Accumulates the time spent inside the model's forward and lm_head (instance attributes shadow the
     class's methods, so nn.Module.__call__ and every caller of compute_logits go through these)."""
@@ -57,24 +68,15 @@ class ForwardTimer:
     def __init__(self, model):
         self.seconds = 0.0
         self.calls = 0
-        fwd, logits = model.forward, model.compute_logits
+        model.forward = timed(model.forward, self._add_forward)
+        model.compute_logits = timed(model.compute_logits, self._add)
 
-        def forward(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fwd(*a, **k)
-            finally:
-                self.seconds += time.perf_counter() - t
-                self.calls += 1
+    def _add(self, seconds):
+        self.seconds += seconds
 
-        def compute_logits(*a, **k):
-            t = time.perf_counter()
-            try:
-                return logits(*a, **k)
-            finally:
-                self.seconds += time.perf_counter() - t
-
-        model.forward, model.compute_logits = forward, compute_logits
+    def _add_forward(self, seconds):
+        self.seconds += seconds
+        self.calls += 1
 
 
 class PhaseTimer:
@@ -91,13 +93,9 @@ class PhaseTimer:
             setattr(owner, attr, self._wrap(name, getattr(owner, attr)))
 
     def _wrap(self, name, fn):
-        def timed(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.seconds[name] += time.perf_counter() - t
-        return timed
+        def add(seconds):
+            self.seconds[name] += seconds
+        return timed(fn, add)
 
 
 def steady_malloc() -> bool:
