@@ -15,6 +15,7 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from attention_cases import random_case  # noqa: E402
+from fastgen_core.bench.cli import append_jsonl  # noqa: E402
 
 from fastgen_core.layers import attention as A  # noqa: E402
 from fastgen_core.layers import paged_decode as PD  # noqa: E402
@@ -130,8 +131,7 @@ def main():
     small_decode_sweep(rows)
     if a.small_decode_only:
         if a.json:
-            with open(a.json, "a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in rows))
+            append_jsonl(a.json, rows)
         return
     decode_bench(rows)
     for sname, (hq, hk, d) in SHAPES.items():
@@ -176,9 +176,7 @@ def main():
             print(f"{r['decode']:<26}{r['GB']:>7}{r['None'][0]:>11}{r['None'][1]:>6}  {r['best']}   "
                   + " / ".join(str(r[f"splits={n}"][0]) for n in (1, 2, 4, 8, 16)))
     if a.json:
-        with open(a.json, "a") as fh:
-            for r in rows:
-                fh.write(json.dumps(r) + "\n")
+        append_jsonl(a.json, rows)
 
 
 if __name__ == "__main__":

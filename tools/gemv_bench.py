@@ -9,11 +9,11 @@ HBM; the calls are captured in a CUDA graph (100 calls) and its replays timed be
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 import torch.nn.functional as F
 
+from fastgen_core.bench.cli import append_jsonl
 from fastgen_core.layers import linear as L
 
 SHAPES = {  # name: (K, N)
@@ -74,9 +74,7 @@ def main():
                   f"best {best[1]} {best[0]:.2f}", flush=True)
         del weights
     if a.json:
-        with open(a.json, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        append_jsonl(a.json, records)
 
 
 if __name__ == "__main__":

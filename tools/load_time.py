@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from fastgen_core.bench.cli import append_jsonl
 from fastgen_core.bench.workload import write_preset
 from fastgen_core.config import EngineConfig
 from fastgen_core.engine.engine import LLMEngine
@@ -71,8 +72,7 @@ def main():
            "speedup_best": round(min(times["safetensors"]) / min(times["snapshot"]), 2)}
     print(json.dumps(rec))
     if a.json:
-        with open(a.json, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_jsonl(a.json, [rec])
 
 
 if __name__ == "__main__":

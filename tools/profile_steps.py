@@ -23,6 +23,7 @@ from collections import defaultdict
 
 import torch
 
+from fastgen_core.bench.cli import append_jsonl
 from fastgen_core.bench.offline import _params, warm_up
 from fastgen_core.bench.workload import make_workload, write_preset
 from fastgen_core.config import EngineConfig
@@ -242,9 +243,8 @@ def main():
           f"{eng.async_scheduling}, no synchronise between steps: {json.dumps(over)}")
     if a.only_overlapped:
         if a.json:
-            with open(a.json, "a") as f:
-                f.write(json.dumps({"preset": a.preset, "budget": a.budget, "requests": a.requests,
-                                    "prompt": a.prompt, "gen": a.gen, "tag": a.tag, "overlapped": over}) + "\n")
+            append_jsonl(a.json, [{"preset": a.preset, "budget": a.budget, "requests": a.requests,
+                                   "prompt": a.prompt, "gen": a.gen, "tag": a.tag, "overlapped": over}])
         eng.close()
         return
     rows, _, _ = run_pass(eng, w, "t")
@@ -282,8 +282,7 @@ def main():
         for nm, v in s["top_kernels_ms"].items():
             print(f"  {v:8.3f}  {nm}")
     if a.json:
-        with open(a.json, "a") as f:
-            f.write(json.dumps(summary) + "\n")
+        append_jsonl(a.json, [summary])
     eng.close()
 
 

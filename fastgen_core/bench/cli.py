@@ -22,6 +22,15 @@ from pathlib import Path
 WARM_ONLINE_GEN = 32       # tokens per request of the untimed online run before the timed ones
 
 
+def append_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Append ``records`` to ``path`` as JSON lines (its folder made if missing): how the bench and the tools
+    in tools/ keep their measurements."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+
+
 def _int_list(s: str) -> list[int]:
     try:
         xs = [int(x) for x in s.split(",") if x.strip()]
@@ -180,9 +189,7 @@ def run_bench_args(args) -> list[dict]:
     def emit(**rec):
         rec = {**base, **rec}
         records.append(rec)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        with out_path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_jsonl(out_path, [rec])
 
     def stage(done: str) -> None:
         bar.set_postfix_str(done, refresh=False)
