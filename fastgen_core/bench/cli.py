@@ -243,7 +243,7 @@ def run_bench_args(args) -> list[dict]:
             c = max(args.online)
             short = Workload(w.prompts, [min(g, WARM_ONLINE_GEN) for g in w.gen_lens], w.mean_prompt, w.mean_gen,
                              w.seed)
-            r = online.run_online(engine, short, c, args.online_requests or max(8, 2 * c))
+            r = online.run_online(engine, short, c, max(sizes))
             emit(kind="online_warm", engine="fastgen", **scen, clients=r["clients"], wall_s=r["wall_s"])
         for c, n in zip(args.online, sizes):
             emit(kind="online", engine="fastgen", **scen, **online.run_online(engine, w, c, n),

@@ -51,7 +51,7 @@ def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
     (docs/bench-results/gemv-ks-h200.jsonl). ``FASTGEN_KERNELS_OFF=gemv_ksplit``: the session-5 choice, one
     warp per group (A/B)."""
     if kernels.switched_off("gemv_ksplit"):
-        return (4, 2, 4, 1) if k >= 4096 and n >= 8192 else (2, 2, 4, 1)
+        return (*expert_gemv_config(n, k), 1)
     if k >= 4096 and n >= 8192:
         return 2, 2, 4, 4
     ks = 1
@@ -61,14 +61,15 @@ def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
 
 
 def expert_gemv_config(n: int, k: int) -> tuple[int, int, int]:
-    """(R, U, warps) of ``expert_gemv``: four rows per warp for Mixtral-sized experts, two elsewhere."""
+    """(R, U, warps) of ``expert_gemv`` (and of ``gemv`` before the K split): four rows per warp for
+    Mixtral-sized experts, two elsewhere."""
     return (4, 2, 4) if k >= 4096 and n >= 8192 else (2, 2, 4)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          config: tuple[int, ...] | None = None, source=None, prefix: str = "gemv") -> torch.Tensor:
     """``F.linear(x, weight, bias)`` by the GEMV kernel (the caller checked ``gemv_fits``). ``config``:
-    (rows per warp group, loads in flight, warps per block[, warps per group]), (R, U, KS) one of ``CONFIGS``
+    (rows per warp group, loads in flight, warps per block, warps per group), (R, U, KS) one of ``CONFIGS``
     and the warps a multiple of KS (default: ``gemv_config``).
     ``source``/``prefix``: another module's instantiation of gemv.cuh with an epilogue (a plugin's
     ``FASTGEN_GEMV_CONFIGS(prefix, Act, ...)``), e.g. fc1 with its activation; default: kernels/gemv.cu."""
@@ -77,7 +78,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if not x2.is_contiguous() or x2.data_ptr() % 16:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    r, u, warps, ks = (*(config or gemv_config(n, k)), 1)[:4]
+    r, u, warps, ks = config or gemv_config(n, k)
     y = x2.new_empty(m, n)
     grid = (-(-n // (r * (warps // ks))),)
     name = f"{prefix}_{kernels.SUFFIX[x.dtype]}_m{m}_r{r}_u{u}" + (f"_s{ks}" if ks > 1 else "")
