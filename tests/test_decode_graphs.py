@@ -2,6 +2,7 @@
 static-buffer forward (run without capture on CPU; tests/gpu captures it). Every family's check_family
 also serves half of its runs through this path."""
 import pytest
+import torch
 
 from fastgen_core import SamplingParams, pipeline
 from fastgen_core.config import EngineConfig
@@ -99,3 +100,21 @@ def test_graph_inputs_kept_in_place_equal_inputs_built_from_scratch(tiny_model_d
         eng.step()
     assert len(set(checked)) > 4 and eng.stats()["preemptions"] > 0
     p.destroy()
+
+
+def test_every_part_of_a_steps_packed_buffer_starts_16_byte_aligned():
+    """Triton specialises on 16-byte-aligned pointers: parts at odd offsets made it compile new variants
+    in the middle of serving. Odd-length parts (3 rows, 1 decode) must still come out aligned and intact."""
+    from fastgen_core.engine.batch import BatchPlan, plan_to_device
+    plan = BatchPlan(ids=[5, 6, 7], positions=[0, 1, 9], slots=[0, 1, 41], query_start=[0, 2], query_lens=[2, 1],
+                     context_lens=[2, 10], flat_tables=[0, 0, 0, 1], width=2, logits_rows=[1, 2], sampled=[0, 1],
+                     decode_rows=[2], decode_seqs=[1], prefill_seqs=[0], max_decode_ctx=10)
+    pb = plan_to_device(plan, 32, [], torch.device("cpu"))
+    meta = pb.ctx.attn
+    parts = [pb.input_ids, pb.ctx.positions, meta.slot_mapping, meta.context_lens, meta.decode_rows,
+             meta.decode_seqs, meta.block_tables]
+    assert all(t.data_ptr() % 16 == 0 for t in parts), [t.data_ptr() % 16 for t in parts]
+    assert pb.input_ids.tolist() == [5, 6, 7] and pb.ctx.positions.tolist() == [0, 1, 9]
+    assert meta.slot_mapping.tolist() == [0, 1, 41] and meta.context_lens.tolist() == [2, 10]
+    assert meta.decode_rows.tolist() == [2] and meta.decode_seqs.tolist() == [1]
+    assert meta.block_tables.tolist() == [[0, 0], [0, 1]]
