@@ -7,22 +7,20 @@
 // step go to memory once. Channels past rotary_dim pass through (Phi-2's partial rotary); rotary_dim 0
 // is a plain cache write (OPT, no rotary).
 //
-// It rounds where the torch reference rounds (the reference is transformers' own rotary): cos and sin are
-// computed in float32 from the position and inv_freq and rounded to the model dtype, then each product
-// x * cos and rotate_half(x) * sin is rounded, then their sum. In bf16/fp16 the kernel therefore gives the
-// reference's bits (up to a last-place difference of cosf/sinf from torch's), which keeps our tokens as
-// close to transformers' bf16 run as the unfused layers were. __fmul_rn/__fadd_rn keep float32 (where
-// rounding is the identity) from being contracted into FMAs the reference does not do.
+// It rounds where the torch reference rounds (the reference is transformers' own rotary; see rotary.cuh):
+// cos and sin are computed in float32 from the position and inv_freq and rounded to the model dtype. In
+// bf16/fp16 the kernel therefore gives the reference's bits (up to a last-place difference of cosf/sinf from
+// torch's), which keeps our tokens as close to transformers' bf16 run as the unfused layers were.
 //
 // cos/sin depend on (position, channel) only: they are computed once per token into shared memory and
 // shared by every head.
-#include "fastgen.cuh"
+#include "rotary.cuh"
 
 // (a, b) = (x[j], x[j + rot/2]) -> (a cos - b sin, b cos + a sin), rounded as the reference rounds
 template <typename T>
 __device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, T* out_a, T* out_b) {
-    *out_a = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(a, c)), rnd<T>(__fmul_rn(-b, s))));
-    *out_b = from_f<T>(__fadd_rn(rnd<T>(__fmul_rn(b, c)), rnd<T>(__fmul_rn(a, s))));
+    *out_a = from_f<T>(rot_first<T>(a, b, c, s));
+    *out_b = from_f<T>(rot_second<T>(a, b, c, s));
 }
 
 // rot <= 512 (head_dim <= 512)

@@ -40,13 +40,15 @@ def test_bad_setting_is_named(monkeypatch):
 
 
 def test_every_kernel_source_is_where_the_loaders_look():
+    from fastgen_core.layers.decode_attention import DECODE_ATTENTION_CU
     from fastgen_core.layers.linear import GEMV_CU
     from fastgen_core.layers.rotary import ROTARY_KV_CU
     from fastgen_phi.model import GELU_NEW_CU
     assert kernels.core_source(kernels.FUSED_OPS_CU).is_file() and GELU_NEW_CU.is_file()
     assert kernels.core_source(ROTARY_KV_CU).is_file() and kernels.core_source(GEMV_CU).is_file()
-    with pytest.raises(FileNotFoundError, match=r"'missing.cu' is not in .*\(installed: \['fused_ops.cu', "
-                                                r"'gemv.cu', 'rotary_kv.cu'\]\)"):
+    assert kernels.core_source(DECODE_ATTENTION_CU).is_file()
+    with pytest.raises(FileNotFoundError, match=r"'missing.cu' is not in .*\(installed: \['decode_attention.cu', "
+                                                r"'fused_ops.cu', 'gemv.cu', 'rotary_kv.cu'\]\)"):
         kernels.core_source("missing.cu")
 
 

@@ -79,9 +79,10 @@ SMALL_DECODES = {  # few sequences: what split-K is for; name: (hq, hk, d, seque
     "falcon-7b mqa 1 x 1200": (71, 1, 64, 1, 1200)}
 
 
-def small_decode_sweep(rows):
+def small_decode_sweep(rows, tiles: bool = True):
     """Decode attention with few sequences, timed inside a CUDA graph (as the engine replays it: a launch
-    from the host takes longer than these kernels run): tiles x context splits, against the default."""
+    from the host takes longer than these kernels run): tiles x context splits (``tiles``), against the
+    default; then the unfused layer path against the fused kernel."""
     for name, (hq, hk, d, n, ctx) in SMALL_DECODES.items():
         g = torch.Generator().manual_seed(0)
         q, _, _, kc, vc, meta = random_case(n, [], hq, hk, d, 32, "cuda", torch.bfloat16, max_ctx=ctx + 1)
@@ -101,7 +102,7 @@ def small_decode_sweep(rows):
         res = {"small_decode": name, "GB": round(gb, 4), "default_us": round(us(None, None), 2),
                "default": [PD.tile_config(n * hk, torch.bfloat16), PD.num_splits(n * hk)]}
         best = None
-        for block_n in (16, 32, 64, 128):
+        for block_n in (16, 32, 64, 128) if tiles else ():
             for splits in (1, 4, 8, 16, 32, 64):
                 try:
                     t = us((block_n, 4, 3), splits)
@@ -110,10 +111,47 @@ def small_decode_sweep(rows):
                     continue
                 res[f"n{block_n}s{splits}"] = round(t, 2)
                 best = min(best or (t, block_n, splits), (t, block_n, splits))
-        res["best"] = [round(best[0], 2), best[1], best[2], round(gb / best[0] * 1e3, 2)]
+        if best:
+            res["best"] = [round(best[0], 2), best[1], best[2], round(gb / best[0] * 1e3, 2)]
+        print(f"{name:26} default {res['default_us']:7.2f} us {res['default']}" + (
+            f"  best {res['best'][0]:7.2f} us BLOCK_N {best[1]} splits {best[2]} ({res['best'][3]} TB/s)"
+            if best else ""), flush=True)
+        fused_vs_unfused(res, q, kc, vc, meta, hk, d)
         rows.append(res)
-        print(f"{name:26} default {res['default_us']:7.2f} us {res['default']}  best {res['best'][0]:7.2f} us "
-              f"BLOCK_N {best[1]} splits {best[2]} ({res['best'][3]} TB/s)", flush=True)
+
+
+def fused_vs_unfused(res, q, kc, vc, meta, hk, d):
+    """One layer's decode attention with what surrounds it, in a CUDA graph: the unfused path (rotary_kv_write,
+    then the default split decode and its merge) against the fused kernel (decode_attention.cu) by splits."""
+    from fastgen_core.layers import decode_attention as DA
+    from fastgen_core.layers.rotary import RotaryEmbedding, rotary_kv_write
+    n = q.shape[0]
+    if not DA.fits(q.shape[1], hk, d):
+        return
+    rotary = RotaryEmbedding(d, 32 if d == 80 else d).cuda()
+    k = torch.randn(n, hk, d, device="cuda", dtype=q.dtype)
+    v = torch.randn_like(k)
+    pos = meta.context_lens - 1
+    out = torch.empty_like(q)
+
+    class Owner:
+        pass
+    owner = Owner()
+
+    def unfused():
+        qr = rotary_kv_write(q, k, v, pos, rotary, kc, vc, meta.slot_mapping)
+        PD.paged_decode(qr, kc, vc, meta, d ** -0.5, None, out)
+
+    def us(fn):
+        fn()
+        return round(1e3 * triton.testing.do_bench_cudagraph(fn, rep=50), 2)
+    res["unfused_us"] = us(unfused)
+    res["fused_default_splits"] = DA.num_splits(n * hk)
+    for splits in (4, 8, 16, 32):
+        res[f"fused_s{splits}_us"] = us(lambda: DA.fused_decode_attention(
+            q, k, v, pos, rotary, kc, vc, meta, d ** -0.5, None, owner, splits=splits))
+    print(f"  rotary + KV write + attention: unfused {res['unfused_us']} us, fused "
+          + ", ".join(f"{s} splits {res[f'fused_s{s}_us']} us" for s in (4, 8, 16, 32)), flush=True)
 
 
 def flops(meta, hq, d):
@@ -126,9 +164,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--small-decode-only", action="store_true", help="only the few-sequence decode sweep")
+    ap.add_argument("--no-tiles", action="store_true", help="the few-sequence sweep without its tile sweep")
     a = ap.parse_args()
     rows = []
-    small_decode_sweep(rows)
+    small_decode_sweep(rows, tiles=not a.no_tiles)
     if a.small_decode_only:
         if a.json:
             append_jsonl(a.json, rows)

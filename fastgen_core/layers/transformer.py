@@ -13,6 +13,7 @@ from torch import nn
 from .. import kernels
 from ..weights import Rule, WeightMap, fused
 from .attention import ForwardContext, PagedAttention
+from .decode_attention import fused_decode_attention
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, rotary_kv_write
 from .sharded import (TPGroup, column_linear, group_of, kv_head_shard, row_linear, split_size, vocab_embedding,
@@ -55,6 +56,11 @@ class RotaryAttention(nn.Module):
         if self.k_norm is not None:
             k = self.k_norm(k)
         k_cache, v_cache = ctx.kv_caches[self.attn.layer_idx]
+        if q.is_cuda:     # a decode-only step of a few sequences: rotary, KV write and attention in one kernel
+            out = fused_decode_attention(q, k, v, ctx.positions, self.rotary, k_cache, v_cache, ctx.attn,
+                                         self.attn.scale, self.attn.sliding_window, self.attn)
+            if out is not None:
+                return self.o_proj(out)
         if kernels.use(q, "rotary_kv"):
             # one kernel: q rotated in place, k rotated on its way into the cache, v copied there
             q = rotary_kv_write(q, k, v, ctx.positions, self.rotary, k_cache, v_cache, ctx.attn.slot_mapping)
