@@ -1,5 +1,6 @@
 """`make cu-check` (run by `make test`): every tracked .cu file compiles with nvcc, which comes from the package
-index when no CUDA toolkit is on PATH, and a kernel that does not compile fails the check."""
+index when no CUDA toolkit is on PATH, and with NVRTC (the run-time compiler CuPy uses, from its wheel); a
+kernel that does not compile with either fails the check."""
 import os
 import shutil
 import subprocess
@@ -71,3 +72,15 @@ def test_the_cuda_extra_matches_the_cuda_release():
     assert extra == [f"cupy-cuda{major}x"]
     if torch.version.cuda is not None:
         assert torch.version.cuda.split(".")[0] == major, torch.version.cuda
+
+
+def test_a_kernel_only_nvcc_accepts_fails_the_check(tmp_path):
+    """CuPy compiles the kernels with NVRTC, which has no host headers: INFINITY (math.h) compiles with nvcc
+    and not there. Session 7's first decode-attention kernel passed nvcc and failed on the GPU this way."""
+    src = tmp_path / "host_header.cu"
+    src.write_text('extern "C" __global__ void k(float* x) { x[threadIdx.x] = -INFINITY; }\n')
+    r = cu_check(src, env=env_without_nvcc())
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert f"nvrtc {src}" in out and '"INFINITY" is undefined' in out, out
+    assert f"1 of 1 CUDA file(s) do not compile: {src}" in out, out
