@@ -30,6 +30,7 @@
 #define DA_MAXD 256
 #define DA_TILE_BYTES 16384
 #define DA_MAXT 128
+#define DA_NEG_INF (-__int_as_float(0x7f800000))   // NVRTC has no math.h: no INFINITY
 
 template <typename T>
 struct __align__(16) Vec8 {
@@ -73,7 +74,7 @@ __device__ void decode_attention(const T* __restrict__ q, long q_stride, const T
         }
     }
     if (tid < G) {
-        m_s[tid] = -INFINITY;
+        m_s[tid] = DA_NEG_INF;
         l_s[tid] = 0.f;
     }
     __syncthreads();
@@ -144,7 +145,7 @@ __device__ void decode_attention(const T* __restrict__ q, long q_stride, const T
         __syncthreads();
         for (int g = warp; g < G; g += warps) {         // online softmax, one warp per query head
             float* sg = s_s + g * DA_MAXT;
-            float mx = -INFINITY;
+            float mx = DA_NEG_INF;
             for (int tt = lane; tt < n; tt += 32) mx = fmaxf(mx, sg[tt]);
             for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
             const float m_old = m_s[g];
@@ -198,7 +199,7 @@ __device__ void decode_attention(const T* __restrict__ q, long q_stride, const T
         } else {
             const long base = ((long)i * hq + hq0 + g) * splits + sp;
             part_o[base * d + j] = l > 0.f ? o / l : 0.f;
-            if (j == 0) part_lse[base] = l > 0.f ? m_s[g] + logf(l) : -INFINITY;
+            if (j == 0) part_lse[base] = l > 0.f ? m_s[g] + logf(l) : DA_NEG_INF;
         }
     }
     if (splits == 1) return;
@@ -219,7 +220,7 @@ __device__ void decode_attention(const T* __restrict__ q, long q_stride, const T
     for (int e = tid; e < G * d; e += nthreads) {
         const int g = e / d, j = e - g * d;
         const float* wg = w_s + g * splits;
-        float big = -INFINITY;
+        float big = DA_NEG_INF;
         for (int r = 0; r < splits; ++r) big = fmaxf(big, wg[r]);
         const float* po = part_o + ((long)i * hq + hq0 + g) * splits * d + j;
         float num = 0.f, den = 0.f;
