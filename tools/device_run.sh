@@ -37,9 +37,8 @@
 #              bf16 agreement; Phi-2 at 1 client with the K-split GEMV on and off, Llama-2-7B at 1 client;
 #              Phi-2 at 32 clients; then the seed scenarios (SEED_RUNS, default phi2,falcon40b,mix-short)
 #   s7         session 7: GPU tests of the fused decode-attention kernel, graphs, kernels and fp32 tokens; one
-#              layer's small-decode attention, unfused vs fused; Phi-2 at 1 client with the fused kernel on and
-#              off (2 rounds, alternated), at 8 and 32 clients, Llama-2-7B, Mixtral-8x7B 500/150 at 1 and 16
-#              clients; lines in s7.txt
+#              layer's small-decode attention, unfused vs fused; Phi-2 at 1 client with the fused kernel on, off,
+#              on; Phi-2 at 8 and 32 clients; Llama-2-7B and Mixtral-8x7B (500/150) at 1 client; lines in s7.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
 #              seed's other Phi-2 scenarios and Falcon-40B 1200/60 while time lasts
@@ -239,23 +238,21 @@ if has seed; then      # the seed's scenarios, cheapest first; each command's ti
 fi
 if has s7; then         # session 7: the fused decode-attention kernel (rotary + KV write + split attention + merge)
   S="$OUT/s7.txt"
-  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_decode_attention_gpu.py tests/gpu/test_graphs_gpu.py \
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_decode_attention_gpu.py tests/gpu/test_graphs_gpu.py \
     tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda \
     -k "not gemv" > /tmp/t.log 2>&1
   tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
   cp /tmp/t.log "$OUT/gpu_tests.log"
-  timeout 90 python3 tools/attention_bench.py --small-decode-only --no-tiles --json "$OUT/small_decode.jsonl" 2>&1 \
-    | grep -vi warn | tee -a "$S"
+  timeout 60 python3 tools/attention_bench.py --small-decode-only --no-tiles --json "$OUT/small_decode.jsonl" 2>&1 \
+    | grep -vi warn | tail -16 | tee -a "$S"
   s7() { grep -E "^online|Error" | sed "s/^/$1 /" | tee -a "$S"; }
-  for round in 1 2; do
-    for off in "" decode_attention; do
-      FASTGEN_KERNELS_OFF=$off timeout 60 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-        --tag "s7${off:+-off-$off}-$round" 2>&1 | s7 "phi-2 round $round off:${off:-none}"
-    done
+  for off in "" decode_attention ""; do
+    FASTGEN_KERNELS_OFF=$off timeout 50 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "s7${off:+-off-$off}" 2>&1 | s7 "phi-2 off:${off:-none}"
   done
   timeout 60 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 8,32 --tag s7-aligned 2>&1 | s7 "phi-2"
   timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag s7 2>&1 | s7 "llama-2-7b"
-  timeout 100 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1,16 --tag s7 \
+  timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag s7 \
     2>&1 | s7 mixtral-8x7b
 fi
 if has load; then
