@@ -26,10 +26,12 @@ THREADS = 128
 TARGET_BLOCKS = 512       # about one wave of the kernel's blocks on an H200 (132 SMs x 4 resident blocks)
 
 
-def num_splits(programs: int) -> int:
-    """Context splits for ``programs`` = sequences x KV heads: about TARGET_BLOCKS blocks in all, at most 32.
-    It depends on the batch shape only, so a CUDA graph captured for a batch size serves every context."""
-    return max(1, min(32, 1 << max(0, (TARGET_BLOCKS // programs - 1).bit_length())))
+def num_splits(query_heads: int) -> int:
+    """Context splits for ``query_heads`` = sequences x query heads: about TARGET_BLOCKS (sequence, query head,
+    split) triples in all, at most 32 splits (GQA blocks take G query heads each, so they are fewer; the merge
+    reads G x splits partial rows). It depends on the batch shape only, so a CUDA graph captured for a batch
+    size serves every context."""
+    return max(1, min(32, 1 << max(0, (TARGET_BLOCKS // query_heads - 1).bit_length())))
 
 
 def fits(hq: int, hk: int, d: int) -> bool:
@@ -89,7 +91,7 @@ def fused_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         return None
     t, hq, d = q.shape
     hk = k.shape[1]
-    splits = splits or num_splits(t * hk)
+    splits = splits or num_splits(t * hq)
     out = torch.empty(t, hq * d, dtype=q.dtype, device=q.device)
     part = torch.empty(t * hq * splits * (d + 1) if splits > 1 else 1, dtype=torch.float32, device=q.device)
     part_o, part_lse = part[:t * hq * splits * d], part[t * hq * splits * d:]

@@ -42,6 +42,8 @@ def _case(shape, dtype, n, seed, max_ctx=6000):
 def _reference(q, k, v, positions, rotary, kc, vc, meta, win):
     """(attention in float64 over what the reference wrote, the caches the reference wrote)."""
     kc, vc = kc.clone(), vc.clone()
+    if rotary is not None:
+        rotary.reset()        # its cos/sin memo keys on the positions tensor, which the graph test rewrites in place
     qr = rotary_kv_write_ref(q.clone(), k, v, positions, rotary, kc, vc, meta.slot_mapping)
     d = q.shape[-1]
     ref = A.paged_attention_ref(qr.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
