@@ -78,6 +78,24 @@ def switched_off(name: str) -> bool:
     return name in _switched_off()
 
 
+OPT_IN = ("decode_attention",)      # kernels that did not win their A/B on a GPU: off unless FASTGEN_KERNELS_ON names them
+
+
+@functools.lru_cache(maxsize=None)
+def _switched_on() -> frozenset[str]:
+    names = frozenset(x.strip() for x in os.environ.get("FASTGEN_KERNELS_ON", "").split(",") if x.strip())
+    unknown = sorted(names - set(OPT_IN))
+    if unknown:
+        raise ValueError(f"FASTGEN_KERNELS_ON names unknown opt-in kernels {unknown}; allowed: {', '.join(OPT_IN)}")
+    return names
+
+
+def switched_on(name: str) -> bool:
+    """Whether ``FASTGEN_KERNELS_ON`` opts in to the kernel ``name`` (one of ``OPT_IN``: kernels kept for
+    their tests and further work, off by default because they did not beat the path they would replace)."""
+    return name in _switched_on()
+
+
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     try:

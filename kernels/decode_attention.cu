@@ -30,7 +30,6 @@
 #define DA_MAXD 256
 #define DA_TILE_BYTES 16384
 #define DA_MAXT 128
-#define DA_LOADS (DA_TILE_BYTES / 16 / DA_THREADS)       // 16-byte loads per thread per tile, of K and of V
 #define DA_NEG_INF (-__int_as_float(0x7f800000))   // NVRTC has no math.h: no INFINITY
 
 template <typename T>
@@ -80,6 +79,10 @@ __device__ void decode_attention(const T* __restrict__ q, long q_stride, const T
     }
     __syncthreads();
     const T* qr = q + row * q_stride + (long)h * G * d;
+    for (int e = tid; e < G * d; e += nthreads) {
+        const int g = e / d, j = e - g * d;
+        q_s[e] = rotated<T>(qr + g * d, j, half, cs_s, sn_s);
+    }
 
     // this block's run of keys: the window's keys split into `splits` runs of a multiple of 8
     const long lo0 = ctx > window ? ctx - window : 0;
@@ -101,39 +104,16 @@ __device__ void decode_attention(const T* __restrict__ q, long q_stride, const T
     for (int u = 0; u < 8; ++u) acc[u] = 0.f;
     const int warp = tid >> 5, lane = tid & 31, warps = nthreads >> 5;
 
-    const int row16 = d * (int)sizeof(T) / 16;          // 16-byte pieces per K or V row
-    bool q_done = false;
     for (long t0 = lo; t0 < hi; t0 += nt) {
         const int n = (int)min((long)nt, hi - t0);
-        // the tile's K and V rows: every load issued (table entries, then the rows) before any is stored
-        uint4 kreg[DA_LOADS], vreg[DA_LOADS];
-#pragma unroll
-        for (int u = 0; u < DA_LOADS; ++u) {
-            const int e = tid + u * nthreads;
-            const int tt = e / row16, c = e - tt * row16;
+        for (int e = tid; e < n * dv; e += nthreads) {
+            const int tt = e / dv, c = e - tt * dv;
             const long tok = t0 + tt;
-            if (e < n * row16 && tok != new_tok) {
-                const long slot = tables[seq * table_stride + tok / block_size] * block_size + tok % block_size;
-                const long off = slot * kv_stride + (long)h * d;
-                kreg[u] = __ldg(reinterpret_cast<const uint4*>(k_cache + off) + c);
-                vreg[u] = __ldg(reinterpret_cast<const uint4*>(v_cache + off) + c);
-            }
-        }
-        if (!q_done) {                                   // q, rotated, while the tile's loads are in flight
-            for (int e = tid; e < G * d; e += nthreads) {
-                const int g = e / d, j = e - g * d;
-                q_s[e] = rotated<T>(qr + g * d, j, half, cs_s, sn_s);
-            }
-            q_done = true;
-        }
-#pragma unroll
-        for (int u = 0; u < DA_LOADS; ++u) {
-            const int e = tid + u * nthreads;
-            const int tt = e / row16;
-            if (e < n * row16 && t0 + tt != new_tok) {
-                reinterpret_cast<uint4*>(k_raw)[e] = kreg[u];
-                reinterpret_cast<uint4*>(v_raw)[e] = vreg[u];
-            }
+            if (tok == new_tok) continue;
+            const long slot = tables[seq * table_stride + tok / block_size] * block_size + tok % block_size;
+            const long off = slot * kv_stride + (long)h * d + c * 8;
+            *reinterpret_cast<Vec8<T>*>(k_t + tt * d + c * 8) = *reinterpret_cast<const Vec8<T>*>(k_cache + off);
+            *reinterpret_cast<Vec8<T>*>(v_t + tt * d + c * 8) = *reinterpret_cast<const Vec8<T>*>(v_cache + off);
         }
         if (new_tok >= t0 && new_tok < t0 + n) {        // this step's token: rotate k, write K and V to the cache
             const int tt = (int)(new_tok - t0);
@@ -231,87 +211,31 @@ __device__ void decode_attention(const T* __restrict__ q, long q_stride, const T
     __syncthreads();
     if (!last_s) return;
     __threadfence();
-    // weights: w[g][r] = exp(lse[g][r] - max_r lse[g][r]); den[g] = their sum
-    float* w_s = s_s;                                    // [G][splits]
+    float* w_s = s_s;                                    // [G][splits] log-sum-exps
     for (int e = tid; e < G * splits; e += nthreads) {
         const int g = e / splits, r = e - g * splits;
         w_s[e] = __ldcg(part_lse + ((long)i * hq + hq0 + g) * splits + r);
     }
     __syncthreads();
-    for (int g = warp; g < G; g += warps) {
-        float* wg = w_s + g * splits;
-        float big = DA_NEG_INF;
-        for (int r = lane; r < splits; r += 32) big = fmaxf(big, wg[r]);
-        for (int o = 16; o; o >>= 1) big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, o));
-        float den = 0.f;
-        for (int r = lane; r < splits; r += 32) {
-            const float w = expf(wg[r] - big);           // empty runs: exp(-inf) = 0
-            wg[r] = w;
-            den += w;
-        }
-        for (int o = 16; o; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
-        if (lane == 0) a_s[g] = den;
-    }
-    __syncthreads();
-    // weighted sums of the splits' outputs, 4 channels a thread: the splits spread over thread groups
-    // (each group's loads independent, issued together), then the groups added in a fixed order
-    const int nquad = (G * d) >> 2;
-    const int rgroups = nquad >= nthreads ? 1 : nthreads / nquad;
-    float4* red4 = reinterpret_cast<float4*>(v_raw);     // [rgroups][nquad]
-    for (int item = tid; item < nquad * rgroups; item += nthreads) {
-        const int rg = item / nquad, quad = item - rg * nquad;
-        const int g = (quad << 2) / d, j0 = (quad << 2) - g * d;
+    for (int e = tid; e < G * d; e += nthreads) {
+        const int g = e / d, j = e - g * d;
         const float* wg = w_s + g * splits;
-        const float4* po = reinterpret_cast<const float4*>(part_o + ((long)i * hq + hq0 + g) * splits * d + j0);
-        const int stride4 = d >> 2;                      // one split's row, in float4
-        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-        int r = rg;
-        for (; r + 3 * rgroups < splits; r += 4 * rgroups) {
-            float4 x[4];
-#pragma unroll
-            for (int u = 0; u < 4; ++u) x[u] = __ldcg(po + (long)(r + u * rgroups) * stride4);
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                const float w = wg[r + u * rgroups];
-                sum.x = fmaf(w, x[u].x, sum.x);
-                sum.y = fmaf(w, x[u].y, sum.y);
-                sum.z = fmaf(w, x[u].z, sum.z);
-                sum.w = fmaf(w, x[u].w, sum.w);
-            }
+        float big = DA_NEG_INF;
+        for (int r = 0; r < splits; ++r) big = fmaxf(big, wg[r]);
+        const float* po = part_o + ((long)i * hq + hq0 + g) * splits * d + j;
+        float num = 0.f, den = 0.f;
+        for (int r = 0; r < splits; ++r) {
+            const float w = expf(wg[r] - big);           // empty runs: exp(-inf) = 0
+            den += w;
+            num = fmaf(w, __ldcg(po + (long)r * d), num);
         }
-        for (; r < splits; r += rgroups) {
-            const float4 x = __ldcg(po + (long)r * stride4);
-            const float w = wg[r];
-            sum.x = fmaf(w, x.x, sum.x);
-            sum.y = fmaf(w, x.y, sum.y);
-            sum.z = fmaf(w, x.z, sum.z);
-            sum.w = fmaf(w, x.w, sum.w);
-        }
-        red4[rg * nquad + quad] = sum;
-    }
-    __syncthreads();
-    for (int quad = tid; quad < nquad; quad += nthreads) {
-        const int g = (quad << 2) / d, j0 = (quad << 2) - g * d;
-        float4 sum = red4[quad];
-        for (int rg = 1; rg < rgroups; ++rg) {
-            const float4 x = red4[rg * nquad + quad];
-            sum.x += x.x;
-            sum.y += x.y;
-            sum.z += x.z;
-            sum.w += x.w;
-        }
-        const float inv = 1.f / a_s[g];
-        T* o = out + row * out_stride + (long)(hq0 + g) * d + j0;
-        o[0] = from_f<T>(sum.x * inv);
-        o[1] = from_f<T>(sum.y * inv);
-        o[2] = from_f<T>(sum.z * inv);
-        o[3] = from_f<T>(sum.w * inv);
+        out[row * out_stride + (long)(hq0 + g) * d + j] = from_f<T>(num / den);
     }
     if (tid == 0) counters[(long)i * hk + h] = 0;
 }
 
 #define FASTGEN_DECODE_ATTENTION(T, suffix)                                                                     \
-    extern "C" __global__ void __launch_bounds__(DA_THREADS, 4) decode_attention_##suffix(                       \
+    extern "C" __global__ void __launch_bounds__(DA_THREADS) decode_attention_##suffix(                          \
         const T* q, long q_stride, const T* k, long k_stride, const T* v, long v_stride, T* k_cache, T* v_cache, \
         const long* tables, long table_stride, const long* seqs, const long* rows, const long* ctx_lens,         \
         const long* positions, const long* slots, const float* inv_freq, T* out, long out_stride, float* part_o, \

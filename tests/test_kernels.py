@@ -136,3 +136,21 @@ def test_experts_gemv_glue_weights_and_sums_like_the_grouped_reference(monkeypat
         bad = moe.experts_gemv(x, gate_up, down, w, ids, act)
         monkeypatch.setattr(moe, "expert_gemv", L.expert_gemv_ref)
         assert not torch.allclose(bad, want, rtol=1e-3)
+
+
+def test_opt_in_kernels_are_off_unless_named(monkeypatch):
+    monkeypatch.delenv("FASTGEN_KERNELS_ON", raising=False)
+    kernels._switched_on.cache_clear()
+    try:
+        assert not kernels.switched_on("decode_attention")
+        monkeypatch.setenv("FASTGEN_KERNELS_ON", "decode_attention")
+        kernels._switched_on.cache_clear()
+        assert kernels.switched_on("decode_attention")
+        monkeypatch.setenv("FASTGEN_KERNELS_ON", "decode_attention, warp_drive")
+        kernels._switched_on.cache_clear()
+        with pytest.raises(ValueError, match=r"FASTGEN_KERNELS_ON names unknown opt-in kernels \['warp_drive'\]; "
+                                             r"allowed: decode_attention"):
+            kernels.switched_on("decode_attention")
+    finally:
+        monkeypatch.delenv("FASTGEN_KERNELS_ON", raising=False)
+        kernels._switched_on.cache_clear()

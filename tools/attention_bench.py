@@ -146,7 +146,7 @@ def fused_vs_unfused(res, q, kc, vc, meta, hk, d):
         fn()
         return round(1e3 * triton.testing.do_bench_cudagraph(fn, rep=50), 2)
     res["unfused_us"] = us(unfused)
-    res["fused_default_splits"] = DA.num_splits(n * q.shape[1])
+    res["fused_default_splits"] = DA.num_splits(n * hk)
     for splits in (4, 8, 16, 32):
         res[f"fused_s{splits}_us"] = us(lambda: DA.fused_decode_attention(
             q, k, v, pos, rotary, kc, vc, meta, d ** -0.5, None, owner, splits=splits))

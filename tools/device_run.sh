@@ -38,7 +38,8 @@
 #              Phi-2 at 32 clients; then the seed scenarios (SEED_RUNS, default phi2,falcon40b,mix-short)
 #   s7         session 7: GPU tests of the fused decode-attention kernel, graphs, kernels and fp32 tokens; one
 #              layer's small-decode attention, unfused vs fused; Phi-2 at 1 client with the fused kernel on, off,
-#              on; Phi-2 at 8 and 32 clients; Llama-2-7B and Mixtral-8x7B (500/150) at 1 client; lines in s7.txt
+#              on (FASTGEN_KERNELS_ON: opt-in); Phi-2 at 8 and 32 clients (default path); Llama-2-7B and
+#              Mixtral-8x7B (500/150) at 1 client with it on; lines in s7.txt
 #   s7b        the same for the fused kernel's second version (loads issued together, a parallel merge), shorter
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
@@ -247,14 +248,16 @@ if has s7; then         # session 7: the fused decode-attention kernel (rotary +
   timeout 60 python3 tools/attention_bench.py --small-decode-only --no-tiles --json "$OUT/small_decode.jsonl" 2>&1 \
     | grep -vi warn | tail -16 | tee -a "$S"
   s7() { grep -E "^online|Error" | sed "s/^/$1 /" | tee -a "$S"; }
-  for off in "" decode_attention ""; do
-    FASTGEN_KERNELS_OFF=$off timeout 50 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-      --tag "s7${off:+-off-$off}" 2>&1 | s7 "phi-2 off:${off:-none}"
+  for on in decode_attention "" decode_attention; do      # opt-in since session 7 (it did not win)
+    FASTGEN_KERNELS_ON=$on timeout 50 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "s7${on:+-on-$on}" 2>&1 | s7 "phi-2 on:${on:-none}"
   done
   timeout 60 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 8,32 --tag s7-aligned 2>&1 | s7 "phi-2"
+  export FASTGEN_KERNELS_ON=decode_attention
   timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag s7 2>&1 | s7 "llama-2-7b"
   timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag s7 \
     2>&1 | s7 mixtral-8x7b
+  unset FASTGEN_KERNELS_ON
 fi
 if has s7b; then        # session 7's second kernel version: tests, Phi-2 at 1 client on/off/on, the layer bench, Llama, Mixtral
   S="$OUT/s7b.txt"
@@ -264,15 +267,17 @@ if has s7b; then        # session 7's second kernel version: tests, Phi-2 at 1 c
   tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
   cp /tmp/t.log "$OUT/gpu_tests.log"
   s7() { grep -E "^online|Error" | sed "s/^/$1 /" | tee -a "$S"; }
-  for off in "" decode_attention ""; do
-    FASTGEN_KERNELS_OFF=$off timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-      --tag "s7b${off:+-off-$off}" 2>&1 | s7 "phi-2 off:${off:-none}"
+  for on in decode_attention "" decode_attention; do      # opt-in since session 7 (it did not win)
+    FASTGEN_KERNELS_ON=$on timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "s7b${on:+-on-$on}" 2>&1 | s7 "phi-2 on:${on:-none}"
   done
   timeout 45 python3 tools/attention_bench.py --small-decode-only --no-tiles --json "$OUT/small_decode.jsonl" 2>&1 \
     | grep -vi warn | tail -16 | tee -a "$S"
+  export FASTGEN_KERNELS_ON=decode_attention
   timeout 50 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag s7b 2>&1 | s7 "llama-2-7b"
   timeout 60 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag s7b \
     2>&1 | s7 mixtral-8x7b
+  unset FASTGEN_KERNELS_ON
 fi
 if has load; then
   timeout 300 python3 tools/load_time.py --preset llama-2-7b --json "$OUT/load.jsonl" 2>&1 | tail -6

@@ -4,9 +4,15 @@ this step's k, the K/V write into the cache, split-K attention over the blocks a
 With one to a few sequences a decode layer's attention is bound by latency, not by the bytes it reads: the
 unfused path (``rotary_kv_write``, then the Triton split decode and its merge) takes three launches a layer,
 each a chain of dependent memory round trips. ``fused_decode_attention`` is what ``RotaryAttention`` tries
-first; it answers None (and the unfused path runs) unless the step is decode-only, has fewer than
-``MAX_PROGRAMS`` (sequence, KV head) pairs, runs on CUDA with the CuPy kernels on, and the shapes fit the
-kernel. ``FASTGEN_KERNELS_OFF=decode_attention`` switches it off (A/B timing).
+first when ``FASTGEN_KERNELS_ON=decode_attention`` opts in; it answers None (and the unfused path runs)
+unless the step is decode-only, has fewer than ``MAX_PROGRAMS`` (sequence, KV head) pairs, runs on CUDA with
+the CuPy kernels on, and the shapes fit the kernel.
+
+Opt-in, because it did not win its A/B (H200, 2026-12-02, docs/performance.md "Speed V"): one layer of
+Phi-2 at one sequence of 1,200 tokens takes 12.4 us against 14.7 us unfused, but Llama-2-7B's 17.7 against
+16.0, Mixtral's (GQA) 23.3 against 11.0 and Phi-2 at 4 sequences 35.7 against 28.8; per token at one
+client Phi-2 2.20 against 2.25 ms, Llama-2-7B 4.27 and Mixtral-8x7B 8.01 against session 6's 4.20 and 7.70.
+A second version (every tile load issued at once, the merge spread over threads) was slower still.
 
 The reference is ``fused_decode_attention_ref``: ``rotary_kv_write_ref`` then ``paged_attention_ref``.
 """
@@ -26,12 +32,10 @@ THREADS = 128
 TARGET_BLOCKS = 512       # about one wave of the kernel's blocks on an H200 (132 SMs x 4 resident blocks)
 
 
-def num_splits(query_heads: int) -> int:
-    """Context splits for ``query_heads`` = sequences x query heads: about TARGET_BLOCKS (sequence, query head,
-    split) triples in all, at most 32 splits (GQA blocks take G query heads each, so they are fewer; the merge
-    reads G x splits partial rows). It depends on the batch shape only, so a CUDA graph captured for a batch
-    size serves every context."""
-    return max(1, min(32, 1 << max(0, (TARGET_BLOCKS // query_heads - 1).bit_length())))
+def num_splits(programs: int) -> int:
+    """Context splits for ``programs`` = sequences x KV heads: about TARGET_BLOCKS blocks in all, at most 32.
+    It depends on the batch shape only, so a CUDA graph captured for a batch size serves every context."""
+    return max(1, min(32, 1 << max(0, (TARGET_BLOCKS // programs - 1).bit_length())))
 
 
 def fits(hq: int, hk: int, d: int) -> bool:
@@ -91,7 +95,7 @@ def fused_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, po
         return None
     t, hq, d = q.shape
     hk = k.shape[1]
-    splits = splits or num_splits(t * hq)
+    splits = splits or num_splits(t * hk)
     out = torch.empty(t, hq * d, dtype=q.dtype, device=q.device)
     part = torch.empty(t * hq * splits * (d + 1) if splits > 1 else 1, dtype=torch.float32, device=q.device)
     part_o, part_lse = part[:t * hq * splits * d], part[t * hq * splits * d:]

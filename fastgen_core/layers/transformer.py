@@ -56,7 +56,9 @@ class RotaryAttention(nn.Module):
         if self.k_norm is not None:
             k = self.k_norm(k)
         k_cache, v_cache = ctx.kv_caches[self.attn.layer_idx]
-        if q.is_cuda:     # a decode-only step of a few sequences: rotary, KV write and attention in one kernel
+        if q.is_cuda and kernels.switched_on("decode_attention"):
+            # opt-in (FASTGEN_KERNELS_ON=decode_attention): a decode-only step of a few sequences takes rotary,
+            # the KV write and attention in one kernel; it did not win its A/B yet (docs/performance.md)
             out = fused_decode_attention(q, k, v, ctx.positions, self.rotary, k_cache, v_cache, ctx.attn,
                                          self.attn.scale, self.attn.sliding_window, self.attn)
             if out is not None:

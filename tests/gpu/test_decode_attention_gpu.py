@@ -115,8 +115,12 @@ def test_fused_decode_declines_what_it_does_not_take():
     assert DA.fused_decode_attention(q, k, v, pos, rotary, kc, vc, meta, scale, win, _Owner()) is None  # G = 71
 
 
-def test_layers_take_the_fused_kernel_for_small_decode_batches(monkeypatch):
-    """RotaryAttention goes through the fused kernel for a decode-only step of few sequences."""
+def test_layers_take_the_fused_kernel_for_small_decode_batches_only_when_opted_in(monkeypatch):
+    """With FASTGEN_KERNELS_ON=decode_attention, RotaryAttention goes through the fused kernel for a
+    decode-only step of few sequences; without it, never."""
+    from fastgen_core import kernels
+    from fastgen_core.layers import transformer
+    from fastgen_core.layers.attention import ForwardContext
     calls = []
     real = DA.fused_decode_attention
 
@@ -124,12 +128,18 @@ def test_layers_take_the_fused_kernel_for_small_decode_batches(monkeypatch):
         out = real(*a, **kw)
         calls.append(out is not None)
         return out
-    from fastgen_core.layers import transformer
     monkeypatch.setattr(transformer, "fused_decode_attention", spy)
-    from fastgen_core.layers.attention import ForwardContext
     attn = transformer.RotaryAttention(256, 4, 4, 64, 0, RotaryEmbedding(64, 32)).cuda().to(torch.bfloat16)
     q, _, _, kc, vc, meta = random_case(2, [], 4, 4, 64, 16, "cuda", torch.bfloat16, seed=3)
     x = torch.randn(2, 256, device="cuda", dtype=torch.bfloat16)
-    pos = meta.context_lens - 1
-    out = attn(x, ForwardContext(positions=pos, attn=meta, kv_caches=[(kc, vc)]))
-    assert calls == [True] and out.shape == (2, 256)
+    ctx = ForwardContext(positions=meta.context_lens - 1, attn=meta, kv_caches=[(kc, vc)])
+    try:
+        for opt_in, want in (("", []), ("decode_attention", [True])):
+            monkeypatch.setenv("FASTGEN_KERNELS_ON", opt_in)
+            kernels._switched_on.cache_clear()
+            calls.clear()
+            out = attn(x, ctx)
+            assert calls == want and out.shape == (2, 256)
+    finally:
+        monkeypatch.delenv("FASTGEN_KERNELS_ON")
+        kernels._switched_on.cache_clear()
