@@ -41,6 +41,8 @@
 #              on (FASTGEN_KERNELS_ON: opt-in); Phi-2 at 8 and 32 clients (default path); Llama-2-7B and
 #              Mixtral-8x7B (500/150) at 1 client with it on; lines in s7.txt
 #   s7b        the same for the fused kernel's second version (loads issued together, a parallel merge), shorter
+#   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
+#              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
 #              asynchronous scheduling on and off; host time per decode step at 128 sequences; then the
 #              seed's other Phi-2 scenarios and Falcon-40B 1200/60 while time lasts
@@ -278,6 +280,15 @@ if has s7b; then        # session 7's second kernel version: tests, Phi-2 at 1 c
   timeout 60 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag s7b \
     2>&1 | s7 mixtral-8x7b
   unset FASTGEN_KERNELS_ON
+fi
+if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
+  # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
+  # Firecracker machines only (KINDS.md), clocks left alone (METHOD.md)
+  timeout 240 ncu --clock-control none --set full --launch-count 6 \
+    -k "regex:decode_attention|_paged_decode|_merge|rotary_kv" \
+    python3 tools/attention_bench.py --small-decode-only --no-tiles > "$OUT/ncu.txt" 2>&1
+  grep -E "decode_attention|_paged_decode|_merge|rotary_kv|Duration|Memory Throughput|Achieved Occupancy|Registers" \
+    "$OUT/ncu.txt" | head -60
 fi
 if has load; then
   timeout 300 python3 tools/load_time.py --preset llama-2-7b --json "$OUT/load.jsonl" 2>&1 | tail -6
