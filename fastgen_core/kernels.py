@@ -68,9 +68,14 @@ def mode() -> str:
     return value
 
 
+def _env_names(var: str) -> frozenset[str]:
+    """The comma-separated names in the environment variable ``var`` (FASTGEN_KERNELS_OFF / _ON)."""
+    return frozenset(x.strip() for x in os.environ.get(var, "").split(",") if x.strip())
+
+
 @functools.lru_cache(maxsize=None)
 def _switched_off() -> frozenset[str]:
-    return frozenset(x.strip() for x in os.environ.get("FASTGEN_KERNELS_OFF", "").split(",") if x.strip())
+    return _env_names("FASTGEN_KERNELS_OFF")
 
 
 def switched_off(name: str) -> bool:
@@ -83,7 +88,7 @@ OPT_IN = ("decode_attention",)      # kernels that did not win their A/B on a GP
 
 @functools.lru_cache(maxsize=None)
 def _switched_on() -> frozenset[str]:
-    names = frozenset(x.strip() for x in os.environ.get("FASTGEN_KERNELS_ON", "").split(",") if x.strip())
+    names = _env_names("FASTGEN_KERNELS_ON")
     unknown = sorted(names - set(OPT_IN))
     if unknown:
         raise ValueError(f"FASTGEN_KERNELS_ON names unknown opt-in kernels {unknown}; allowed: {', '.join(OPT_IN)}")
