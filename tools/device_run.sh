@@ -41,6 +41,9 @@
 #              on (FASTGEN_KERNELS_ON: opt-in); Phi-2 at 8 and 32 clients (default path); Llama-2-7B and
 #              Mixtral-8x7B (500/150) at 1 client with it on; lines in s7.txt
 #   s7b        the same for the fused kernel's second version (loads issued together, a parallel merge), shorter
+#   s8         session 8: a parallel layer's MLP on a second stream beside attention (branch_streams): GPU tests;
+#              Phi-2 at 1 client off/on/off/on, Falcon-7B at 1 client off/on, Phi-2 at 32 clients on/off; Phi-2 offline
+#              with the fork up to 0 / 256 / 4096 tokens a step; Phi-2's batch-1 step profile; lines in s8.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -280,6 +283,33 @@ if has s7b; then        # session 7's second kernel version: tests, Phi-2 at 1 c
   timeout 60 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag s7b \
     2>&1 | s7 mixtral-8x7b
   unset FASTGEN_KERNELS_ON
+fi
+if has s8; then         # session 8: parallel layers' MLP on a second stream (FASTGEN_KERNELS_OFF=branch_streams: one)
+  S="$OUT/s8.txt"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_graphs_gpu.py \
+    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda > /tmp/t.log 2>&1
+  tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
+  cp /tmp/t.log "$OUT/gpu_tests.log"
+  s8() { grep -E "^online|^fastgen|Error" | sed "s/^/$1 /" | tee -a "$S"; }
+  for off in branch_streams "" branch_streams ""; do
+    FASTGEN_KERNELS_OFF=$off timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "s8${off:+-off-$off}" 2>&1 | s8 "phi-2 off:${off:-none}"
+  done
+  for off in branch_streams ""; do
+    FASTGEN_KERNELS_OFF=$off timeout 50 $OL --preset falcon-7b --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "s8${off:+-off-$off}" 2>&1 | s8 "falcon-7b off:${off:-none}"
+  done
+  for off in "" branch_streams; do
+    FASTGEN_KERNELS_OFF=$off timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 32 \
+      --tag "s8${off:+-off-$off}" 2>&1 | s8 "phi-2 off:${off:-none}"
+  done
+  for cap in 0 256 4096; do
+    FASTGEN_BRANCH_MAX_TOKENS=$cap timeout 60 $B --preset phi-2 --num-requests 128 --gen-mean 60 --tag "s8-cap$cap" \
+      2>&1 | s8 "phi-2 offline cap:$cap"
+  done
+  timeout 60 python3 tools/profile_steps.py --preset phi-2 --requests 1 --prompt 1200 --gen 128 --equal-gen \
+    --top 24 --json "$OUT/profile.jsonl" --tag batch1-s8 > /tmp/p1.txt 2>&1
+  cat /tmp/p1.txt >> "$OUT/profile.txt"; grep -E "no synchronise|^decode|^prefill" /tmp/p1.txt | tee -a "$S"; tail -25 /tmp/p1.txt
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

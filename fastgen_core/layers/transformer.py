@@ -5,6 +5,7 @@ Engine parameter names follow transformers where users know them (``embed_tokens
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -138,9 +139,45 @@ class ParallelDecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor | Pending, ctx: ForwardContext) -> Pending:
         x, h = settle(x, self.input_layernorm)
-        m = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
+        side = branch_stream(h)
+        if side is None:
+            m = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
+            attn = self.self_attn(h, ctx)
+            return Pending(x, self.mlp(m), attn)      # summed with the next norm
+        # the MLP on a second stream beside attention (fork and join are captured into the decode graphs too)
+        main = torch.cuda.current_stream(h.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            m = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
+            mlp = self.mlp(m)
         attn = self.self_attn(h, ctx)
-        return Pending(x, self.mlp(m), attn)      # summed with the next norm
+        main.wait_stream(side)
+        # h, x and m are freed (or next used) on the main stream after the join, and mlp is next read there before
+        # the next fork: the allocator's per-stream reuse stays ordered without record_stream
+        return Pending(x, mlp, attn)
+
+
+# A parallel layer's attention and MLP both read its input: on CUDA, steps of up to BRANCH_MAX_TOKENS tokens run the
+# MLP on a second stream. At one decode row attention is a chain of small latency-bound kernels (~15 us a layer for
+# Phi-2) and the MLP two weight-streaming GEMVs; side by side, the GEMVs fill the time attention waits.
+# FASTGEN_KERNELS_OFF=branch_streams (or FASTGEN_BRANCH_MAX_TOKENS=0) keeps one stream.
+BRANCH_MAX_TOKENS = int(os.environ.get("FASTGEN_BRANCH_MAX_TOKENS", "256"))
+_branch_streams: dict[int, torch.cuda.Stream] = {}
+
+
+def branch_stream(h: torch.Tensor) -> torch.cuda.Stream | None:
+    """The second stream of ``h``'s device for a parallel layer's MLP, or None to stay on one stream: not CUDA,
+    more than ``BRANCH_MAX_TOKENS`` rows, switched off, or under tensor parallelism (whose all-reduces keep to one
+    stream's order on every rank)."""
+    if (not h.is_cuda or h.shape[0] > BRANCH_MAX_TOKENS or kernels.switched_off("branch_streams")
+            or (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1)):
+        return None
+    index = h.device.index if h.device.index is not None else torch.cuda.current_device()
+    stream = _branch_streams.get(index)
+    if stream is None:
+        stream = _branch_streams[index] = torch.cuda.Stream(index)
+    return stream
 
 
 class CausalLM(nn.Module):

@@ -80,3 +80,33 @@ def test_async_scheduling_matches_the_synchronous_loop_on_cuda(name, tmp_path):
         st = pipe.engine.stats()
         assert st["graph_steps"] > 0 and st["kv_blocks_used"] == 0
         pipe.destroy()
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_parallel_layers_on_two_streams_give_the_tokens_of_one_stream(graphs, tmp_path, monkeypatch):
+    """Phi's attention and MLP read the same input: steps of up to BRANCH_MAX_TOKENS rows run the MLP on a second
+    stream (eagerly and captured into the decode graphs). Same kernels either way, so bf16 tokens are identical;
+    a missing fork or join would read a half-written input or an unfinished MLP output. The model is wide enough
+    (hidden 2048, intermediate 8192) that the two branches' kernels overlap for real."""
+    import transformers as t
+    from fastgen_core.layers import transformer
+    cfg = t.PhiConfig(vocab_size=512, hidden_size=2048, intermediate_size=8192, num_hidden_layers=4,
+                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
+                      partial_rotary_factor=0.4)
+    save_tiny_model(cfg, tmp_path, init_std=0.05)
+    prompts = random_prompts(24, 512, 100, 900, seed=5)
+    forks = []
+    real = transformer.branch_stream
+    monkeypatch.setattr(transformer, "branch_stream", lambda h: forks.append(h.shape[0]) or real(h))
+    runs = {}
+    for cap in (0, 256):
+        monkeypatch.setattr(transformer, "BRANCH_MAX_TOKENS", cap)
+        forks.clear()
+        pipe = pipeline(str(tmp_path), device="cuda", dtype="bfloat16", max_ragged_batch_size=512,
+                        kv_block_size=16, cuda_graphs=graphs, cuda_graph_max_batch=32)
+        outs = pipe(prompts, max_new_tokens=32, ignore_eos=True)
+        runs[cap] = [o.token_ids for o in outs]
+        assert (pipe.engine.stats()["graph_steps"] > 0) == graphs
+        pipe.destroy()
+        assert forks and any(n <= cap for n in forks) == (cap > 0)    # forked where the cap allows
+    assert runs[0] == runs[256]
