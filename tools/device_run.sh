@@ -41,6 +41,9 @@
 #              on (FASTGEN_KERNELS_ON: opt-in); Phi-2 at 8 and 32 clients (default path); Llama-2-7B and
 #              Mixtral-8x7B (500/150) at 1 client with it on; lines in s7.txt
 #   s7b        the same for the fused kernel's second version (loads issued together, a parallel merge), shorter
+#   final4     issue 10's must-shows in one call: GPU tests of graphs, async and two-stream equivalence and fp32 tokens;
+#              per-token P50 at 1 client (Phi-2 with branch_streams on/off/on, Llama-2-7B, Mixtral-8x7B 500/150); Phi-2
+#              at 32 clients; host time per decode step at 128 sequences (async loop); lines in final4.txt
 #   s8         session 8: a parallel layer's MLP on a second stream beside attention (branch_streams): GPU tests;
 #              Phi-2 at 1 client off/on/off/on, Falcon-7B at 1 client off/on, Phi-2 at 32 clients on/off; Phi-2 offline
 #              with the fork up to 0 / 256 / 4096 tokens a step; Phi-2's batch-1 step profile; lines in s8.txt
@@ -240,7 +243,7 @@ if has seed; then      # the seed's scenarios, cheapest first; each command's ti
   [[ $R == *,mix-short,* ]] && timeout 220 $OL --preset mixtral-8x7b --prompt-mean 500 --gen-mean 150 500 --online 1,16,64 \
     --tag seed 2>&1 | sd mixtral-8x7b
   [[ $R == *,mix-1200,* ]] && timeout 150 $OL --preset mixtral-8x7b --gen-mean 60 128 --online 1,16,64 --tag seed 2>&1 | sd mixtral-8x7b
-  [[ $R == *,mix-1024,* ]] && timeout 200 $OL --preset mixtral-8x7b --prompt-mean 500 --gen-mean 1024 --online 16,64 \
+  [[ $R == *,mix-1024,* ]] && timeout 270 $OL --preset mixtral-8x7b --prompt-mean 500 --gen-mean 1024 --online 16,64 \
     --tag seed 2>&1 | sd mixtral-8x7b
 fi
 if has s7; then         # session 7: the fused decode-attention kernel (rotary + KV write + split attention + merge)
@@ -283,6 +286,25 @@ if has s7b; then        # session 7's second kernel version: tests, Phi-2 at 1 c
   timeout 60 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag s7b \
     2>&1 | s7 mixtral-8x7b
   unset FASTGEN_KERNELS_ON
+fi
+if has final4; then
+  S="$OUT/final4.txt"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_graphs_gpu.py \
+    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda > /tmp/t.log 2>&1
+  tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
+  cp /tmp/t.log "$OUT/gpu_tests.log"
+  f4() { grep -E "^online|^fastgen|no synchronise|Error" | sed "s/^/$1 /" | tee -a "$S"; }
+  for off in "" branch_streams ""; do
+    FASTGEN_KERNELS_OFF=$off timeout 40 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "final4${off:+-off-$off}" 2>&1 | f4 "phi-2 off:${off:-none}"
+  done
+  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag final4 2>&1 | f4 llama-2-7b
+  timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag final4 \
+    2>&1 | f4 mixtral-8x7b
+  timeout 50 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32 --tag final4 2>&1 | f4 "phi-2"
+  timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen --only-overlapped \
+    --json "$OUT/profile.jsonl" --tag host-128-async > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"
+  f4 host-128-async < /tmp/h.txt
 fi
 if has s8; then         # session 8: parallel layers' MLP on a second stream (FASTGEN_KERNELS_OFF=branch_streams: one)
   S="$OUT/s8.txt"

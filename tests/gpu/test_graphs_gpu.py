@@ -87,12 +87,12 @@ def test_parallel_layers_on_two_streams_give_the_tokens_of_one_stream(graphs, tm
     """Phi's attention and MLP read the same input: steps of up to BRANCH_MAX_TOKENS rows run the MLP on a second
     stream (eagerly and captured into the decode graphs). Same kernels either way, so bf16 tokens are identical;
     a missing fork or join would read a half-written input or an unfinished MLP output. The model is wide enough
-    (hidden 2048, intermediate 8192) that the two branches' kernels overlap for real."""
+    (Phi-2's layers) that the two branches' kernels overlap for real."""
     import transformers as t
     from fastgen_core.layers import transformer
-    cfg = t.PhiConfig(vocab_size=512, hidden_size=2048, intermediate_size=8192, num_hidden_layers=4,
+    cfg = t.PhiConfig(vocab_size=512, hidden_size=2560, intermediate_size=10240, num_hidden_layers=2,
                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
-                      partial_rotary_factor=0.4)
+                      partial_rotary_factor=0.4)        # Phi-2's layer shapes: head_dim 80, 32 rotary channels
     save_tiny_model(cfg, tmp_path, init_std=0.05)
     prompts = random_prompts(24, 512, 100, 900, seed=5)
     forks = []
