@@ -212,3 +212,17 @@ def test_plot_cli_names_what_it_could_not_use(tmp_path):
     f.write_text(json.dumps({"kind": "online", "model": "a", "tag": "x"}) + "\n")
     with pytest.raises(SystemExit, match="no records in .* match model='b'"):
         plot.main([str(f), str(tmp_path / "o.png"), "--model", "b"])
+
+
+def test_profile_steps_counts_overlapping_kernels_once():
+    """tools/profile_steps.py's GPU busy time is the union of kernel intervals: a parallel layer's MLP on a second
+    stream overlaps attention, and summing durations would put the busy time above the wall time."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "tools" / "profile_steps.py"
+    spec = importlib.util.spec_from_file_location("profile_steps", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.busy_union_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
+    assert mod.busy_union_us([(3, 4), (0, 1)]) == 2
+    assert mod.busy_union_us([]) == 0

@@ -44,6 +44,9 @@
 #   final4     issue 10's must-shows in one call: GPU tests of graphs, async and two-stream equivalence and fp32 tokens;
 #              per-token P50 at 1 client (Phi-2 with branch_streams on/off/on, Llama-2-7B, Mixtral-8x7B 500/150); Phi-2
 #              at 32 clients; host time per decode step at 128 sequences (async loop); lines in final4.txt
+#   s8c        session 8's last call: Phi-2 at 32 clients twice in one process (with the allocator's retries), host
+#              time per step at 128 sequences (busy time now the union of kernel intervals), then the seed's remaining
+#              Mixtral scenarios (1200/60, 1200/128 at 1/16/64 clients; 500/1024 at 16/64); lines in s8c.txt
 #   s8         session 8: a parallel layer's MLP on a second stream beside attention (branch_streams): GPU tests;
 #              Phi-2 at 1 client off/on/off/on, Falcon-7B at 1 client off/on, Phi-2 at 32 clients on/off; Phi-2 offline
 #              with the fork up to 0 / 256 / 4096 tokens a step; Phi-2's batch-1 step profile; lines in s8.txt
@@ -231,6 +234,15 @@ if has final3; then
   timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag final3 2>&1 | f3 llama-2-7b
   timeout 45 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32 --tag final3 2>&1 | f3 "phi-2"
   SEED_RUNS=${SEED_RUNS:-phi2,falcon40b,mix-short}; STAGES="$STAGES,seed,"
+fi
+if has s8c; then
+  S="$OUT/s8c.txt"
+  c8() { grep -E "^online|^fastgen|no synchronise|Error" | sed "s/^/$1 /" | tee -a "$S"; }
+  timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32,32 --tag s8c 2>&1 | c8 "phi-2"
+  timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen --only-overlapped \
+    --json "$OUT/profile.jsonl" --tag host-128-async > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"
+  c8 host-128-async < /tmp/h.txt
+  SEED_RUNS=mix-1200,mix-1024; STAGES="$STAGES,seed,"
 fi
 if has seed; then      # the seed's scenarios, cheapest first; each command's timeout bounds it
   S="$OUT/seed.txt"

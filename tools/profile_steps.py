@@ -83,9 +83,22 @@ def run_pass(eng, w, tag, profile_every=0):
     return rows, kernels, by_name
 
 
+def busy_union_us(spans: list[tuple[float, float]]) -> float:
+    """The time covered by the (start, end) spans: kernels of two streams that overlap count once."""
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(spans):
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
 def _busy_s(prof) -> float:
-    return sum(getattr(ev, "device_time_total", None) or ev.cuda_time_total for ev in prof.events()
-               if ev.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+    """The GPU's busy time in a profile: the union of its kernels' (and copies') intervals, so that a parallel
+    layer's two streams (layers/transformer.py::branch_stream) are not counted twice."""
+    spans = [(ev.time_range.start, ev.time_range.end) for ev in prof.events()
+             if ev.device_type == torch.autograd.DeviceType.CUDA]
+    return busy_union_us(spans) / 1e6
 
 
 def _timed_run(eng, w, tag, profiled: bool):
@@ -126,17 +139,24 @@ def _timed_run(eng, w, tag, profiled: bool):
     return head_wall, end - (tail_t0 or end), steps - tail_steps, tail_steps, tail_running, head, tail
 
 
+ALLOCATOR_STATS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams")
+
+
 def overlapped_pass(eng, w, tag):
     """Pass 3: no synchronise between steps. Kernel busy time from a profile over the run up to the
     decode-only tail and another over the tail; the wall times also from a run of the same workload without
     the profiler (CUPTI slows each launch down, which prompt-carrying steps, with hundreds of launches, feel)."""
+    m0 = torch.cuda.memory_stats()
     head_wall_u, tail_wall_u, *_ = _timed_run(eng, w, tag + "u", profiled=False)
+    m1 = torch.cuda.memory_stats()
     head_wall, tail_wall, head_steps, tail_steps, tail_running, head, tail = _timed_run(eng, w, tag, profiled=True)
     steps = head_steps + tail_steps
     busy_head, busy_tail = _busy_s(head), (_busy_s(tail) if tail is not None else 0.0)
     wall = head_wall + tail_wall
     out = {"steps": steps, "wall_s": round(wall, 4), "kernel_busy_s": round(busy_head + busy_tail, 4),
-           "host_exposed_ms_per_step": round((wall - busy_head - busy_tail) / steps * 1e3, 3)}
+           "host_exposed_ms_per_step": round((wall - busy_head - busy_tail) / steps * 1e3, 3),
+           # the caching allocator in the unprofiled run: a retry frees cached blocks (cudaFree waits for the GPU)
+           "allocator": {k: m1.get(k, 0) - m0.get(k, 0) for k in ALLOCATOR_STATS}}
     if head_steps:      # the prompt-carrying part: host time the GPU waits for, against the GPU's busy time
         out |= {"head_steps": head_steps, "head_busy_ms_per_step": round(busy_head / head_steps * 1e3, 3),
                 "head_host_exposed_ms_per_step": round(max(head_wall - busy_head, 0) / head_steps * 1e3, 3),

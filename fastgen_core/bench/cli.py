@@ -323,7 +323,8 @@ def _table(records: list[dict]) -> None:
         if r.get("kind") == "online":
             print(f"online {r['mean_prompt']}/{r['mean_gen']} C={r['clients']:<3} {r['gen_tok_s']:>9.1f} tok/s  "
                   f"TTFT p50 {r['ttft_s_p50']:.3f}s  "
-                  f"TPOT p50 {r['tpot_s_p50'] * 1e3:.1f}ms ({r['tpot_s_p50'] / r.get('token_weight_read_s', r['weight_read_s']):.1f}x "
+                  f"TPOT p50 {r['tpot_s_p50'] * 1e3:.2f}ms ({r['tpot_s_p50'] / r.get('token_weight_read_s', r['weight_read_s']):.1f}x "
                   f"weight read)  "
                   f"e2e p95 {r['e2e_s_p95']:.2f}s  "
-                  f"eff rps@2/4/6 {r['effective_rps_sla2']}/{r['effective_rps_sla4']}/{r['effective_rps_sla6']}")
+                  f"eff rps@2/4/6 {r['effective_rps_sla2']}/{r['effective_rps_sla4']}/{r['effective_rps_sla6']}"
+                  + (f"  allocator retries {r['allocator']['num_alloc_retries']}" if r.get("allocator") else ""))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import torch
+
 from .offline import _params, _sync
 from .workload import Workload
 
@@ -39,6 +41,7 @@ def run_online(engine, workload: Workload, clients: int, num_requests: int | Non
     count: dict[str, int] = {}
     idx: dict[str, int] = {}
     _sync(engine)
+    mem0 = _allocator_stats(engine)
     t0 = time.perf_counter()
 
     def submit():
@@ -88,4 +91,15 @@ def run_online(engine, workload: Workload, clients: int, num_requests: int | Non
     for s in SLAS:
         out[f"effective_rps_sla{int(s)}"] = round(served[s] / wall, 4)
         out[f"served_frac_sla{int(s)}"] = round(served[s] / n, 4)
+    if mem0:
+        # what the caching allocator did during the run: a retry frees cached blocks, and cudaFree waits for the
+        # GPU, a sync the step loop does not see
+        out["allocator"] = {k: v - mem0[k] for k, v in _allocator_stats(engine).items()}
     return out
+
+
+def _allocator_stats(engine) -> dict:
+    if engine.device.type != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats(engine.device)
+    return {k: stats.get(k, 0) for k in ("num_alloc_retries", "num_device_alloc", "num_device_free")}
