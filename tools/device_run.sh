@@ -44,6 +44,9 @@
 #   final4     issue 10's must-shows in one call: GPU tests of graphs, async and two-stream equivalence and fp32 tokens;
 #              per-token P50 at 1 client (Phi-2 with branch_streams on/off/on, Llama-2-7B, Mixtral-8x7B 500/150); Phi-2
 #              at 32 clients; host time per decode step at 128 sequences (async loop); lines in final4.txt
+#   final5     issue 10's must-shows again, shortest first (the budget may cut the end): Phi-2 at 1 then 32 clients in
+#              one process, Llama-2-7B and Mixtral-8x7B (500/150) at 1 client, host time per decode step at 128
+#              sequences, then the GPU tests of fp32 tokens, the async loop and the two streams; lines in final5.txt
 #   s8c        session 8's last call: Phi-2 at 32 clients twice in one process (with the allocator's retries), host
 #              time per step at 128 sequences (busy time now the union of kernel intervals), then the seed's remaining
 #              Mixtral scenarios (1200/60, 1200/128 at 1/16/64 clients; 500/1024 at 16/64); lines in s8c.txt
@@ -234,6 +237,20 @@ if has final3; then
   timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag final3 2>&1 | f3 llama-2-7b
   timeout 45 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32 --tag final3 2>&1 | f3 "phi-2"
   SEED_RUNS=${SEED_RUNS:-phi2,falcon40b,mix-short}; STAGES="$STAGES,seed,"
+fi
+if has final5; then
+  S="$OUT/final5.txt"
+  f5() { grep -E "^online|^fastgen|no synchronise|Error|passed|failed|^FAILED" | sed "s/^/$1 /" | tee -a "$S"; }
+  timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag final5 2>&1 | f5 phi-2
+  timeout 50 $OL --preset llama-2-7b --num-requests 8 --gen-mean 60 --online 1 --tag final5 2>&1 | f5 llama-2-7b
+  timeout 65 $OL --preset mixtral-8x7b --num-requests 8 --prompt-mean 500 --gen-mean 150 --online 1 --tag final5 \
+    2>&1 | f5 mixtral-8x7b
+  timeout 65 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen --only-overlapped \
+    --json "$OUT/profile.jsonl" --tag host-128-async > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"
+  f5 host-128-async < /tmp/h.txt
+  timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda \
+    tests/gpu/test_graphs_gpu.py -k "transformers or async or two_streams" > "$OUT/gpu_tests.log" 2>&1
+  f5 tests < "$OUT/gpu_tests.log"
 fi
 if has s8c; then
   S="$OUT/s8c.txt"
