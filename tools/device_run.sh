@@ -72,6 +72,15 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v WARNING
 for p in plugins/*/; do python3 -m pip install -q --no-deps --no-build-isolation -e "$p" 2>&1 | grep -v WARNING; done
 OLD="FASTGEN_KERNELS=reference FASTGEN_ATTENTION=sdpa"
+# a stage's GPU tests (timeout, then pytest's arguments): the summary and failures into the stage's $S, the log kept
+gpu_tests() {
+  local limit=$1; shift
+  timeout "$limit" python3 -m pytest -q -p no:cacheprovider "$@" > /tmp/t.log 2>&1
+  tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
+  cp /tmp/t.log "$OUT/gpu_tests.log"
+}
+# a run's result lines (bench, profile_steps), each prefixed with what ran, into the stage's $S
+keep() { grep -E "^online|^fastgen|no synchronise|Error|passed|failed|^FAILED" | sed "s/^/$1 /" | tee -a "$S"; }
 B="python3 -m fastgen_core.cli bench --output $OUT/bench.jsonl --peer none --max-ragged-batch-size 2048"
 OL="$B --no-offline"
 if has tests; then     # GPU_TESTS narrows the files (default: all of tests/gpu)
@@ -240,25 +249,22 @@ if has final3; then
 fi
 if has final5; then
   S="$OUT/final5.txt"
-  f5() { grep -E "^online|^fastgen|no synchronise|Error|passed|failed|^FAILED" | sed "s/^/$1 /" | tee -a "$S"; }
-  timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag final5 2>&1 | f5 phi-2
-  timeout 50 $OL --preset llama-2-7b --num-requests 8 --gen-mean 60 --online 1 --tag final5 2>&1 | f5 llama-2-7b
+  timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 1,32 --tag final5 2>&1 | keep phi-2
+  timeout 50 $OL --preset llama-2-7b --num-requests 8 --gen-mean 60 --online 1 --tag final5 2>&1 | keep llama-2-7b
   timeout 65 $OL --preset mixtral-8x7b --num-requests 8 --prompt-mean 500 --gen-mean 150 --online 1 --tag final5 \
-    2>&1 | f5 mixtral-8x7b
+    2>&1 | keep mixtral-8x7b
   timeout 65 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen --only-overlapped \
     --json "$OUT/profile.jsonl" --tag host-128-async > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"
-  f5 host-128-async < /tmp/h.txt
-  timeout 80 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda \
-    tests/gpu/test_graphs_gpu.py -k "transformers or async or two_streams" > "$OUT/gpu_tests.log" 2>&1
-  f5 tests < "$OUT/gpu_tests.log"
+  keep host-128-async < /tmp/h.txt
+  gpu_tests 80 tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py \
+    -k "transformers or async or two_streams"
 fi
 if has s8c; then
   S="$OUT/s8c.txt"
-  c8() { grep -E "^online|^fastgen|no synchronise|Error" | sed "s/^/$1 /" | tee -a "$S"; }
-  timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32,32 --tag s8c 2>&1 | c8 "phi-2"
+  timeout 60 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32,32 --tag s8c 2>&1 | keep "phi-2"
   timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen --only-overlapped \
     --json "$OUT/profile.jsonl" --tag host-128-async > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"
-  c8 host-128-async < /tmp/h.txt
+  keep host-128-async < /tmp/h.txt
   SEED_RUNS=mix-1200,mix-1024; STAGES="$STAGES,seed,"
 fi
 if has seed; then      # the seed's scenarios, cheapest first; each command's timeout bounds it
@@ -277,86 +283,70 @@ if has seed; then      # the seed's scenarios, cheapest first; each command's ti
 fi
 if has s7; then         # session 7: the fused decode-attention kernel (rotary + KV write + split attention + merge)
   S="$OUT/s7.txt"
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_decode_attention_gpu.py tests/gpu/test_graphs_gpu.py \
-    tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda \
-    -k "not gemv" > /tmp/t.log 2>&1
-  tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
-  cp /tmp/t.log "$OUT/gpu_tests.log"
+  gpu_tests 150 tests/gpu/test_decode_attention_gpu.py tests/gpu/test_graphs_gpu.py tests/gpu/test_kernels_gpu.py \
+    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda -k "not gemv"
   timeout 60 python3 tools/attention_bench.py --small-decode-only --no-tiles --json "$OUT/small_decode.jsonl" 2>&1 \
     | grep -vi warn | tail -16 | tee -a "$S"
-  s7() { grep -E "^online|Error" | sed "s/^/$1 /" | tee -a "$S"; }
   for on in decode_attention "" decode_attention; do      # opt-in since session 7 (it did not win)
     FASTGEN_KERNELS_ON=$on timeout 50 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-      --tag "s7${on:+-on-$on}" 2>&1 | s7 "phi-2 on:${on:-none}"
+      --tag "s7${on:+-on-$on}" 2>&1 | keep "phi-2 on:${on:-none}"
   done
-  timeout 60 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 8,32 --tag s7-aligned 2>&1 | s7 "phi-2"
+  timeout 60 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 8,32 --tag s7-aligned 2>&1 | keep "phi-2"
   export FASTGEN_KERNELS_ON=decode_attention
-  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag s7 2>&1 | s7 "llama-2-7b"
+  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag s7 2>&1 | keep "llama-2-7b"
   timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag s7 \
-    2>&1 | s7 mixtral-8x7b
+    2>&1 | keep mixtral-8x7b
   unset FASTGEN_KERNELS_ON
 fi
 if has s7b; then        # session 7's second kernel version: tests, Phi-2 at 1 client on/off/on, the layer bench, Llama, Mixtral
   S="$OUT/s7b.txt"
-  timeout 110 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_decode_attention_gpu.py \
-    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py \
-    tests/gpu/test_kernels_gpu.py -k "decode or fp32 or async" > /tmp/t.log 2>&1
-  tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
-  cp /tmp/t.log "$OUT/gpu_tests.log"
-  s7() { grep -E "^online|Error" | sed "s/^/$1 /" | tee -a "$S"; }
+  gpu_tests 110 tests/gpu/test_decode_attention_gpu.py tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda \
+    tests/gpu/test_graphs_gpu.py tests/gpu/test_kernels_gpu.py -k "decode or fp32 or async"
   for on in decode_attention "" decode_attention; do      # opt-in since session 7 (it did not win)
     FASTGEN_KERNELS_ON=$on timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-      --tag "s7b${on:+-on-$on}" 2>&1 | s7 "phi-2 on:${on:-none}"
+      --tag "s7b${on:+-on-$on}" 2>&1 | keep "phi-2 on:${on:-none}"
   done
   timeout 45 python3 tools/attention_bench.py --small-decode-only --no-tiles --json "$OUT/small_decode.jsonl" 2>&1 \
     | grep -vi warn | tail -16 | tee -a "$S"
   export FASTGEN_KERNELS_ON=decode_attention
-  timeout 50 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag s7b 2>&1 | s7 "llama-2-7b"
+  timeout 50 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag s7b 2>&1 | keep "llama-2-7b"
   timeout 60 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag s7b \
-    2>&1 | s7 mixtral-8x7b
+    2>&1 | keep mixtral-8x7b
   unset FASTGEN_KERNELS_ON
 fi
 if has final4; then
   S="$OUT/final4.txt"
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_graphs_gpu.py \
-    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda > /tmp/t.log 2>&1
-  tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
-  cp /tmp/t.log "$OUT/gpu_tests.log"
-  f4() { grep -E "^online|^fastgen|no synchronise|Error" | sed "s/^/$1 /" | tee -a "$S"; }
+  gpu_tests 120 tests/gpu/test_graphs_gpu.py tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda
   for off in "" branch_streams ""; do
     FASTGEN_KERNELS_OFF=$off timeout 40 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-      --tag "final4${off:+-off-$off}" 2>&1 | f4 "phi-2 off:${off:-none}"
+      --tag "final4${off:+-off-$off}" 2>&1 | keep "phi-2 off:${off:-none}"
   done
-  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag final4 2>&1 | f4 llama-2-7b
+  timeout 60 $OL --preset llama-2-7b --num-requests 16 --gen-mean 60 --online 1 --tag final4 2>&1 | keep llama-2-7b
   timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1 --tag final4 \
-    2>&1 | f4 mixtral-8x7b
-  timeout 50 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32 --tag final4 2>&1 | f4 "phi-2"
+    2>&1 | keep mixtral-8x7b
+  timeout 50 $OL --preset phi-2 --num-requests 64 --gen-mean 60 --online 32 --tag final4 2>&1 | keep "phi-2"
   timeout 70 python3 tools/profile_steps.py --preset phi-2 --budget 2048 --requests 128 --equal-gen --only-overlapped \
     --json "$OUT/profile.jsonl" --tag host-128-async > /tmp/h.txt 2>&1; cat /tmp/h.txt >> "$OUT/hostdiag.txt"
-  f4 host-128-async < /tmp/h.txt
+  keep host-128-async < /tmp/h.txt
 fi
 if has s8; then         # session 8: parallel layers' MLP on a second stream (FASTGEN_KERNELS_OFF=branch_streams: one)
   S="$OUT/s8.txt"
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_graphs_gpu.py \
-    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda > /tmp/t.log 2>&1
-  tail -1 /tmp/t.log | tee -a "$S"; grep -E "^FAILED|^ERROR" /tmp/t.log | cut -c1-200 | head -20 | tee -a "$S"
-  cp /tmp/t.log "$OUT/gpu_tests.log"
-  s8() { grep -E "^online|^fastgen|Error" | sed "s/^/$1 /" | tee -a "$S"; }
+  gpu_tests 150 tests/gpu/test_graphs_gpu.py tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda
   for off in branch_streams "" branch_streams ""; do
     FASTGEN_KERNELS_OFF=$off timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-      --tag "s8${off:+-off-$off}" 2>&1 | s8 "phi-2 off:${off:-none}"
+      --tag "s8${off:+-off-$off}" 2>&1 | keep "phi-2 off:${off:-none}"
   done
   for off in branch_streams ""; do
     FASTGEN_KERNELS_OFF=$off timeout 50 $OL --preset falcon-7b --num-requests 16 --gen-mean 60 --online 1 \
-      --tag "s8${off:+-off-$off}" 2>&1 | s8 "falcon-7b off:${off:-none}"
+      --tag "s8${off:+-off-$off}" 2>&1 | keep "falcon-7b off:${off:-none}"
   done
   for off in "" branch_streams; do
     FASTGEN_KERNELS_OFF=$off timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 32 \
-      --tag "s8${off:+-off-$off}" 2>&1 | s8 "phi-2 off:${off:-none}"
+      --tag "s8${off:+-off-$off}" 2>&1 | keep "phi-2 off:${off:-none}"
   done
   for cap in 0 256 4096; do
     FASTGEN_BRANCH_MAX_TOKENS=$cap timeout 60 $B --preset phi-2 --num-requests 128 --gen-mean 60 --tag "s8-cap$cap" \
-      2>&1 | s8 "phi-2 offline cap:$cap"
+      2>&1 | keep "phi-2 offline cap:$cap"
   done
   timeout 60 python3 tools/profile_steps.py --preset phi-2 --requests 1 --prompt 1200 --gen 128 --equal-gen \
     --top 24 --json "$OUT/profile.jsonl" --tag batch1-s8 > /tmp/p1.txt 2>&1
