@@ -25,6 +25,7 @@ import torch
 
 from fastgen_core.bench.cli import append_jsonl
 from fastgen_core.bench.offline import _params, warm_up
+from fastgen_core.bench.online import ALLOCATOR_STATS
 from fastgen_core.bench.workload import make_workload, write_preset
 from fastgen_core.config import EngineConfig
 from fastgen_core.engine.engine import LLMEngine
@@ -139,9 +140,6 @@ def _timed_run(eng, w, tag, profiled: bool):
     return head_wall, end - (tail_t0 or end), steps - tail_steps, tail_steps, tail_running, head, tail
 
 
-ALLOCATOR_STATS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams")
-
-
 def overlapped_pass(eng, w, tag):
     """Pass 3: no synchronise between steps. Kernel busy time from a profile over the run up to the
     decode-only tail and another over the tail; the wall times also from a run of the same workload without
@@ -155,7 +153,6 @@ def overlapped_pass(eng, w, tag):
     wall = head_wall + tail_wall
     out = {"steps": steps, "wall_s": round(wall, 4), "kernel_busy_s": round(busy_head + busy_tail, 4),
            "host_exposed_ms_per_step": round((wall - busy_head - busy_tail) / steps * 1e3, 3),
-           # the caching allocator in the unprofiled run: a retry frees cached blocks (cudaFree waits for the GPU)
            "allocator": {k: m1.get(k, 0) - m0.get(k, 0) for k in ALLOCATOR_STATS}}
     if head_steps:      # the prompt-carrying part: host time the GPU waits for, against the GPU's busy time
         out |= {"head_steps": head_steps, "head_busy_ms_per_step": round(busy_head / head_steps * 1e3, 3),

@@ -19,6 +19,9 @@ from .offline import _params, _sync
 from .workload import Workload
 
 SLAS = (2.0, 4.0, 6.0)
+# the caching allocator's counters a run reports (torch.cuda.memory_stats): a retry frees cached blocks, and
+# cudaFree waits for the GPU, a sync the step loop does not see
+ALLOCATOR_STATS = ("num_alloc_retries", "num_device_alloc", "num_device_free")
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -91,9 +94,7 @@ def run_online(engine, workload: Workload, clients: int, num_requests: int | Non
     for s in SLAS:
         out[f"effective_rps_sla{int(s)}"] = round(served[s] / wall, 4)
         out[f"served_frac_sla{int(s)}"] = round(served[s] / n, 4)
-    if mem0:
-        # what the caching allocator did during the run: a retry frees cached blocks, and cudaFree waits for the
-        # GPU, a sync the step loop does not see
+    if mem0:         # what the caching allocator did during the run
         out["allocator"] = {k: v - mem0[k] for k, v in _allocator_stats(engine).items()}
     return out
 
@@ -102,4 +103,4 @@ def _allocator_stats(engine) -> dict:
     if engine.device.type != "cuda":
         return {}
     stats = torch.cuda.memory_stats(engine.device)
-    return {k: stats.get(k, 0) for k in ("num_alloc_retries", "num_device_alloc", "num_device_free")}
+    return {k: stats.get(k, 0) for k in ALLOCATOR_STATS}
