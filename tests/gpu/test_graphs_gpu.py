@@ -63,7 +63,7 @@ def test_destroy_frees_graphs_and_cache(tmp_path):
     assert torch.cuda.mem_get_info()[0] > free0 - (1 << 30)
 
 
-@pytest.mark.parametrize("name", ["llama", "phi"])
+@pytest.mark.parametrize("name", ["llama", "phi", "falcon-40b"])
 def test_async_scheduling_matches_the_synchronous_loop_on_cuda(name, tmp_path):
     """One step ahead of the GPU (tokens fed from the device into eager steps and into the graphs' static
     inputs, read back one step late): float32 tokens equal transformers', with graphs and under preemption."""
