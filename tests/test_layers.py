@@ -82,6 +82,18 @@ def test_parallel_block_sums_attention_mlp_and_residual(shared_norm):
     assert torch.equal(again, settle(block(want, None), ln1)[0])
 
 
+def test_a_sharded_parallel_block_keeps_one_stream():
+    """Tensor-parallel branches all-reduce, so a sharded parallel block never forks its MLP onto a second stream
+    (every rank must issue its collectives in one order); an unsharded one may (on CUDA)."""
+    from fastgen_core.layers import MLP
+    from fastgen_core.layers.sharded import TPGroup
+    two = TPGroup(rank=0, size=2)
+    for tp, sharded in ((None, False), (two, True)):
+        block = ParallelDecoderLayer(_Attn(16, 16), MLP(16, 32, tp=tp), LayerNorm(16))
+        assert block.sharded is sharded
+    assert ParallelDecoderLayer(_Attn(16, 16), torch.nn.Linear(16, 16), LayerNorm(16)).sharded is False
+
+
 def test_pre_norm_block_takes_layer_norms():
     torch.manual_seed(0)
     attn, mlp, ln1, ln2 = _Attn(16, 16), torch.nn.Linear(16, 16), LayerNorm(16), LayerNorm(16)

@@ -136,10 +136,13 @@ class ParallelDecoderLayer(nn.Module):
         self.self_attn = self_attn
         self.post_attention_layernorm = post_attention_layernorm
         self.mlp = mlp
+        # sharded branches all-reduce (RowParallelLinear, the MoE block): they stay on one stream, so that every
+        # rank issues its collectives in one order
+        self.sharded = any(isinstance(getattr(m, "tp", None), TPGroup) and m.tp.size > 1 for m in self.modules())
 
     def forward(self, x: torch.Tensor | Pending, ctx: ForwardContext) -> Pending:
         x, h = settle(x, self.input_layernorm)
-        side = branch_stream(h)
+        side = None if self.sharded else branch_stream(h)
         if side is None:
             m = h if self.post_attention_layernorm is None else self.post_attention_layernorm(x)
             attn = self.self_attn(h, ctx)
@@ -167,11 +170,9 @@ _branch_streams: dict[int, torch.cuda.Stream] = {}
 
 def branch_stream(h: torch.Tensor) -> torch.cuda.Stream | None:
     """The second stream of ``h``'s device for a parallel layer's MLP, or None to stay on one stream: not CUDA,
-    more than ``BRANCH_MAX_TOKENS`` rows, switched off, or under tensor parallelism (whose all-reduces keep to one
-    stream's order on every rank)."""
-    if (not h.is_cuda or h.shape[0] > BRANCH_MAX_TOKENS or kernels.switched_off("branch_streams")
-            or (torch.distributed.is_available() and torch.distributed.is_initialized()
-                and torch.distributed.get_world_size() > 1)):
+    more than ``BRANCH_MAX_TOKENS`` rows, or switched off. (A tensor-parallel layer never asks: its
+    ``sharded``.)"""
+    if not h.is_cuda or h.shape[0] > BRANCH_MAX_TOKENS or kernels.switched_off("branch_streams"):
         return None
     index = h.device.index if h.device.index is not None else torch.cuda.current_device()
     stream = _branch_streams.get(index)
