@@ -27,8 +27,8 @@ NVCC_WHEELS = (f"nvidia-cuda-nvcc=={NVCC_VERSION}", f"nvidia-nvvm=={NVCC_VERSION
 # the core's headers, as fastgen_core.kernels.load puts them on NVRTC's include path
 NVRTC_WHEEL = f"nvidia-cuda-nvrtc=={NVCC_VERSION}"
 KERNEL_INCLUDE = Path(__file__).resolve().parents[1] / "kernels"
-NVCC_FLAGS = ("-std=c++17", "-arch=sm_90a", f"-I{KERNEL_INCLUDE}", "--ptx", "-o",
-              os.devnull)
+COMPILE_OPTIONS = ("-std=c++17", "-arch=sm_90a", f"-I{KERNEL_INCLUDE}")     # both compilers
+NVCC_FLAGS = (*COMPILE_OPTIONS, "--ptx", "-o", os.devnull)
 
 
 def wheel_home() -> Path:
@@ -72,8 +72,7 @@ def nvrtc_compile(path: str, home: Path) -> str | None:
     lib_dir = home / "nvidia" / "cu13" / "lib"
     ctypes.CDLL(str(lib_dir / "libnvrtc-builtins.so.13.0"), mode=ctypes.RTLD_GLOBAL)  # NVRTC dlopens it by name
     nvrtc = ctypes.CDLL(str(lib_dir / "libnvrtc.so.13"))
-    opts = [b"-std=c++17", b"-arch=sm_90a", f"-I{KERNEL_INCLUDE}".encode(),
-            f"-I{home / 'nvidia' / 'cu13' / 'include'}".encode()]
+    opts = [o.encode() for o in (*COMPILE_OPTIONS, f"-I{home / 'nvidia' / 'cu13' / 'include'}")]
     prog = ctypes.c_void_p()
     if nvrtc.nvrtcCreateProgram(ctypes.byref(prog), Path(path).read_bytes(), str(path).encode(), 0, None, None):
         return "nvrtcCreateProgram failed"

@@ -44,7 +44,7 @@ def run_online(engine, workload: Workload, clients: int, num_requests: int | Non
     count: dict[str, int] = {}
     idx: dict[str, int] = {}
     _sync(engine)
-    mem0 = _allocator_stats(engine)
+    mem0 = allocator_stats(engine)
     t0 = time.perf_counter()
 
     def submit():
@@ -95,11 +95,12 @@ def run_online(engine, workload: Workload, clients: int, num_requests: int | Non
         out[f"effective_rps_sla{int(s)}"] = round(served[s] / wall, 4)
         out[f"served_frac_sla{int(s)}"] = round(served[s] / n, 4)
     if mem0:         # what the caching allocator did during the run
-        out["allocator"] = {k: v - mem0[k] for k, v in _allocator_stats(engine).items()}
+        out["allocator"] = {k: v - mem0[k] for k, v in allocator_stats(engine).items()}
     return out
 
 
-def _allocator_stats(engine) -> dict:
+def allocator_stats(engine) -> dict:
+    """The caching allocator's ``ALLOCATOR_STATS`` counters on ``engine``'s GPU (empty off CUDA)."""
     if engine.device.type != "cuda":
         return {}
     stats = torch.cuda.memory_stats(engine.device)
