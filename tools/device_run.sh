@@ -53,6 +53,10 @@
 #   s8         session 8: a parallel layer's MLP on a second stream beside attention (branch_streams): GPU tests;
 #              Phi-2 at 1 client off/on/off/on, Falcon-7B at 1 client off/on, Phi-2 at 32 clients on/off; Phi-2 offline
 #              with the fork up to 0 / 256 / 4096 tokens a step; Phi-2's batch-1 step profile; lines in s8.txt
+#   s9         session 9, issue 9's re-measure: the offline workloads (Phi-2 1200/60 and 1200/128, Llama-2-7B, Falcon-7B,
+#              Mixtral-8x7B) on the default path; Phi-2 prompt-only steps of 2048 tokens (every request one token); the
+#              Mixtral bf16 agreement probe (router x1/x4/x16, seeds 0-2); where Mixtral's and Falcon-7B's offline steps
+#              go; the GPU tests of the async loop (Falcon-40B's layout among them); lines in s9.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -351,6 +355,24 @@ if has s8; then         # session 8: parallel layers' MLP on a second stream (FA
   timeout 60 python3 tools/profile_steps.py --preset phi-2 --requests 1 --prompt 1200 --gen 128 --equal-gen \
     --top 24 --json "$OUT/profile.jsonl" --tag batch1-s8 > /tmp/p1.txt 2>&1
   cat /tmp/p1.txt >> "$OUT/profile.txt"; grep -E "no synchronise|^decode|^prefill" /tmp/p1.txt | tee -a "$S"; tail -25 /tmp/p1.txt
+fi
+if has s9; then         # session 9: issue 9's workloads re-measured, the 2048-token prompt step, Mixtral agreement
+  S="$OUT/s9.txt"
+  for p in ${S9_PRESETS:-phi-2 llama-2-7b falcon-7b mixtral-8x7b}; do
+    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
+    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag s9 2>&1 | keep "$p offline"
+  done
+  prof() {  # tag, then profile_steps' arguments: the step table into $S, the whole printout kept
+    local tag=$1; shift
+    timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag "$tag" --top 20 "$@" \
+      > /tmp/p.txt 2>&1; cat /tmp/p.txt >> "$OUT/profile.txt"
+    grep -E "steps of|^step|^prefill|^decode|Error" /tmp/p.txt | sed "s/^/$tag /" | tee -a "$S"
+  }
+  prof prompt2048 --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen
+  timeout 90 python3 tools/moe_agreement_probe.py 2>&1 | grep -E "MOEPROBE|Error" | tee -a "$S"
+  gpu_tests 60 tests/gpu/test_graphs_gpu.py -k async
+  prof mixtral-offline --preset mixtral-8x7b --requests 64 --prompt 1200 --gen 60
+  prof falcon-offline --preset falcon-7b --requests 64 --prompt 1200 --gen 60
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
