@@ -203,9 +203,21 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     rows = x.numel() // hidden
     out = torch.empty_like(x)
     if rows:
-        launch(core_source(FUSED_OPS_CU), f"rms_norm_{SUFFIX[x.dtype]}", (rows,), (threads(hidden),),
+        # 16-byte vectors, one per thread, where the rows allow (FASTGEN_KERNELS_OFF=rms_norm_vec: scalar loads)
+        vec = vector_rows_ok(hidden, x, out, weight, residual) and not switched_off("rms_norm_vec")
+        name, block = ("rms_norm_vec", threads(hidden // (16 // x.element_size()))) if vec else ("rms_norm", threads(hidden))
+        launch(core_source(FUSED_OPS_CU), f"{name}_{SUFFIX[x.dtype]}", (rows,), (block,),
                (ptr(out), ptr(x), ptr(residual), ptr(weight), f32(eps), i32(hidden)), x.device)
     return out
+
+
+def vector_rows_ok(hidden: int, *tensors: torch.Tensor | None) -> bool:
+    """Whether one-vector-per-thread row kernels (rms_norm_vec, add3_layer_norm_vec, moe_combine) take rows of
+    ``hidden`` elements of these tensors: whole 16-byte vectors, at most 1024 of them, every pointer 16-byte
+    aligned (None entries are skipped)."""
+    ts = [t for t in tensors if t is not None]
+    vec = 16 // ts[0].element_size()
+    return hidden % vec == 0 and hidden // vec <= 1024 and all(t.data_ptr() % 16 == 0 for t in ts)
 
 
 # ---- (attn + mlp) + x, then LayerNorm: the parallel-residual layer's boundary ----------------------------
@@ -222,23 +234,29 @@ def add3_layer_norm_ref(a: torch.Tensor, m: torch.Tensor, x: torch.Tensor, weigh
 
 def add3_layer_norm(a: torch.Tensor, m: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                     bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``add3_layer_norm_ref`` in one kernel on CUDA in bf16/fp16 for up to ``ADD3_MAX_ROWS`` rows: the
-    decode steps, where it replaces three kernels (two adds, torch's LayerNorm: 9 us) by one (4 us at one
-    row on an H200). At prompt-chunk sizes its one block per row with scalar loads was slower than torch's
-    vectorised kernels (30 us against ~18 us at 1200 rows of 2560), so those stay with the reference, as
-    float32 does (whose statistics it shares bit for bit with transformers)."""
+    """``add3_layer_norm_ref`` in one kernel on CUDA in bf16/fp16: the sum read and written once instead of
+    three kernels (two adds, torch's LayerNorm: 9 us at one row on an H200, 4 us fused). Rows of whole
+    16-byte vectors (``vector_rows_ok``: Phi, Falcon, GPT-NeoX hidden sizes) take the vector form at any
+    number of rows; otherwise the scalar form (one block per row, scalar loads) takes up to ``ADD3_MAX_ROWS``
+    rows (at 1200 rows of 2560 it was slower than torch's kernels, 30 against ~18 us) and the reference the
+    rest, as it does float32 (whose statistics it shares bit for bit with transformers).
+    ``FASTGEN_KERNELS_OFF=add3_layer_norm_vec``: the scalar form's rule everywhere."""
     if not (use(x, "add3_layer_norm") and x.dtype != torch.float32 and weight is not None
-            and x.numel() <= ADD3_MAX_ROWS * x.shape[-1]
             and all(t.is_contiguous() and t.dtype == x.dtype and t.shape == x.shape for t in (a, m, x))
             and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)):
         return add3_layer_norm_ref(a, m, x, weight, bias, eps)
     hidden = x.shape[-1]
+    vec = vector_rows_ok(hidden, a, m, x, weight, bias) and not switched_off("add3_layer_norm_vec")
+    if not vec and x.numel() > ADD3_MAX_ROWS * hidden:
+        return add3_layer_norm_ref(a, m, x, weight, bias, eps)
     rows = x.numel() // hidden
     s, out = torch.empty_like(x), torch.empty_like(x)
     if rows:
-        launch(core_source(FUSED_OPS_CU), f"add3_layer_norm_{SUFFIX[x.dtype]}", (rows,), (threads(hidden),),
+        name, block = ("add3_layer_norm_vec", threads(hidden // 8)) if vec else ("add3_layer_norm", threads(hidden))
+        launch(core_source(FUSED_OPS_CU), f"{name}_{SUFFIX[x.dtype]}", (rows,), (block,),
                (ptr(s), ptr(out), ptr(a), ptr(m), ptr(x), ptr(weight), ptr(bias), f32(eps), i32(hidden)), x.device)
     return s, out
+
 
 
 # ---- SiLU(gate) * up -------------------------------------------------------------------------------------
@@ -256,9 +274,47 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = gate_up.new_empty(*gate_up.shape[:-1], inter)
     total = out.numel()
     if total:
-        blocks = min(-(-total // 256), 65535)
-        launch(core_source(FUSED_OPS_CU), f"silu_and_mul_{SUFFIX[gate_up.dtype]}", (blocks,), (256,),
-               (ptr(out), ptr(gate_up), i64(total), i32(inter)), gate_up.device)
+        vec = 16 // gate_up.element_size()
+        if (inter % vec == 0 and gate_up.data_ptr() % 16 == 0 and out.data_ptr() % 16 == 0
+                and not switched_off("silu_and_mul_vec")):
+            vecs = total // vec
+            launch(core_source(FUSED_OPS_CU), f"silu_and_mul_vec_{SUFFIX[gate_up.dtype]}",
+                   (min(-(-vecs // 256), 65535),), (256,), (ptr(out), ptr(gate_up), i64(vecs), i32(inter // vec)),
+                   gate_up.device)
+        else:
+            launch(core_source(FUSED_OPS_CU), f"silu_and_mul_{SUFFIX[gate_up.dtype]}", (min(-(-total // 256), 65535),),
+                   (256,), (ptr(out), ptr(gate_up), i64(total), i32(inter)), gate_up.device)
+    return out
+
+
+# ---- the MoE block's combine: each token's k expert outputs, weighted and summed -------------------------
+
+def moe_combine_ref(ys: torch.Tensor, order: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+    """ys [T * k, H]: expert outputs in expert-sorted order (row i is the pair order[i] = token * k + slot).
+    Each weighted in float32, a token's k contributions summed in float32, rounded once to ys' dtype (as
+    transformers' grouped_mm experts do) -> [T, H]."""
+    t, k = topk_weights.shape
+    weighted = torch.empty(t * k, ys.shape[1], dtype=torch.float32, device=ys.device)
+    weighted[order] = ys * topk_weights.reshape(-1).index_select(0, order).float()[:, None]
+    return weighted.view(t, k, -1).sum(dim=1).to(ys.dtype)
+
+
+def moe_combine(ys: torch.Tensor, order: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+    """``moe_combine_ref`` as one kernel on CUDA (a block per token reading its k rows of ys), the same bits for
+    k <= 2 (the float32 sum of two products has one order)."""
+    t, k = topk_weights.shape
+    hidden = ys.shape[1]
+    if not (use(ys, "moe_combine") and ys.is_contiguous() and order.dtype == torch.long
+            and vector_rows_ok(hidden, ys)):
+        return moe_combine_ref(ys, order, topk_weights)
+    out = ys.new_empty(t, hidden)
+    if t:
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(order.numel(), device=order.device)
+        w = topk_weights.float().contiguous()
+        launch(core_source(FUSED_OPS_CU), f"moe_combine_{SUFFIX[ys.dtype]}", (t,),
+               (threads(hidden // (16 // ys.element_size())),),
+               (ptr(out), ptr(ys), ptr(inv), ptr(w), i32(k), i32(hidden)), ys.device)
     return out
 
 

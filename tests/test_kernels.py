@@ -81,6 +81,23 @@ def test_rotary_kv_write_reference_is_the_unfused_path():
     assert torch.equal(got, wq) and torch.equal(kc, kc2) and torch.equal(vc, vc2)
 
 
+def test_rotary_kv_takes_16_byte_vectors_only_where_every_row_piece_is_aligned():
+    """rotary_kv.cu's vector form needs head_dim, rot / 2 and the rows' strides in whole 16-byte vectors and
+    every pointer aligned; anything else takes the scalar form."""
+    from fastgen_core.layers.rotary import rotary_kv_vector_ok
+    def parts(dtype, hq, hk, d, offset=0):
+        qkv = torch.zeros(5 * (hq + 2 * hk) * d + offset, dtype=dtype)[offset:].view(5, -1)
+        q, k, v = (x.view(5, -1, d) for x in qkv.split([hq * d, hk * d, hk * d], -1))
+        return q, k, v, torch.zeros(4, 8, hk, d, dtype=dtype), torch.zeros(4, 8, hk, d, dtype=dtype)
+    assert rotary_kv_vector_ok(*parts(torch.bfloat16, 32, 32, 80), 32)        # Phi-2: rot 32, half 16
+    assert rotary_kv_vector_ok(*parts(torch.bfloat16, 71, 1, 64), 64)         # Falcon-7B, MQA
+    assert rotary_kv_vector_ok(*parts(torch.bfloat16, 4, 4, 64), 0)           # OPT: no rotary
+    assert not rotary_kv_vector_ok(*parts(torch.bfloat16, 8, 2, 64), 20)      # half 10: not whole vectors
+    assert rotary_kv_vector_ok(*parts(torch.float32, 8, 2, 64), 24)           # float32: 4 to a vector
+    assert not rotary_kv_vector_ok(*parts(torch.bfloat16, 8, 2, 68), 68)      # head_dim 68: rows misaligned
+    assert not rotary_kv_vector_ok(*parts(torch.bfloat16, 8, 2, 64, offset=1), 64)   # a pointer off by 2 bytes
+
+
 def test_an_install_without_the_packaged_sources_fails_only_when_a_kernel_runs_and_says_what_to_do(monkeypatch):
     kernels.kernel_dir.cache_clear()
     kernels.core_source.cache_clear()

@@ -57,6 +57,11 @@
 #              Mixtral-8x7B) on the default path; Phi-2 prompt-only steps of 2048 tokens (every request one token); the
 #              Mixtral bf16 agreement probe (router x1/x4/x16, seeds 0-2); where Mixtral's and Falcon-7B's offline steps
 #              go; the GPU tests of the async loop (Falcon-40B's layout among them); lines in s9.txt
+#   s9b        session 9's kernel A/B: rotary + KV write, add3 + LayerNorm, RMSNorm and SiLU-and-mul in 16-byte vectors
+#              (rotary_kv_vec, add3_layer_norm_vec, rms_norm_vec, silu_and_mul_vec), gelu_new two values at a time
+#              (gelu_new_paired), the MoE combine in one kernel (moe_combine): their GPU tests; Phi-2's 2048-token
+#              prompt steps, Mixtral-8x7B offline, Phi-2 offline and at 1 client, each with them on and off; the bf16
+#              agreement tests; fp32 tokens and graphs; lines in s9b.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -373,6 +378,39 @@ if has s9; then         # session 9: issue 9's workloads re-measured, the 2048-t
   gpu_tests 60 tests/gpu/test_graphs_gpu.py -k async
   prof mixtral-offline --preset mixtral-8x7b --requests 64 --prompt 1200 --gen 60
   prof falcon-offline --preset falcon-7b --requests 64 --prompt 1200 --gen 60
+fi
+if has s9b; then        # session 9: the vector/paired kernels and the MoE combine, on (default) and off (S9_OFF)
+  S="$OUT/s9b.txt"
+  OFF=${S9_OFF:-rotary_kv_vec,gelu_new_paired,add3_layer_norm_vec,rms_norm_vec,silu_and_mul_vec,moe_combine}
+  gpu_tests 120 tests/gpu/test_kernels_gpu.py -k "rotary or gelu or add3 or rms or silu or moe_combine"
+  cp "$OUT/gpu_tests.log" "$OUT/gpu_tests_kernels.log"
+  prof() {
+    local tag=$1; shift
+    timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag "$tag" --top 20 "$@" \
+      > /tmp/p.txt 2>&1; cat /tmp/p.txt >> "$OUT/profile.txt"
+    grep -E "steps of|^step|^prefill|^decode|Error" /tmp/p.txt | sed "s/^/$tag /" | tee -a "$S"
+    grep -oE "head_busy_ms_per_step[^,]*|head_host_exposed_ms_per_step_unprofiled[^,]*" /tmp/p.txt | sed "s/^/$tag /" | tee -a "$S"
+  }
+  for off in "" $OFF; do
+    FASTGEN_KERNELS_OFF=$off prof "prompt2048${off:+-off}" --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen
+  done
+  for off in $OFF ""; do
+    FASTGEN_KERNELS_OFF=$off timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s9b${off:+-off}" \
+      2>&1 | keep "mixtral-8x7b offline ${off:+off}"
+  done
+  timeout 100 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_agreement_gpu.py -k bf16 > /tmp/a.log 2>&1
+  tail -1 /tmp/a.log | tee -a "$S"; grep -oE "AGREEMENT [a-z0-9-]+ torch.bfloat16 \{'ours_vs_hf': [0-9.]+" /tmp/a.log | tee -a "$S"
+  cp /tmp/a.log "$OUT/agreement.log"
+  for off in $OFF ""; do
+    FASTGEN_KERNELS_OFF=$off timeout 70 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "s9b${off:+-off}" \
+      2>&1 | keep "phi-2 offline ${off:+off}"
+  done
+  for off in "" $OFF; do
+    FASTGEN_KERNELS_OFF=$off timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "s9b${off:+-off}" 2>&1 | keep "phi-2 ${off:+off}"
+  done
+  gpu_tests 80 tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py \
+    -k "transformers or two_streams or mixtral"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

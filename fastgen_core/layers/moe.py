@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from .activations import get_activation
 from .linear import expert_gemv, expert_gemv_fits
 from .mlp import gated_act
@@ -89,8 +90,8 @@ def grouped_experts_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: 
         use_grouped_mm = grouped_mm_supported(x)
     if use_grouped_mm:
         offs = counts.cumsum(0, dtype=torch.int32)
-        gate, up = F.grouped_mm(xs, gate_up_proj.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
-        ys = F.grouped_mm(act(gate) * up, down_proj.transpose(-2, -1), offs=offs)
+        h = gated_act(F.grouped_mm(xs, gate_up_proj.transpose(-2, -1), offs=offs), act)   # SiLU: one kernel
+        ys = F.grouped_mm(h, down_proj.transpose(-2, -1), offs=offs)
     elif x.is_cuda and torch.cuda.is_current_stream_capturing():
         # no grouped_mm (float32 or fp16 on CUDA) inside a CUDA graph, where no host sync is allowed: every expert
         # runs over every row and each row keeps its own expert's output (E x the FLOPs; decode batches only)
@@ -101,9 +102,7 @@ def grouped_experts_ref(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: 
     else:
         gate, up = _grouped_linear_loop(xs, gate_up_proj, counts).chunk(2, dim=-1)
         ys = _grouped_linear_loop(act(gate) * up, down_proj, counts)
-    weighted = torch.empty(t * k, ys.shape[1], dtype=torch.float32, device=x.device)
-    weighted[order] = ys * topk_weights.reshape(-1).index_select(0, order).float()[:, None]
-    return weighted.view(t, k, -1).sum(dim=1).to(x.dtype)
+    return kernels.moe_combine(ys, order, topk_weights)      # on CPU its reference: the float32 scatter and sum
 
 
 def experts_gemv(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor,

@@ -157,6 +157,18 @@ def rotary_kv_write_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, posit
     return q
 
 
+def rotary_kv_vector_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                        v_cache: torch.Tensor, rot: int) -> bool:
+    """Whether ``rotary_kv_write``'s rows are 16-byte aligned throughout, so that kernels/rotary_kv.cu's vector
+    form can take them: head_dim, rot / 2 and the rows' strides multiples of 16 bytes' worth of elements, every
+    pointer 16-byte aligned."""
+    vec = 16 // q.element_size()
+    d = q.shape[-1]
+    return (d % vec == 0 and (rot // 2) % vec == 0 and rot // 2 <= 256
+            and all(t.stride(0) % vec == 0 for t in (q, k, v))
+            and all(t.data_ptr() % 16 == 0 for t in (q, k, v, k_cache, v_cache)))
+
+
 def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                     rotary: RotaryEmbedding | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     slot_mapping: torch.Tensor) -> torch.Tensor:
@@ -173,8 +185,13 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     if t:
         rot = rotary.rotary_dim if rotary is not None else 0
         inv_freq = rotary.inv_freq_f32() if rotary is not None else None
-        kernels.launch(kernels.core_source(ROTARY_KV_CU), f"rotary_kv_{kernels.SUFFIX[dtype]}", (t,),
-                       (kernels.threads(max(hk * d, hq * (rot // 2))),),
+        if rotary_kv_vector_ok(q, k, v, k_cache, v_cache, rot) and not kernels.switched_off("rotary_kv_vec"):
+            vec = 16 // q.element_size()
+            name, work = "rotary_kv_vec", max(hk * d // vec, (hq + hk) * (rot // 2) // vec)
+        else:
+            name, work = "rotary_kv", max(hk * d, hq * (rot // 2))
+        kernels.launch(kernels.core_source(ROTARY_KV_CU), f"{name}_{kernels.SUFFIX[dtype]}", (t,),
+                       (kernels.threads(work),),
                        (kernels.ptr(q), kernels.i64(q.stride(0)), kernels.ptr(k), kernels.i64(k.stride(0)),
                         kernels.ptr(v), kernels.i64(v.stride(0)), kernels.ptr(k_cache), kernels.ptr(v_cache),
                         kernels.ptr(slot_mapping), kernels.ptr(positions), kernels.ptr(inv_freq),

@@ -16,9 +16,25 @@ def cupy_kernels(monkeypatch):
     monkeypatch.setenv("FASTGEN_KERNELS", "cupy")
 
 
+def _switch_off(monkeypatch, names):
+    monkeypatch.setenv("FASTGEN_KERNELS_OFF", names)
+    kernels._switched_off.cache_clear()
+
+
+@pytest.fixture
+def switches(monkeypatch):
+    yield lambda names: _switch_off(monkeypatch, names)
+    monkeypatch.delenv("FASTGEN_KERNELS_OFF", raising=False)
+    kernels._switched_off.cache_clear()
+
+
 @pytest.mark.parametrize("dtype", list(TOL))
-@pytest.mark.parametrize("rows,hidden", [(1, 64), (7, 2560), (300, 4096), (5, 5120), (3, 100)])
-def test_rms_norm_and_fused_residual_match_the_reference(dtype, rows, hidden):
+@pytest.mark.parametrize("rows,hidden", [(1, 64), (7, 2560), (300, 4096), (5, 5120), (3, 100), (2048, 8192)])
+@pytest.mark.parametrize("form", ["vector", "scalar"])
+def test_rms_norm_and_fused_residual_match_the_reference(dtype, rows, hidden, form, switches):
+    """Vector form (one 16-byte vector per thread: the default where the rows allow) and scalar form."""
+    if form == "scalar":
+        switches("rms_norm_vec")
     g = torch.Generator(device="cuda").manual_seed(rows * hidden)
     x = torch.randn(rows, hidden, device="cuda", generator=g).to(dtype)
     res = torch.randn(rows, hidden, device="cuda", generator=g).to(dtype)
@@ -33,9 +49,15 @@ def test_rms_norm_and_fused_residual_match_the_reference(dtype, rows, hidden):
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
-@pytest.mark.parametrize("rows,inter", [(1, 11008), (33, 128), (2048, 1408)])
-def test_silu_and_mul_matches_the_reference(dtype, rows, inter):
+@pytest.mark.parametrize("rows,inter", [(1, 11008), (33, 128), (2048, 1408), (5, 100)])
+@pytest.mark.parametrize("form", ["vector", "scalar"])
+def test_silu_and_mul_matches_the_reference(dtype, rows, inter, form, switches):
+    """torch's silu calls the accurate expf, as the kernel does: the same bits (but for the division's and
+    expf's implementations, which are the same CUDA library functions)."""
+    if form == "scalar":
+        switches("silu_and_mul_vec")
     x = (3 * torch.randn(rows, 2 * inter, device="cuda")).to(dtype)
+    assert _same_bits_share(kernels.silu_and_mul(x), kernels.silu_and_mul_ref(x)) > 0.9999
     torch.testing.assert_close(kernels.silu_and_mul(x), kernels.silu_and_mul_ref(x), rtol=TOL[dtype],
                                atol=TOL[dtype])
 
@@ -56,12 +78,51 @@ def test_phi_gelu_new_matches_the_reference_bit_for_bit(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", list(TOL))
-@pytest.mark.parametrize("hq,hk,d,rot", [(32, 32, 80, 32), (32, 8, 128, 128), (71, 1, 64, 64), (4, 4, 64, 0),
-                                         (16, 2, 96, 48)])
-def test_rotary_kv_write_matches_the_reference(dtype, hq, hk, d, rot):
+@pytest.mark.parametrize("t,k,hidden", [(1, 2, 4096), (2048, 2, 4096), (37, 2, 512), (50, 3, 256), (9, 2, 100)])
+def test_moe_combine_matches_the_reference(dtype, t, k, hidden):
+    """The MoE block's weighted sum of each token's k expert outputs (rows in expert-sorted order): the
+    reference's bits for k = 2 (one float32 order of a two-term sum); hidden 100 in 16-bit types takes the
+    reference itself."""
+    g = torch.Generator(device="cuda").manual_seed(t * k + hidden)
+    ys = torch.randn(t * k, hidden, device="cuda", generator=g).to(dtype)
+    ids = torch.randint(0, 8, (t, k), device="cuda", generator=g)
+    order = torch.argsort(ids.reshape(-1), stable=True)
+    w = torch.softmax(torch.randn(t, k, device="cuda", generator=g), -1)
+    got, want = kernels.moe_combine(ys, order, w), kernels.moe_combine_ref(ys, order, w)
+    if k == 2:
+        assert torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_phi_gelu_new_paired_has_the_bits_of_one_value_at_a_time(dtype, switches):
+    """Every 16-bit pattern (NaNs aside): the paired form (__hmul2/__hadd2, the default) against the scalar
+    form, which rounds in float32 where transformers' formula rounds."""
+    from fastgen_phi.model import gelu_new
+    x = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32, device="cuda").to(torch.int16).view(dtype)
+    x = x[~torch.isnan(x)].contiguous()
+    paired = gelu_new(x)
+    switches("gelu_new_paired")
+    scalar = gelu_new(x)
+    nan = torch.isnan(scalar)
+    assert torch.equal(torch.isnan(paired), nan)
+    assert torch.equal(paired[~nan].view(torch.int16), scalar[~nan].view(torch.int16))
+
+
+ROTARY_SHAPES = [(32, 32, 80, 32), (32, 8, 128, 128), (71, 1, 64, 64), (4, 4, 64, 0), (16, 2, 96, 48),
+                 (8, 2, 64, 20)]
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("hq,hk,d,rot", ROTARY_SHAPES)
+@pytest.mark.parametrize("form", ["vector", "scalar"])
+def test_rotary_kv_write_matches_the_reference(dtype, hq, hk, d, rot, form, switches):
     """Rotation of q (in place, a view into the QKV output), of k on its way into the cache, v copied; the
-    cache slots of other tokens untouched. rot 0: no rotary (OPT)."""
+    cache slots of other tokens untouched. rot 0: no rotary (OPT). Both kernel forms: 16-byte vectors (the
+    default where every row piece is aligned: all shapes here but rot 20 in bf16/fp16) and scalar."""
     from fastgen_core.layers.rotary import RotaryEmbedding, rotary_kv_write, rotary_kv_write_ref
+    if form == "scalar":
+        switches("rotary_kv_vec")
     t, blocks, bs = 300, 40, 16
     rotary = RotaryEmbedding(d, rot, 10000.0).cuda() if rot else None
     qkv = torch.randn(t, (hq + 2 * hk) * d, device="cuda").to(dtype)
@@ -85,10 +146,37 @@ def test_rotary_kv_write_matches_the_reference(dtype, hq, hk, d, rot):
     assert torch.equal(k1.view(-1, hk, d)[untouched], k0.view(-1, hk, d)[untouched])
 
 
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("hq,hk,d,rot", ROTARY_SHAPES)
+def test_rotary_kv_write_vector_form_has_the_scalar_forms_bits(dtype, hq, hk, d, rot, switches):
+    from fastgen_core.layers.rotary import RotaryEmbedding, rotary_kv_vector_ok, rotary_kv_write
+    t, blocks, bs = 257, 20, 16
+    rotary = RotaryEmbedding(d, rot, 10000.0).cuda() if rot else None
+    qkv = torch.randn(t, (hq + 2 * hk) * d, device="cuda").to(dtype)
+    positions = torch.randint(0, 8000, (t,), device="cuda")
+    slots = torch.randperm(blocks * bs, device="cuda")[:t]
+    k0, v0 = (torch.randn(blocks, bs, hk, d, device="cuda").to(dtype) for _ in range(2))
+    outs = []
+    for off in ("", "rotary_kv_vec"):
+        switches(off)
+        kc, vc = k0.clone(), v0.clone()
+        q, k, v = (x.view(t, -1, d) for x in qkv.clone().split([hq * d, hk * d, hk * d], dim=-1))
+        if not off:
+            assert rotary_kv_vector_ok(q, k, v, kc, vc, rot) == (rot != 20 or dtype == torch.float32)
+        outs.append((rotary_kv_write(q, k, v, positions, rotary, kc, vc, slots), kc, vc))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows,hidden", [(1, 2560), (7, 4544), (300, 2560), (3, 100), (2, 8192)])
+@pytest.mark.parametrize("rows,hidden", [(1, 2560), (7, 4544), (300, 2560), (3, 100), (2, 8192), (2048, 2560)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_add3_layer_norm_matches_the_reference(dtype, rows, hidden, bias):
+@pytest.mark.parametrize("form", ["vector", "scalar"])
+def test_add3_layer_norm_matches_the_reference(dtype, rows, hidden, bias, form, switches):
+    """Vector form (the default for hidden sizes of whole 16-byte vectors, any rows) and scalar form (up to 256
+    rows; the reference beyond)."""
+    if form == "scalar":
+        switches("add3_layer_norm_vec")
     g = torch.Generator(device="cuda").manual_seed(rows * hidden)
     a, m, x = (torch.randn(rows, hidden, device="cuda", dtype=dtype, generator=g) * s for s in (1.0, 2.0, 4.0))
     w = torch.randn(hidden, device="cuda", dtype=dtype, generator=g)

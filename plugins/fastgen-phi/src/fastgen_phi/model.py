@@ -52,7 +52,10 @@ def gelu_new(x: torch.Tensor) -> torch.Tensor:
     total = x.numel()
     if total:
         vecs = -(-total // (16 // x.element_size()))
-        kernels.launch(GELU_NEW_CU, f"gelu_new_{kernels.SUFFIX[x.dtype]}", (min(-(-vecs // 256), 65535),), (256,),
+        # bf16/fp16 go two values at a time (the same bits); FASTGEN_KERNELS_OFF=gelu_new_paired: one at a time
+        scalar = x.dtype != torch.float32 and kernels.switched_off("gelu_new_paired")
+        name = f"gelu_new{'_scalar' if scalar else ''}_{kernels.SUFFIX[x.dtype]}"
+        kernels.launch(GELU_NEW_CU, name, (min(-(-vecs // 256), 65535),), (256,),
                        (kernels.ptr(out), kernels.ptr(x), kernels.i64(total)), x.device)
     return out
 

@@ -25,16 +25,62 @@ __device__ __forceinline__ T gelu_new_one(T xv) {
     return from_f<T>(__fmul_rn(rnd<T>(__fmul_rn(0.5f, x)), rnd<T>(__fadd_rn(1.0f, t))));
 }
 
-template <typename T>
+// Two bf16/fp16 values at once. The products and sums of two values of the type are exact in float32, so
+// rounding their float32 result (what the scalar form does) is rounding the exact result once, which is what
+// the type's own paired instructions (__hmul2, __hadd2) do: the same bits with far fewer float32 <-> 16-bit
+// conversions, which bounded the scalar form (~1 TB/s on an H200, one float32 -> bf16 conversion per op).
+// The products with the two constants (not representable in the type) and tanh stay in float32, rounded
+// where the scalar form rounds them.
+template <typename T2> struct Pair;
+template <> struct Pair<__nv_bfloat162> {
+    static __device__ __forceinline__ float2 f(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+    static __device__ __forceinline__ __nv_bfloat162 t(float a, float b) { return __floats2bfloat162_rn(a, b); }
+};
+template <> struct Pair<__half2> {
+    static __device__ __forceinline__ float2 f(__half2 v) { return __half22float2(v); }
+    static __device__ __forceinline__ __half2 t(float a, float b) { return __floats2half2_rn(a, b); }
+};
+
+// halves and ones: (0.5, 0.5) and (1, 1) in T2, converted once per thread by the caller
+template <typename T2>
+__device__ __forceinline__ T2 gelu_new_two(T2 x, T2 halves, T2 ones) {
+    using P = Pair<T2>;
+    const T2 cube = __hmul2(__hmul2(x, x), x);
+    const float2 c = P::f(cube);
+    const T2 inner = __hadd2(x, P::t(__fmul_rn(0.044715f, c.x), __fmul_rn(0.044715f, c.y)));
+    const float2 in = P::f(inner);
+    const float2 s = P::f(P::t(__fmul_rn(0.7978845608028654f, in.x), __fmul_rn(0.7978845608028654f, in.y)));
+    const T2 th = P::t(tanhf(s.x), tanhf(s.y));
+    return __hmul2(__hmul2(halves, x), __hadd2(ones, th));
+}
+
+template <typename T> struct Paired { static constexpr bool ok = false; using T2 = T; };
+template <> struct Paired<__nv_bfloat16> { static constexpr bool ok = true; using T2 = __nv_bfloat162; };
+template <> struct Paired<__half> { static constexpr bool ok = true; using T2 = __half2; };
+
+// PAIRED: bf16/fp16 through gelu_new_two (the default); else one value at a time (float32, and the A/B)
+template <typename T, bool PAIRED>
 __device__ void gelu_new(T* __restrict__ out, const T* __restrict__ x, long total) {
     constexpr int VEC = 16 / sizeof(T);
     const long vecs = total / VEC;
     const long stride = (long)gridDim.x * blockDim.x;
+    using T2 = typename Paired<T>::T2;
+    T2 halves, ones;
+    if constexpr (PAIRED && Paired<T>::ok) {
+        halves = Pair<T2>::t(0.5f, 0.5f);
+        ones = Pair<T2>::t(1.0f, 1.0f);
+    }
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < vecs; i += stride) {
         uint4 raw = reinterpret_cast<const uint4*>(x)[i];
-        T* v = reinterpret_cast<T*>(&raw);
+        if constexpr (PAIRED && Paired<T>::ok) {
+            T2* v = reinterpret_cast<T2*>(&raw);
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) v[j] = gelu_new_one<T>(v[j]);
+            for (int j = 0; j < VEC / 2; ++j) v[j] = gelu_new_two<T2>(v[j], halves, ones);
+        } else {
+            T* v = reinterpret_cast<T*>(&raw);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) v[j] = gelu_new_one<T>(v[j]);
+        }
         reinterpret_cast<uint4*>(out)[i] = raw;
     }
     for (long i = vecs * VEC + blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += stride)
@@ -42,11 +88,22 @@ __device__ void gelu_new(T* __restrict__ out, const T* __restrict__ x, long tota
 }
 
 // x and out 16-byte aligned (fresh torch allocations are)
-extern "C" __global__ void gelu_new_f32(float* out, const float* x, long total) { gelu_new<float>(out, x, total); }
-extern "C" __global__ void gelu_new_bf16(__nv_bfloat16* out, const __nv_bfloat16* x, long total) {
-    gelu_new<__nv_bfloat16>(out, x, total);
+extern "C" __global__ void gelu_new_f32(float* out, const float* x, long total) {
+    gelu_new<float, false>(out, x, total);
 }
-extern "C" __global__ void gelu_new_f16(__half* out, const __half* x, long total) { gelu_new<__half>(out, x, total); }
+extern "C" __global__ void gelu_new_bf16(__nv_bfloat16* out, const __nv_bfloat16* x, long total) {
+    gelu_new<__nv_bfloat16, true>(out, x, total);
+}
+extern "C" __global__ void gelu_new_f16(__half* out, const __half* x, long total) {
+    gelu_new<__half, true>(out, x, total);
+}
+// one value at a time (FASTGEN_KERNELS_OFF=gelu_new_paired, and the GPU test that the paired form has its bits)
+extern "C" __global__ void gelu_new_scalar_bf16(__nv_bfloat16* out, const __nv_bfloat16* x, long total) {
+    gelu_new<__nv_bfloat16, false>(out, x, total);
+}
+extern "C" __global__ void gelu_new_scalar_f16(__half* out, const __half* x, long total) {
+    gelu_new<__half, false>(out, x, total);
+}
 
 // gemv_gelu_new_<suffix>_m1_r<R>_u<U>(y, x, W, bias, N, K): gelu_new(x @ W^T + bias), y rounded as fc1's
 // output is before the activation reads it
