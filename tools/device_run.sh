@@ -65,6 +65,8 @@
 #   final6     issue 9's must-shows in one call: the offline workloads (Phi-2 1200/60 and 1200/128, Llama-2-7B,
 #              Falcon-7B, Mixtral-8x7B), Phi-2's 2048-token prompt steps, Phi-2 at 1 client, then the GPU tests (kernels,
 #              bf16/fp16 agreement, fp32 tokens, graphs) while time lasts; lines in final6.txt
+#   rerun9     the spread of issue 9's closest offline results: Phi-2 (1200/60 and 1200/128) twice, then Mixtral-8x7B;
+#              lines in rerun9.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -429,6 +431,13 @@ if has final6; then     # issue 9's must-shows, all in one call (the ceilings th
   gpu_tests ${FINAL6_TEST_S:-200} tests/gpu/test_kernels_gpu.py tests/gpu/test_agreement_gpu.py \
     tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
   grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
+fi
+if has rerun9; then     # how far the final call's borderline ratios move between runs (Phi-2 1200/128: 71.0% then 68.6%)
+  S="$OUT/rerun9.txt"
+  for p in phi-2 phi-2 mixtral-8x7b; do
+    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
+    timeout 120 $B --preset $p --num-requests $n --gen-mean $g --tag rerun9 2>&1 | keep "$p offline"
+  done
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
