@@ -23,6 +23,20 @@ __device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, 
     *out_b = from_f<T>(rot_second<T>(a, b, c, s));
 }
 
+// cos and sin of one token's position for the rot/2 frequencies, rounded to T, into the block's shared arrays
+// (every thread of the block takes part; they are ready for all of it on return)
+template <typename T>
+__device__ __forceinline__ void cos_sin(float* cos_s, float* sin_s, float pos, const float* __restrict__ inv_freq,
+                                        int half) {
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        float sn, cs;
+        sincosf(__fmul_rn(pos, inv_freq[j]), &sn, &cs);
+        cos_s[j] = rnd<T>(cs);
+        sin_s[j] = rnd<T>(sn);
+    }
+    __syncthreads();
+}
+
 // rot <= 512 (head_dim <= 512)
 template <typename T>
 __device__ void rotary_kv(T* __restrict__ q, long q_stride, const T* __restrict__ k, long k_stride,
@@ -34,14 +48,7 @@ __device__ void rotary_kv(T* __restrict__ q, long q_stride, const T* __restrict_
     const long slot = slots[row];
     const int half = rot >> 1;
     if (half > 0) {
-        const float pos = (float)positions[row];
-        for (int j = threadIdx.x; j < half; j += blockDim.x) {
-            float sn, cs;
-            sincosf(__fmul_rn(pos, inv_freq[j]), &sn, &cs);
-            cos_s[j] = rnd<T>(cs);
-            sin_s[j] = rnd<T>(sn);
-        }
-        __syncthreads();
+        cos_sin<T>(cos_s, sin_s, (float)positions[row], inv_freq, half);
         // each thread owns one (head, j < rot/2) pair and writes both halves: in place is then race-free
         T* qr = q + row * q_stride;
         for (int i = threadIdx.x; i < hq * half; i += blockDim.x) {
@@ -101,14 +108,7 @@ __device__ void rotary_kv_vec(T* __restrict__ q, long q_stride, const T* __restr
     }
     const int half = rot >> 1;
     if (half == 0) return;
-    const float pos = (float)positions[row];
-    for (int j = threadIdx.x; j < half; j += blockDim.x) {
-        float sn, cs;
-        sincosf(__fmul_rn(pos, inv_freq[j]), &sn, &cs);
-        cos_s[j] = rnd<T>(cs);
-        sin_s[j] = rnd<T>(sn);
-    }
-    __syncthreads();
+    cos_sin<T>(cos_s, sin_s, (float)positions[row], inv_freq, half);
     const int hv = half / V;
     T* qr = q + row * q_stride;
     for (int i = threadIdx.x; i < (hq + hk) * hv; i += blockDim.x) {

@@ -111,6 +111,18 @@ def test_phi_gelu_new_paired_has_the_bits_of_one_value_at_a_time(dtype, switches
                               f"paired {paired[differ][:8].tolist()}, scalar {scalar[differ][:8].tolist()}")
 
 
+def _rotary_case(dtype, hq, hk, d, rot, t, slots_total, max_position):
+    """A random rotary + KV-write case: (rotary, qkv [t, (hq + 2 hk) d], positions, slots, k cache, v cache),
+    the caches [slots_total / 16, 16, hk, d]."""
+    from fastgen_core.layers.rotary import RotaryEmbedding
+    rotary = RotaryEmbedding(d, rot, 10000.0).cuda() if rot else None
+    qkv = torch.randn(t, (hq + 2 * hk) * d, device="cuda").to(dtype)
+    positions = torch.randint(0, max_position, (t,), device="cuda")
+    slots = torch.randperm(slots_total, device="cuda")[:t]
+    k0, v0 = (torch.randn(slots_total // 16, 16, hk, d, device="cuda").to(dtype) for _ in range(2))
+    return rotary, qkv, positions, slots, k0, v0
+
+
 ROTARY_SHAPES = [(32, 32, 80, 32), (32, 8, 128, 128), (71, 1, 64, 64), (4, 4, 64, 0), (16, 2, 96, 48),
                  (8, 2, 64, 20)]
 
@@ -122,15 +134,11 @@ def test_rotary_kv_write_matches_the_reference(dtype, hq, hk, d, rot, form, swit
     """Rotation of q (in place, a view into the QKV output), of k on its way into the cache, v copied; the
     cache slots of other tokens untouched. rot 0: no rotary (OPT). Both kernel forms: 16-byte vectors (the
     default where every row piece is aligned: all shapes here but rot 20) and scalar."""
-    from fastgen_core.layers.rotary import RotaryEmbedding, rotary_kv_write, rotary_kv_write_ref
+    from fastgen_core.layers.rotary import rotary_kv_write, rotary_kv_write_ref
     if form == "scalar":
         switches("rotary_kv_vec")
     t, blocks, bs = 300, 40, 16
-    rotary = RotaryEmbedding(d, rot, 10000.0).cuda() if rot else None
-    qkv = torch.randn(t, (hq + 2 * hk) * d, device="cuda").to(dtype)
-    positions = torch.randint(0, 4000, (t,), device="cuda")
-    slots = torch.randperm(blocks * bs, device="cuda")[:t]
-    k0, v0 = (torch.randn(blocks, bs, hk, d, device="cuda").to(dtype) for _ in range(2))
+    rotary, qkv, positions, slots, k0, v0 = _rotary_case(dtype, hq, hk, d, rot, t, blocks * bs, 4000)
     outs = []
     for fn in (rotary_kv_write, rotary_kv_write_ref):
         kc, vc = k0.clone(), v0.clone()
@@ -151,13 +159,9 @@ def test_rotary_kv_write_matches_the_reference(dtype, hq, hk, d, rot, form, swit
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("hq,hk,d,rot", ROTARY_SHAPES)
 def test_rotary_kv_write_vector_form_has_the_scalar_forms_bits(dtype, hq, hk, d, rot, switches):
-    from fastgen_core.layers.rotary import RotaryEmbedding, rotary_kv_vector_ok, rotary_kv_write
+    from fastgen_core.layers.rotary import rotary_kv_vector_ok, rotary_kv_write
     t, blocks, bs = 257, 20, 16
-    rotary = RotaryEmbedding(d, rot, 10000.0).cuda() if rot else None
-    qkv = torch.randn(t, (hq + 2 * hk) * d, device="cuda").to(dtype)
-    positions = torch.randint(0, 8000, (t,), device="cuda")
-    slots = torch.randperm(blocks * bs, device="cuda")[:t]
-    k0, v0 = (torch.randn(blocks, bs, hk, d, device="cuda").to(dtype) for _ in range(2))
+    rotary, qkv, positions, slots, k0, v0 = _rotary_case(dtype, hq, hk, d, rot, t, blocks * bs, 8000)
     outs = []
     for off in ("", "rotary_kv_vec"):
         switches(off)
