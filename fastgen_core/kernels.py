@@ -142,10 +142,25 @@ def load(path: str | Path, device_index: int = 0):
     return mod
 
 
+class _StreamHandle:
+    """A raw cudaStream_t in the CUDA stream protocol (``__cuda_stream__``: (version 0, handle)), for CuPy's
+    ``Stream.from_external``."""
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
 @functools.lru_cache(maxsize=None)
 def _external_stream(ptr: int, device_index: int):
+    """CuPy's view of torch's stream ``ptr``. CuPy 14 deprecates ``ExternalStream`` (the form measured on the
+    GPU machine, kept while it exists) for ``Stream.from_external``, which a CuPy without it gets."""
     import cupy
-    return cupy.cuda.ExternalStream(ptr, device_index)
+    if hasattr(cupy.cuda, "ExternalStream"):
+        return cupy.cuda.ExternalStream(ptr, device_index)
+    return cupy.cuda.Stream.from_external(_StreamHandle(ptr))
 
 
 @functools.lru_cache(maxsize=None)

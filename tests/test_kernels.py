@@ -81,6 +81,28 @@ def test_rotary_kv_write_reference_is_the_unfused_path():
     assert torch.equal(got, wq) and torch.equal(kc, kc2) and torch.equal(vc, vc2)
 
 
+def test_a_cupy_without_external_stream_gets_torchs_stream_through_the_stream_protocol(monkeypatch):
+    """CuPy 14 deprecates cupy.cuda.ExternalStream; where it is gone, kernels.launch hands CuPy torch's raw stream
+    through Stream.from_external and the CUDA stream protocol."""
+    import sys
+    import types
+    seen = []
+
+    class Stream:
+        @staticmethod
+        def from_external(obj):
+            seen.append(obj.__cuda_stream__())
+            return "wrapped"
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Stream=Stream))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    kernels._external_stream.cache_clear()
+    try:
+        assert kernels._external_stream(0xABC, 0) == "wrapped"
+        assert seen == [(0, 0xABC)]
+    finally:
+        kernels._external_stream.cache_clear()
+
+
 def test_rotary_kv_takes_16_byte_vectors_only_where_every_row_piece_is_aligned():
     """rotary_kv.cu's vector form needs head_dim, rot / 2 and the rows' strides in whole 16-byte vectors and
     every pointer aligned; anything else takes the scalar form."""
