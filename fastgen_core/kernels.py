@@ -83,7 +83,8 @@ def switched_off(name: str) -> bool:
     return name in _switched_off()
 
 
-OPT_IN = ("decode_attention",)      # kernels that did not win their A/B on a GPU: off unless FASTGEN_KERNELS_ON names them
+# kernels that did not win their A/B on a GPU, or have not had one yet: off unless FASTGEN_KERNELS_ON names them
+OPT_IN = ("decode_attention", "moe_triton")
 
 
 @functools.lru_cache(maxsize=None)
@@ -314,22 +315,41 @@ def moe_combine_ref(ys: torch.Tensor, order: torch.Tensor, topk_weights: torch.T
     return weighted.view(t, k, -1).sum(dim=1).to(ys.dtype)
 
 
+def _moe_combine_fits(ys: torch.Tensor, index: torch.Tensor) -> bool:
+    return (use(ys, "moe_combine") and ys.is_contiguous() and index.dtype == torch.long
+            and vector_rows_ok(ys.shape[1], ys))
+
+
 def moe_combine(ys: torch.Tensor, order: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
     """``moe_combine_ref`` as one kernel on CUDA (a block per token reading its k rows of ys), the same bits for
     k <= 2 (the float32 sum of two products has one order)."""
+    if not _moe_combine_fits(ys, order):
+        return moe_combine_ref(ys, order, topk_weights)
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.numel(), device=order.device)
+    return moe_combine_rows(ys, position, topk_weights)
+
+
+def moe_combine_rows_ref(ys: torch.Tensor, position: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+    """``moe_combine_ref`` for expert outputs in any layout: pair p = token * k + slot is row ``position[p]`` of
+    ys (rows no pair names are ignored)."""
+    t, k = topk_weights.shape
+    picked = ys.index_select(0, position).float() * topk_weights.reshape(-1).float()[:, None]
+    return picked.view(t, k, -1).sum(dim=1).to(ys.dtype)
+
+
+def moe_combine_rows(ys: torch.Tensor, position: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+    """``moe_combine_rows_ref`` as the ``moe_combine`` kernel on CUDA."""
     t, k = topk_weights.shape
     hidden = ys.shape[1]
-    if not (use(ys, "moe_combine") and ys.is_contiguous() and order.dtype == torch.long
-            and vector_rows_ok(hidden, ys)):
-        return moe_combine_ref(ys, order, topk_weights)
+    if not _moe_combine_fits(ys, position):
+        return moe_combine_rows_ref(ys, position, topk_weights)
     out = ys.new_empty(t, hidden)
     if t:
-        inv = torch.empty_like(order)
-        inv[order] = torch.arange(order.numel(), device=order.device)
         w = topk_weights.float().contiguous()
         launch(core_source(FUSED_OPS_CU), f"moe_combine_{SUFFIX[ys.dtype]}", (t,),
                (threads(hidden // (16 // ys.element_size())),),
-               (ptr(out), ptr(ys), ptr(inv), ptr(w), i32(k), i32(hidden)), ys.device)
+               (ptr(out), ptr(ys), ptr(position), ptr(w), i32(k), i32(hidden)), ys.device)
     return out
 
 

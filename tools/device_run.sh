@@ -67,6 +67,9 @@
 #              bf16/fp16 agreement, fp32 tokens, graphs) while time lasts; lines in final6.txt
 #   rerun9     the spread of issue 9's closest offline results: Phi-2 (1200/60 and 1200/128) twice, then Mixtral-8x7B;
 #              lines in rerun9.txt
+#   s10        the opt-in Triton MoE expert GEMMs (FASTGEN_KERNELS_ON=moe_triton): their GPU tests; tools/moe_bench.py
+#              (grouped_mm against the Triton GEMMs over tiles, Mixtral's expert shapes, 8-128 tokens); Mixtral-8x7B
+#              offline and at 1 and 16 clients (500/150) with it off and on; lines in s10.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -437,6 +440,19 @@ if has rerun9; then     # how far the final call's borderline ratios move betwee
   for p in phi-2 phi-2 mixtral-8x7b; do
     n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
     timeout 120 $B --preset $p --num-requests $n --gen-mean $g --tag rerun9 2>&1 | keep "$p offline"
+  done
+fi
+if has s10; then        # the opt-in Triton MoE expert GEMMs for decode-sized steps, against grouped_mm
+  S="$OUT/s10.txt"
+  gpu_tests 150 tests/gpu/test_moe_triton_gpu.py tests/gpu/test_kernels_gpu.py -k "moe or silu"
+  timeout 150 python3 tools/moe_bench.py --json "$OUT/moe_bench.jsonl" 2>&1 | tee -a "$S" | cut -c1-400
+  for on in "" moe_triton "" moe_triton; do
+    FASTGEN_KERNELS_ON=$on timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s10${on:+-on}" \
+      2>&1 | keep "mixtral-8x7b offline ${on}"
+  done
+  for on in "" moe_triton; do
+    FASTGEN_KERNELS_ON=$on timeout 100 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 \
+      --online 1,16 --tag "s10${on:+-on}" 2>&1 | keep "mixtral-8x7b ${on}"
   done
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
