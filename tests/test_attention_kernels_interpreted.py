@@ -5,8 +5,6 @@ decodes split over their context (flash-decoding) and merged.
 The same kernels are compiled and compared on a GPU by tests/gpu/test_attention_gpu.py; here their index
 arithmetic and masking are checked on every CI run. bf16 is left to the GPU (numpy, which the interpreter
 computes with, has no bfloat16). Skipped where Triton is not installed."""
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 pytest.importorskip("triton", reason="Triton is not installed")
 sys.path.insert(0, str(Path(__file__).parent))
 from attention_interpreted import CASES  # noqa: E402
+from interpreted import run_interpreted  # noqa: E402
 
 NAMES = [f"{kind}/{c}/{dt}" for c in CASES for kind, dt in
          (("prefill", "float32"), ("prefill", "float16"), ("mixed", "float32"), ("mixed-decode-rows", "float32"))]
@@ -24,11 +23,7 @@ NAMES += [f"decode/{c}-{n}/float32" for c in ("split-mha-d80", "split-gqa-window
 
 @pytest.fixture(scope="module")
 def errors():
-    # a fresh process: TRITON_INTERPRET must be set before Triton is first imported
-    r = subprocess.run([sys.executable, str(Path(__file__).parent / "attention_interpreted.py")],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_interpreted("attention_interpreted.py")
 
 
 @pytest.mark.parametrize("name", NAMES)

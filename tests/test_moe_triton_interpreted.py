@@ -1,8 +1,6 @@
 """The Triton MoE expert GEMMs (opt-in, layers/moe_triton.py) on the CPU under Triton's interpreter against the
 every-expert float64 oracle: tails in N and K, an idle expert, one expert over several row blocks, top-1, and the
 padded layout's bookkeeping. The GPU compiles and compares them in tests/gpu/test_moe_triton_gpu.py."""
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +8,7 @@ import pytest
 
 pytest.importorskip("triton", reason="Triton is not installed")
 sys.path.insert(0, str(Path(__file__).parent))
+from interpreted import run_interpreted  # noqa: E402
 from moe_interpreted import CASES  # noqa: E402
 
 NAMES = [f"{c}/{dt}" for c in CASES for dt in ("float32", "float16")]
@@ -17,10 +16,7 @@ NAMES = [f"{c}/{dt}" for c in CASES for dt in ("float32", "float16")]
 
 @pytest.fixture(scope="module")
 def errors():
-    r = subprocess.run([sys.executable, str(Path(__file__).parent / "moe_interpreted.py")],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_interpreted("moe_interpreted.py")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,0 +1,13 @@
+"""Run a script of Triton kernels under Triton's interpreter in a fresh process (TRITON_INTERPRET must be set
+before Triton is first imported) and return the JSON object it prints last: its errors by case."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_interpreted(script: str) -> dict:
+    r = subprocess.run([sys.executable, str(Path(__file__).parent / script)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
