@@ -274,7 +274,6 @@ def add3_layer_norm(a: torch.Tensor, m: torch.Tensor, x: torch.Tensor, weight: t
     return s, out
 
 
-
 # ---- SiLU(gate) * up -------------------------------------------------------------------------------------
 
 def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
