@@ -43,6 +43,7 @@ def _err(out, ref):
 
 def main() -> dict:
     _index_scalars_compat()
+    from fastgen_core import kernels
     from fastgen_core.layers import attention as A
     from fastgen_core.layers import paged_decode, paged_prefill
     assert paged_decode.available() and paged_prefill.available(), "the kernels did not load"
@@ -60,15 +61,20 @@ def main() -> dict:
         out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win)
         res[f"mixed/{name}/float32"] = _err(out, ref)
         res[f"mixed-decode-rows/{name}/float32"] = _err(out[meta.decode_rows], ref[meta.decode_rows])
-    # decode rows split over the context (flash-decoding) and merged, windowed or not, against no split
+    # decode rows whole (1) or split over the context (flash-decoding) and merged, windowed or not
     for name, (hq, hk, d, bs, win) in {"split-mha-d80": (4, 4, 80, 16, None), "split-gqa-window": (8, 2, 64, 16, 37),
                                         "split-mqa": (6, 1, 32, 32, None)}.items():
         q, _, _, kc, vc, meta = random_case(6, [], hq, hk, d, bs, "cpu", torch.float32, seed=3, max_ctx=200)
         ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
-        for splits in (2, 8):
-            out = torch.full_like(q, float("nan"))
-            paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, win, out, splits=splits)
-            res[f"decode/{name}-{splits}/float32"] = _err(out, ref)
+        for form in ("", "decode_head_split"):     # head_dim padded to a power of two, or 64 + a tail (opt-in)
+            os.environ["FASTGEN_KERNELS_ON"] = form
+            kernels._switched_on.cache_clear()
+            for splits in (1, 2, 8):
+                out = torch.full_like(q, float("nan"))
+                paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, win, out, splits=splits)
+                res[f"decode{'-head-split' if form else ''}/{name}-{splits}/float32"] = _err(out, ref)
+        os.environ.pop("FASTGEN_KERNELS_ON")
+        kernels._switched_on.cache_clear()
     # q as the QKV projection's view (rows further apart than the heads), as the fused rotary path passes it
     q, _, _, kc, vc, meta = random_case(0, [(3, 20), (0, 9)], 4, 2, 32, 16, "cpu", torch.float32, seed=5)
     qkv = torch.randn(q.shape[0], (4 + 2 * 2) * 32)

@@ -165,8 +165,16 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--small-decode-only", action="store_true", help="only the few-sequence decode sweep")
     ap.add_argument("--no-tiles", action="store_true", help="the few-sequence sweep without its tile sweep")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="only the many-sequence decode sweep (tiles, splits; FASTGEN_KERNELS_ON=decode_head_split "
+                         "for head_dim 80/96 as 64 + a tail)")
     a = ap.parse_args()
     rows = []
+    if a.decode_only:
+        decode_bench(rows)
+        if a.json:
+            append_jsonl(a.json, rows)
+        return
     small_decode_sweep(rows, tiles=not a.no_tiles)
     if a.small_decode_only:
         if a.json:

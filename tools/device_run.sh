@@ -67,9 +67,11 @@
 #              bf16/fp16 agreement, fp32 tokens, graphs) while time lasts; lines in final6.txt
 #   rerun9     the spread of issue 9's closest offline results: Phi-2 (1200/60 and 1200/128) twice, then Mixtral-8x7B;
 #              lines in rerun9.txt
-#   s10        the opt-in Triton MoE expert GEMMs (FASTGEN_KERNELS_ON=moe_triton): their GPU tests; tools/moe_bench.py
-#              (grouped_mm against the Triton GEMMs over tiles, Mixtral's expert shapes, 8-128 tokens); Mixtral-8x7B
-#              offline and at 1 and 16 clients (500/150) with it off and on; lines in s10.txt
+#   s10        session 9's two opt-in kernels, unmeasured when written: the Triton MoE expert GEMMs (moe_triton) and
+#              the decode attention's head_dim split (decode_head_split: 80 as 64 + 16). Their GPU tests;
+#              tools/moe_bench.py (grouped_mm against the Triton GEMMs over tiles, Mixtral's expert shapes, 8-128
+#              tokens); the many-sequence decode sweep with the split off and on; Phi-2 offline and at 1 client, split
+#              off and on; Mixtral-8x7B offline and at 1 and 16 clients (500/150), moe_triton off and on; lines in s10.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -444,8 +446,21 @@ if has rerun9; then     # how far the final call's borderline ratios move betwee
 fi
 if has s10; then        # the opt-in Triton MoE expert GEMMs for decode-sized steps, against grouped_mm
   S="$OUT/s10.txt"
-  gpu_tests 150 tests/gpu/test_moe_triton_gpu.py tests/gpu/test_kernels_gpu.py -k "moe or silu"
+  gpu_tests 150 tests/gpu/test_moe_triton_gpu.py tests/gpu/test_kernels_gpu.py tests/gpu/test_attention_gpu.py \
+    -k "moe or silu or split_decode"
   timeout 150 python3 tools/moe_bench.py --json "$OUT/moe_bench.jsonl" 2>&1 | tee -a "$S" | cut -c1-400
+  for on in "" decode_head_split; do
+    FASTGEN_KERNELS_ON=$on timeout 120 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" \
+      2>&1 | grep -E "^\{" | sed "s/^/decode ${on:-padded} /" | cut -c1-300 | tee -a "$S"
+  done
+  for on in decode_head_split "" decode_head_split ""; do
+    FASTGEN_KERNELS_ON=$on timeout 70 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "s10${on:+-on}" \
+      2>&1 | keep "phi-2 offline ${on}"
+  done
+  for on in "" decode_head_split; do
+    FASTGEN_KERNELS_ON=$on timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "s10${on:+-on}" 2>&1 | keep "phi-2 ${on}"
+  done
   for on in "" moe_triton "" moe_triton; do
     FASTGEN_KERNELS_ON=$on timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s10${on:+-on}" \
       2>&1 | keep "mixtral-8x7b offline ${on}"

@@ -17,6 +17,7 @@ import functools
 import torch
 
 from .. import kernels
+from .paged_prefill import head_split
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,7 +37,10 @@ def _kernel():
     def _paged_decode(q_ptr, k_ptr, v_ptr, out_ptr, part_o_ptr, part_lse_ptr, tables_ptr, seqs_ptr, rows_ptr,
                       ctx_ptr, scale, window, stride_table, stride_q, stride_o, G, D,
                       HK: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr):
+                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr,
+                      BLOCK_T: tl.constexpr = 16, HAS_TAIL: tl.constexpr = False):
+        # head channels [0, BLOCK_D) and, when HAS_TAIL, a tail [BLOCK_D, D) padded to BLOCK_T: head_dim 80 is
+        # 64 + 16 rather than 128 with 48 padded channels (the K/V tiles, staged in shared memory, are 5/8 the size)
         i = tl.program_id(0)          # decode row index
         h = tl.program_id(1)          # KV head
         sp = tl.program_id(2)         # split of the context (flash-decoding); SPLITS == 1: the whole of it
@@ -48,12 +52,17 @@ def _kernel():
         offs_n = tl.arange(0, BLOCK_N)
         g_ok = offs_g < G
         d_ok = offs_d < D
+        offs_t = BLOCK_D + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < D
         qh = h * G + offs_g                                         # query heads of this KV head
-        q = tl.load(q_ptr + row * stride_q + qh[:, None] * D + offs_d[None, :],
-                    mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+        q_rows = q_ptr + row * stride_q + qh[:, None] * D
+        q = tl.load(q_rows + offs_d[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0)
         m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
         l = tl.zeros((BLOCK_G,), tl.float32)
         acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
+        if HAS_TAIL:
+            q_t = tl.load(q_rows + offs_t[None, :], mask=g_ok[:, None] & t_ok[None, :], other=0.0)
+            acc_t = tl.zeros((BLOCK_G, BLOCK_T), tl.float32)
         # sliding window: skip whole tiles before the window (no window is passed as a huge one)
         lo = tl.maximum(ctx - window, 0) // BLOCK_N * BLOCK_N
         hi = ctx
@@ -66,13 +75,21 @@ def _kernel():
             ok = (tok < ctx) & (tok >= ctx - window)
             blk = tl.load(tables_ptr + seq * stride_table + tok // BLOCK_SIZE, mask=tok < ctx, other=0)
             slot = blk * BLOCK_SIZE + tok % BLOCK_SIZE
-            kv_off = slot[:, None] * (HK * D) + h * D + offs_d[None, :]
+            kv_base = slot[:, None] * (HK * D) + h * D
+            kv_off = kv_base + offs_d[None, :]
             kv_mask = ok[:, None] & d_ok[None, :]
             k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
             if IEEE:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
+            if HAS_TAIL:
+                kv_t_mask = ok[:, None] & t_ok[None, :]
+                k_t = tl.load(k_ptr + kv_base + offs_t[None, :], mask=kv_t_mask, other=0.0)
+                if IEEE:
+                    s += tl.dot(q_t, tl.trans(k_t), input_precision="ieee")
+                else:
+                    s += tl.dot(q_t, tl.trans(k_t))
             s = s * scale
             s = tl.where(ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
@@ -84,17 +101,30 @@ def _kernel():
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            if HAS_TAIL:
+                v_t = tl.load(v_ptr + kv_base + offs_t[None, :], mask=kv_t_mask, other=0.0)
+                if IEEE:
+                    acc_t = acc_t * alpha[:, None] + tl.dot(p.to(v_t.dtype), v_t, input_precision="ieee")
+                else:
+                    acc_t = acc_t * alpha[:, None] + tl.dot(p.to(v_t.dtype), v_t)
             m = m_new
         if SPLITS == 1:
-            o = acc / l[:, None]
-            tl.store(out_ptr + row * stride_o + qh[:, None] * D + offs_d[None, :], o.to(out_ptr.dtype.element_ty),
+            o_rows = out_ptr + row * stride_o + qh[:, None] * D
+            tl.store(o_rows + offs_d[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
                      mask=g_ok[:, None] & d_ok[None, :])
+            if HAS_TAIL:
+                tl.store(o_rows + offs_t[None, :], (acc_t / l[:, None]).to(out_ptr.dtype.element_ty),
+                         mask=g_ok[:, None] & t_ok[None, :])
         else:                         # normalised partial output and its log-sum-exp, merged by _merge
             has = l > 0.0
-            o = acc / tl.where(has, l, 1.0)[:, None]
+            inv = 1.0 / tl.where(has, l, 1.0)
             lse = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))
             base = (i * HK * G + qh) * SPLITS + sp                  # [row, query head, split]
-            tl.store(part_o_ptr + base[:, None] * D + offs_d[None, :], o, mask=g_ok[:, None] & d_ok[None, :])
+            tl.store(part_o_ptr + base[:, None] * D + offs_d[None, :], acc * inv[:, None],
+                     mask=g_ok[:, None] & d_ok[None, :])
+            if HAS_TAIL:
+                tl.store(part_o_ptr + base[:, None] * D + offs_t[None, :], acc_t * inv[:, None],
+                         mask=g_ok[:, None] & t_ok[None, :])
             tl.store(part_lse_ptr + base, lse, mask=g_ok)
 
     @triton.jit
@@ -155,6 +185,9 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     splits = splits or num_splits(sd * hk)
     extra = {} if stages is None else {"num_stages": stages}
     decode, merge = _kernel()
+    # head_dim 80/96 as 64 + a 16/32 tail, opt-in until its GPU A/B (FASTGEN_KERNELS_ON=decode_head_split);
+    # by default padded to a power of two (80 -> 128)
+    block_d, block_t = head_split(d) if kernels.switched_on("decode_head_split") else (_pow2(d, 16), 0)
     if splits > 1:
         part_o = torch.empty(sd, hq, splits, d, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(sd, hq, splits, dtype=torch.float32, device=q.device)
@@ -163,8 +196,9 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     decode[(sd, hk, splits)](
         q, k_cache, v_cache, out, part_o, part_lse, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
         float(scale), int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), g, d,
-        HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_G=_pow2(g, 16), BLOCK_D=_pow2(d, 16),
-        BLOCK_N=block_n, SPLITS=splits, IEEE=q.dtype == torch.float32, num_warps=warps, **extra)
+        HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_G=_pow2(g, 16), BLOCK_D=block_d,
+        BLOCK_N=block_n, SPLITS=splits, IEEE=q.dtype == torch.float32, BLOCK_T=max(block_t, 16),
+        HAS_TAIL=block_t > 0, num_warps=warps, **extra)
     if splits > 1:
         merge[(sd, hq)](out, part_o, part_lse, meta.decode_rows, out.stride(0), hq, d, SPLITS=splits,
                         BLOCK_D=_pow2(d, 16), num_warps=4)
