@@ -307,6 +307,7 @@ def _vs_floor(wall_s: float, floor: dict) -> dict:
 
 
 def _table(records: list[dict]) -> None:
+    """The printed summary. Floor ratios to 0.01%: at one decimal 69.97% printed as 70.0%, beside a 70% bar."""
     print(f"\n{'engine':<26}{'prompt':>7}{'gen':>5}{'wall s':>9}{'gen tok/s':>11}{'floor s':>9}{'%floor':>8}"
           f"{'linear s':>10}{'%linear':>9}{'ours/theirs':>12}")
     for r in records:
@@ -317,7 +318,7 @@ def _table(records: list[dict]) -> None:
             print(f"{name:<26}{r['mean_prompt']:>7}{r['mean_gen']:>5}  {r['error'][:60]}")
             continue
         print(f"{name:<26}{r['mean_prompt']:>7}{r['mean_gen']:>5}{r['wall_s']:>9.2f}{r['gen_tok_s']:>11.1f}{r['floor_s']:>9.3f}"
-              f"{100 * r['floor_fraction']:>7.1f}%{r['floor_linear_s']:>10.3f}{100 * r['floor_linear_fraction']:>8.1f}%"
+              f"{100 * r['floor_fraction']:>7.2f}%{r['floor_linear_s']:>10.3f}{100 * r['floor_linear_fraction']:>8.2f}%"
               f"{r.get('ours_over_theirs', ''):>12}")
     for r in records:
         if r.get("kind") == "online":
