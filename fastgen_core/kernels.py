@@ -221,7 +221,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     if rows:
         # 16-byte vectors, one per thread, where the rows allow (FASTGEN_KERNELS_OFF=rms_norm_vec: scalar loads)
         vec = vector_rows_ok(hidden, x, out, weight, residual) and not switched_off("rms_norm_vec")
-        name, block = ("rms_norm_vec", threads(hidden // (16 // x.element_size()))) if vec else ("rms_norm", threads(hidden))
+        name, block = ("rms_norm_vec", vector_threads(x)) if vec else ("rms_norm", threads(hidden))
         launch(core_source(FUSED_OPS_CU), f"{name}_{SUFFIX[x.dtype]}", (rows,), (block,),
                (ptr(out), ptr(x), ptr(residual), ptr(weight), f32(eps), i32(hidden)), x.device)
     return out
@@ -234,6 +234,11 @@ def vector_rows_ok(hidden: int, *tensors: torch.Tensor | None) -> bool:
     ts = [t for t in tensors if t is not None]
     vec = 16 // ts[0].element_size()
     return hidden % vec == 0 and hidden // vec <= 1024 and all(t.data_ptr() % 16 == 0 for t in ts)
+
+
+def vector_threads(x: torch.Tensor) -> int:
+    """Threads for a one-vector-per-thread row kernel over rows of ``x``'s last dimension (``vector_rows_ok``)."""
+    return threads(x.shape[-1] // (16 // x.element_size()))
 
 
 # ---- (attn + mlp) + x, then LayerNorm: the parallel-residual layer's boundary ----------------------------
@@ -268,7 +273,7 @@ def add3_layer_norm(a: torch.Tensor, m: torch.Tensor, x: torch.Tensor, weight: t
     rows = x.numel() // hidden
     s, out = torch.empty_like(x), torch.empty_like(x)
     if rows:
-        name, block = ("add3_layer_norm_vec", threads(hidden // 8)) if vec else ("add3_layer_norm", threads(hidden))
+        name, block = ("add3_layer_norm_vec", vector_threads(x)) if vec else ("add3_layer_norm", threads(hidden))
         launch(core_source(FUSED_OPS_CU), f"{name}_{SUFFIX[x.dtype]}", (rows,), (block,),
                (ptr(s), ptr(out), ptr(a), ptr(m), ptr(x), ptr(weight), ptr(bias), f32(eps), i32(hidden)), x.device)
     return s, out
@@ -326,7 +331,7 @@ def moe_combine(ys: torch.Tensor, order: torch.Tensor, topk_weights: torch.Tenso
         return moe_combine_ref(ys, order, topk_weights)
     position = torch.empty_like(order)
     position[order] = torch.arange(order.numel(), device=order.device)
-    return moe_combine_rows(ys, position, topk_weights)
+    return _moe_combine_launch(ys, position, topk_weights)
 
 
 def moe_combine_rows_ref(ys: torch.Tensor, position: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
@@ -339,16 +344,19 @@ def moe_combine_rows_ref(ys: torch.Tensor, position: torch.Tensor, topk_weights:
 
 def moe_combine_rows(ys: torch.Tensor, position: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
     """``moe_combine_rows_ref`` as the ``moe_combine`` kernel on CUDA."""
-    t, k = topk_weights.shape
-    hidden = ys.shape[1]
     if not _moe_combine_fits(ys, position):
         return moe_combine_rows_ref(ys, position, topk_weights)
-    out = ys.new_empty(t, hidden)
+    return _moe_combine_launch(ys, position, topk_weights)
+
+
+def _moe_combine_launch(ys: torch.Tensor, position: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+    """The ``moe_combine`` kernel, for inputs ``_moe_combine_fits`` took."""
+    t, k = topk_weights.shape
+    out = ys.new_empty(t, ys.shape[1])
     if t:
         w = topk_weights.float().contiguous()
-        launch(core_source(FUSED_OPS_CU), f"moe_combine_{SUFFIX[ys.dtype]}", (t,),
-               (threads(hidden // (16 // ys.element_size())),),
-               (ptr(out), ptr(ys), ptr(position), ptr(w), i32(k), i32(hidden)), ys.device)
+        launch(core_source(FUSED_OPS_CU), f"moe_combine_{SUFFIX[ys.dtype]}", (t,), (vector_threads(ys),),
+               (ptr(out), ptr(ys), ptr(position), ptr(w), i32(k), i32(ys.shape[1])), ys.device)
     return out
 
 
