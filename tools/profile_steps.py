@@ -25,7 +25,7 @@ import torch
 
 from fastgen_core.bench.cli import append_jsonl
 from fastgen_core.bench.offline import _params, warm_up
-from fastgen_core.bench.online import allocator_stats
+from fastgen_core.bench.online import allocator_delta, allocator_stats
 from fastgen_core.bench.workload import make_workload, write_preset
 from fastgen_core.config import EngineConfig
 from fastgen_core.engine.engine import LLMEngine
@@ -146,14 +146,14 @@ def overlapped_pass(eng, w, tag):
     the profiler (CUPTI slows each launch down, which prompt-carrying steps, with hundreds of launches, feel)."""
     m0 = allocator_stats(eng)
     head_wall_u, tail_wall_u, *_ = _timed_run(eng, w, tag + "u", profiled=False)
-    m1 = allocator_stats(eng)
+    allocator = allocator_delta(m0, eng)
     head_wall, tail_wall, head_steps, tail_steps, tail_running, head, tail = _timed_run(eng, w, tag, profiled=True)
     steps = head_steps + tail_steps
     busy_head, busy_tail = _busy_s(head), (_busy_s(tail) if tail is not None else 0.0)
     wall = head_wall + tail_wall
     out = {"steps": steps, "wall_s": round(wall, 4), "kernel_busy_s": round(busy_head + busy_tail, 4),
            "host_exposed_ms_per_step": round((wall - busy_head - busy_tail) / steps * 1e3, 3),
-           "allocator": {k: m1[k] - m0[k] for k in m0}}
+           "allocator": allocator}
     if head_steps:      # the prompt-carrying part: host time the GPU waits for, against the GPU's busy time
         out |= {"head_steps": head_steps, "head_busy_ms_per_step": round(busy_head / head_steps * 1e3, 3),
                 "head_host_exposed_ms_per_step": round(max(head_wall - busy_head, 0) / head_steps * 1e3, 3),

@@ -95,7 +95,7 @@ def run_online(engine, workload: Workload, clients: int, num_requests: int | Non
         out[f"effective_rps_sla{int(s)}"] = round(served[s] / wall, 4)
         out[f"served_frac_sla{int(s)}"] = round(served[s] / n, 4)
     if mem0:         # what the caching allocator did during the run
-        out["allocator"] = {k: v - mem0[k] for k, v in allocator_stats(engine).items()}
+        out["allocator"] = allocator_delta(mem0, engine)
     return out
 
 
@@ -105,3 +105,8 @@ def allocator_stats(engine) -> dict:
         return {}
     stats = torch.cuda.memory_stats(engine.device)
     return {k: stats.get(k, 0) for k in ALLOCATOR_STATS}
+
+
+def allocator_delta(before: dict, engine) -> dict:
+    """What the caching allocator's counters did since ``before`` (an ``allocator_stats`` reading)."""
+    return {k: v - before[k] for k, v in allocator_stats(engine).items()}
