@@ -72,7 +72,8 @@
 #              tools/moe_bench.py (grouped_mm against the Triton GEMMs over tiles, Mixtral's expert shapes, 8-128
 #              tokens); the many-sequence decode sweep with the split off and on; Phi-2 offline and at 1 client, split
 #              off and on; Mixtral-8x7B offline and at 1 and 16 clients (500/150), moe_triton off and on; lines in s10.txt.
-#              Both parts are more than one call's 600 s: S10_PARTS=decode or S10_PARTS=moe picks one
+#              Ordered most wanted first (one A/B of each, then the repeats, then the clients): a call's 600 s may cut
+#              the tail. S10_PARTS=decode or S10_PARTS=moe picks one part
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -445,36 +446,40 @@ if has rerun9; then     # how far the final call's borderline ratios move betwee
     timeout 120 $B --preset $p --num-requests $n --gen-mean $g --tag rerun9 2>&1 | keep "$p offline"
   done
 fi
-if has s10; then        # session 9's opt-in kernels against the default paths (S10_PARTS: moe, decode or both)
+if has s10; then        # session 9's opt-in kernels against the default paths, most wanted first (a cut loses the tail)
   S="$OUT/s10.txt"
   P=",${S10_PARTS:-moe,decode},"
   gpu_tests 150 tests/gpu/test_moe_triton_gpu.py tests/gpu/test_kernels_gpu.py tests/gpu/test_attention_gpu.py \
     -k "moe or silu or split_decode"
-  if [[ $P == *,decode,* ]]; then
-    for on in "" decode_head_split; do
-      FASTGEN_KERNELS_ON=$on timeout 120 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" \
-        2>&1 | grep -E "^\{" | sed "s/^/decode ${on:-padded} /" | cut -c1-300 | tee -a "$S"
-    done
-    for on in decode_head_split "" decode_head_split ""; do
-      FASTGEN_KERNELS_ON=$on timeout 70 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "s10${on:+-on}" \
-        2>&1 | keep "phi-2 offline ${on}"
-    done
-    for on in "" decode_head_split; do
-      FASTGEN_KERNELS_ON=$on timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-        --tag "s10${on:+-on}" 2>&1 | keep "phi-2 ${on}"
-    done
-  fi
-  if [[ $P == *,moe,* ]]; then
-    timeout 150 python3 tools/moe_bench.py --json "$OUT/moe_bench.jsonl" 2>&1 | tee -a "$S" | cut -c1-400
-    for on in "" moe_triton "" moe_triton; do
+  mix() { for on in "$@"; do
       FASTGEN_KERNELS_ON=$on timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s10${on:+-on}" \
         2>&1 | keep "mixtral-8x7b offline ${on}"
-    done
-    for on in "" moe_triton; do
-      FASTGEN_KERNELS_ON=$on timeout 100 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 \
-        --online 1,16 --tag "s10${on:+-on}" 2>&1 | keep "mixtral-8x7b ${on}"
+    done; }
+  phi() { for on in "$@"; do
+      FASTGEN_KERNELS_ON=$on timeout 70 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "s10${on:+-on}" \
+        2>&1 | keep "phi-2 offline ${on}"
+    done; }
+  if [[ $P == *,moe,* ]]; then
+    timeout 120 python3 tools/moe_bench.py --json "$OUT/moe_bench.jsonl" 2>&1 | tee -a "$S" | cut -c1-400
+    mix "" moe_triton
+  fi
+  [[ $P == *,decode,* ]] && phi decode_head_split ""
+  if [[ $P == *,decode,* ]]; then
+    for on in "" decode_head_split; do
+      FASTGEN_KERNELS_ON=$on timeout 90 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" \
+        2>&1 | grep -E "^\{" | sed "s/^/decode ${on:-padded} /" | cut -c1-300 | tee -a "$S"
     done
   fi
+  [[ $P == *,moe,* ]] && mix moe_triton ""
+  [[ $P == *,decode,* ]] && phi "" decode_head_split
+  [[ $P == *,moe,* ]] && for on in "" moe_triton; do
+    FASTGEN_KERNELS_ON=$on timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 \
+      --online 1,16 --tag "s10${on:+-on}" 2>&1 | keep "mixtral-8x7b ${on}"
+  done
+  [[ $P == *,decode,* ]] && for on in "" decode_head_split; do
+    FASTGEN_KERNELS_ON=$on timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
+      --tag "s10${on:+-on}" 2>&1 | keep "phi-2 ${on}"
+  done
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
