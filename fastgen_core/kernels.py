@@ -84,7 +84,7 @@ def switched_off(name: str) -> bool:
 
 
 # kernels that did not win their A/B on a GPU, or have not had one yet: off unless FASTGEN_KERNELS_ON names them
-OPT_IN = ("decode_attention", "moe_triton", "decode_head_split")
+OPT_IN = ("decode_attention", "decode_head_pairs")
 
 
 @functools.lru_cache(maxsize=None)

@@ -63,18 +63,33 @@ def main() -> dict:
         res[f"mixed-decode-rows/{name}/float32"] = _err(out[meta.decode_rows], ref[meta.decode_rows])
     # decode rows whole (1) or split over the context (flash-decoding) and merged, windowed or not
     for name, (hq, hk, d, bs, win) in {"split-mha-d80": (4, 4, 80, 16, None), "split-gqa-window": (8, 2, 64, 16, 37),
-                                        "split-mqa": (6, 1, 32, 32, None)}.items():
+                                        "split-mqa": (6, 1, 32, 32, None),
+                                        "split-mha-window": (4, 4, 64, 16, 29)}.items():
         q, _, _, kc, vc, meta = random_case(6, [], hq, hk, d, bs, "cpu", torch.float32, seed=3, max_ctx=200)
         ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
-        for form in ("", "decode_head_split"):     # head_dim padded to a power of two, or 64 + a tail (opt-in)
-            os.environ["FASTGEN_KERNELS_ON"] = form
-            kernels._switched_on.cache_clear()
-            for splits in (1, 2, 8):
+        for splits in (1, 2, 8):
+            out = torch.full_like(q, float("nan"))
+            paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, win, out, splits=splits)
+            res[f"decode/{name}-{splits}/float32"] = _err(out, ref)
+        if hq == hk:        # multi-head: the form with adjacent heads in one program (opt-in), 2 and 4 heads
+            for heads, block_n in ((2, 16), (4, 32)):
                 out = torch.full_like(q, float("nan"))
-                paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, win, out, splits=splits)
-                res[f"decode{'-head-split' if form else ''}/{name}-{splits}/float32"] = _err(out, ref)
-        os.environ.pop("FASTGEN_KERNELS_ON")
-        kernels._switched_on.cache_clear()
+                paged_decode.paged_decode_heads(q, kc, vc, meta, d ** -0.5, win, out, config=(heads, block_n, 4))
+                res[f"decode-heads/{name}-{heads}/float32"] = _err(out, ref)
+    # the opt-in switch routes a multi-head decode (one that needs no context split) to that form
+    os.environ["FASTGEN_KERNELS_ON"] = "decode_head_pairs"
+    kernels._switched_on.cache_clear()
+    q, _, _, kc, vc, meta = random_case(64, [], 4, 4, 80, 16, "cpu", torch.float32, seed=9, max_ctx=120)  # 256 programs: no split
+    calls, real = [], paged_decode.paged_decode_heads
+    paged_decode.paged_decode_heads = lambda *a, **k: calls.append(1) or real(*a, **k)
+    out = torch.full_like(q, float("nan"))
+    paged_decode.paged_decode(q, kc, vc, meta, 80 ** -0.5, None, out)
+    paged_decode.paged_decode_heads = real
+    os.environ.pop("FASTGEN_KERNELS_ON")
+    kernels._switched_on.cache_clear()
+    res["decode-heads/switched-on-dispatch/float32"] = (
+        _err(out, A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, 80 ** -0.5, None))
+        if calls else "the switch did not take paged_decode_heads")
     # q as the QKV projection's view (rows further apart than the heads), as the fused rotary path passes it
     q, _, _, kc, vc, meta = random_case(0, [(3, 20), (0, 9)], 4, 2, 32, 16, "cpu", torch.float32, seed=5)
     qkv = torch.randn(q.shape[0], (4 + 2 * 2) * 32)

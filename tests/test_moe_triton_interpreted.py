@@ -1,4 +1,4 @@
-"""The Triton MoE expert GEMMs (opt-in, layers/moe_triton.py) on the CPU under Triton's interpreter against the
+"""The Triton MoE expert GEMMs (layers/moe_triton.py, decode-sized MoE steps) on the CPU under Triton's interpreter against the
 every-expert float64 oracle: tails in N and K, an idle expert, one expert over several row blocks, top-1, and the
 padded layout's bookkeeping. The GPU compiles and compares them in tests/gpu/test_moe_triton_gpu.py."""
 import sys

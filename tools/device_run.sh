@@ -74,6 +74,10 @@
 #              off and on; Mixtral-8x7B offline and at 1 and 16 clients (500/150), moe_triton off and on; lines in s10.txt.
 #              Ordered most wanted first (one A/B of each, then the repeats, then the clients): a call's 600 s may cut
 #              the tail. S10_PARTS=decode or S10_PARTS=moe picks one part
+#   s11        session 10: the decode attention with adjacent heads in one program (decode_head_pairs, opt-in) and
+#              the Triton MoE GEMMs on by default up to 16 rows an expert: their GPU tests; the many-sequence decode
+#              sweep (tiles, heads per program); Phi-2 offline with the sweep's best heads config and without,
+#              alternated; Mixtral-8x7B offline (default path); lines in s11.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -480,6 +484,34 @@ if has s10; then        # session 9's opt-in kernels against the default paths, 
     FASTGEN_KERNELS_ON=$on timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
       --tag "s10${on:+-on}" 2>&1 | keep "phi-2 ${on}"
   done
+fi
+if has s11; then        # session 10's decode attention experiment and the MoE default, in about 300 s
+  S="$OUT/s11.txt"
+  gpu_tests 120 tests/gpu/test_attention_gpu.py tests/gpu/test_moe_triton_gpu.py -k "head_pairs or split_decode or moe"
+  timeout 90 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" 2>&1 | grep -E "^\{" \
+    | cut -c1-600 | tee -a "$S"
+  # the best heads config for Phi-2's shape from the sweep (HEADS_CONFIG otherwise), set for the A/B's "on" runs
+  HC=$(python3 -c "
+import json
+best = None
+for line in open('$OUT/attention.jsonl'):
+    r = json.loads(line)
+    if r.get('decode') == 'phi-2 128 x 1200':
+        for k, v in r.items():
+            if k.startswith('heads(') and isinstance(v, list) and not k.startswith('heads(1,'):
+                best = min(best or (v[0], k), (v[0], k))
+print(best[1][5:] if best else '')" 2>/dev/null)
+  echo "heads config for the A/B: ${HC:-default}" | tee -a "$S"
+  RUN="import sys, runpy; from fastgen_core.layers import paged_decode as P
+c = sys.argv.pop(1)
+if c: P.HEADS_CONFIG = tuple(int(x) for x in c.strip('()').split(','))
+sys.argv[0] = 'fastgen'; runpy.run_module('fastgen_core.cli', run_name='__main__')"
+  for on in decode_head_pairs "" decode_head_pairs ""; do
+    FASTGEN_KERNELS_ON=$on timeout 70 python3 -c "$RUN" "$HC" bench --output $OUT/bench.jsonl --peer none \
+      --max-ragged-batch-size 2048 --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "s11${on:+-on}" \
+      2>&1 | keep "phi-2 offline ${on}"
+  done
+  timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag s11 2>&1 | keep "mixtral-8x7b offline"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

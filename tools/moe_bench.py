@@ -1,6 +1,6 @@
-"""Mixtral-8x7B's expert layer at decode-sized steps on a GPU: the grouped_mm path (the default) against the
-opt-in Triton expert GEMMs (layers/moe_triton.py) over a few tile choices, each timed as a CUDA graph replay with
-the weights of 8 layers (22 GB) cycled past the L2. Prints ms per layer and the TB/s of expert weights read.
+"""Mixtral-8x7B's expert layer at decode-sized steps on a GPU: the grouped_mm path against the Triton expert GEMMs
+(layers/moe_triton.py, the default for decode-sized steps) over a few tile choices, each timed as a CUDA graph replay
+with the weights of 8 layers (22 GB) cycled past the L2. Prints ms per layer and the TB/s of expert weights read.
 
     python3 tools/moe_bench.py [--json out.jsonl]
 """

@@ -154,7 +154,7 @@ class GroupedExperts(nn.Module):
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         if topk_ids.numel() <= EXPERT_GEMV_MAX_PAIRS and expert_gemv_fits(x, self.gate_up_proj):
             out = experts_gemv(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.act)
-        elif moe_triton.usable(x, topk_ids):        # opt-in: FASTGEN_KERNELS_ON=moe_triton
+        elif moe_triton.usable(x, topk_ids, self.gate_up_proj.shape[0]):
             out = moe_triton.experts_triton(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.act)
         else:
             out = grouped_experts_ref(x, self.gate_up_proj, self.down_proj, topk_weights, topk_ids, self.act)

@@ -17,7 +17,6 @@ import functools
 import torch
 
 from .. import kernels
-from .paged_prefill import head_split
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,10 +36,7 @@ def _kernel():
     def _paged_decode(q_ptr, k_ptr, v_ptr, out_ptr, part_o_ptr, part_lse_ptr, tables_ptr, seqs_ptr, rows_ptr,
                       ctx_ptr, scale, window, stride_table, stride_q, stride_o, G, D,
                       HK: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr,
-                      BLOCK_T: tl.constexpr = 16, HAS_TAIL: tl.constexpr = False):
-        # head channels [0, BLOCK_D) and, when HAS_TAIL, a tail [BLOCK_D, D) padded to BLOCK_T: head_dim 80 is
-        # 64 + 16 rather than 128 with 48 padded channels (the K/V tiles, staged in shared memory, are 5/8 the size)
+                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr):
         i = tl.program_id(0)          # decode row index
         h = tl.program_id(1)          # KV head
         sp = tl.program_id(2)         # split of the context (flash-decoding); SPLITS == 1: the whole of it
@@ -52,17 +48,12 @@ def _kernel():
         offs_n = tl.arange(0, BLOCK_N)
         g_ok = offs_g < G
         d_ok = offs_d < D
-        offs_t = BLOCK_D + tl.arange(0, BLOCK_T)
-        t_ok = offs_t < D
         qh = h * G + offs_g                                         # query heads of this KV head
         q_rows = q_ptr + row * stride_q + qh[:, None] * D
         q = tl.load(q_rows + offs_d[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0)
         m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
         l = tl.zeros((BLOCK_G,), tl.float32)
         acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
-        if HAS_TAIL:
-            q_t = tl.load(q_rows + offs_t[None, :], mask=g_ok[:, None] & t_ok[None, :], other=0.0)
-            acc_t = tl.zeros((BLOCK_G, BLOCK_T), tl.float32)
         # sliding window: skip whole tiles before the window (no window is passed as a huge one)
         lo = tl.maximum(ctx - window, 0) // BLOCK_N * BLOCK_N
         hi = ctx
@@ -75,21 +66,13 @@ def _kernel():
             ok = (tok < ctx) & (tok >= ctx - window)
             blk = tl.load(tables_ptr + seq * stride_table + tok // BLOCK_SIZE, mask=tok < ctx, other=0)
             slot = blk * BLOCK_SIZE + tok % BLOCK_SIZE
-            kv_base = slot[:, None] * (HK * D) + h * D
-            kv_off = kv_base + offs_d[None, :]
+            kv_off = slot[:, None] * (HK * D) + h * D + offs_d[None, :]
             kv_mask = ok[:, None] & d_ok[None, :]
             k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
             if IEEE:
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))
-            if HAS_TAIL:
-                kv_t_mask = ok[:, None] & t_ok[None, :]
-                k_t = tl.load(k_ptr + kv_base + offs_t[None, :], mask=kv_t_mask, other=0.0)
-                if IEEE:
-                    s += tl.dot(q_t, tl.trans(k_t), input_precision="ieee")
-                else:
-                    s += tl.dot(q_t, tl.trans(k_t))
             s = s * scale
             s = tl.where(ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
@@ -101,20 +84,11 @@ def _kernel():
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            if HAS_TAIL:
-                v_t = tl.load(v_ptr + kv_base + offs_t[None, :], mask=kv_t_mask, other=0.0)
-                if IEEE:
-                    acc_t = acc_t * alpha[:, None] + tl.dot(p.to(v_t.dtype), v_t, input_precision="ieee")
-                else:
-                    acc_t = acc_t * alpha[:, None] + tl.dot(p.to(v_t.dtype), v_t)
             m = m_new
         if SPLITS == 1:
             o_rows = out_ptr + row * stride_o + qh[:, None] * D
             tl.store(o_rows + offs_d[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
                      mask=g_ok[:, None] & d_ok[None, :])
-            if HAS_TAIL:
-                tl.store(o_rows + offs_t[None, :], (acc_t / l[:, None]).to(out_ptr.dtype.element_ty),
-                         mask=g_ok[:, None] & t_ok[None, :])
         else:                         # normalised partial output and its log-sum-exp, merged by _merge
             has = l > 0.0
             inv = 1.0 / tl.where(has, l, 1.0)
@@ -122,9 +96,6 @@ def _kernel():
             base = (i * HK * G + qh) * SPLITS + sp                  # [row, query head, split]
             tl.store(part_o_ptr + base[:, None] * D + offs_d[None, :], acc * inv[:, None],
                      mask=g_ok[:, None] & d_ok[None, :])
-            if HAS_TAIL:
-                tl.store(part_o_ptr + base[:, None] * D + offs_t[None, :], acc_t * inv[:, None],
-                         mask=g_ok[:, None] & t_ok[None, :])
             tl.store(part_lse_ptr + base, lse, mask=g_ok)
 
     @triton.jit
@@ -144,7 +115,50 @@ def _kernel():
         res = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
         tl.store(out_ptr + row * stride_o + h * D + offs_d, res.to(out_ptr.dtype.element_ty), mask=offs_d < D)
 
-    return _paged_decode, _merge
+    # multi-head attention (one query head per KV head) with HEADS adjacent heads per program: their K/V rows lie
+    # side by side in a cache slot, so a program reads HEADS * D contiguous elements per key (Phi-2's head_dim 80
+    # alone is a 160-byte row, which starts mid-way through a 64-byte DRAM burst on every other key). No tensor-core
+    # dot (one query row per head): products and sums on the CUDA cores, in float32. No context splits.
+    @triton.jit(do_not_specialize=["stride_table"])
+    def _paged_decode_heads(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seqs_ptr, rows_ptr, ctx_ptr, scale, window,
+                            stride_table, stride_q, stride_o, D,
+                            HK: tl.constexpr, HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        i = tl.program_id(0)
+        h0 = tl.program_id(1) * HEADS
+        seq = tl.load(seqs_ptr + i)
+        row = tl.load(rows_ptr + i)
+        ctx = tl.load(ctx_ptr + seq)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, BLOCK_N)
+        d_ok = offs_d < D
+        hd = (h0 + tl.arange(0, HEADS))[:, None] * D + offs_d[None, :]      # [HEADS, BLOCK_D] within a slot
+        q = tl.load(q_ptr + row * stride_q + hd, mask=d_ok[None, :], other=0.0).to(tl.float32)
+        m = tl.full((HEADS,), float("-inf"), tl.float32)
+        l = tl.zeros((HEADS,), tl.float32)
+        acc = tl.zeros((HEADS, BLOCK_D), tl.float32)
+        lo = tl.maximum(ctx - window, 0) // BLOCK_N * BLOCK_N
+        for n0 in range(lo, ctx, BLOCK_N):
+            tok = n0 + offs_n
+            ok = (tok < ctx) & (tok >= ctx - window)
+            blk = tl.load(tables_ptr + seq * stride_table + tok // BLOCK_SIZE, mask=tok < ctx, other=0)
+            slot = blk * BLOCK_SIZE + tok % BLOCK_SIZE
+            off = slot[:, None, None].to(tl.int64) * (HK * D) + hd[None, :, :]   # [BLOCK_N, HEADS, BLOCK_D]
+            mask = ok[:, None, None] & d_ok[None, None, :]
+            k = tl.load(k_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            s = tl.sum(k * q[None, :, :], 2) * scale                            # [BLOCK_N, HEADS]
+            s = tl.where(ok[:, None], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 0))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(s - m_new[None, :])
+            l = l * alpha + tl.sum(p, 0)
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, 0)
+            m = m_new
+        tl.store(out_ptr + row * stride_o + hd, (acc / l[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=d_ok[None, :])
+
+    return _paged_decode, _merge, _paged_decode_heads
 
 
 def _pow2(x: int, lo: int) -> int:
@@ -170,6 +184,32 @@ def num_splits(programs: int) -> int:
     return min(16, 1 << max(0, (256 // programs - 1).bit_length()))
 
 
+HEADS_CONFIG = (2, 16, 4)     # (heads per program, BLOCK_N, num_warps) of the head-pairs form
+
+
+def head_pairs_apply(hq: int, hk: int, splits: int) -> bool:
+    """Whether a decode takes ``_paged_decode_heads`` (opt-in: FASTGEN_KERNELS_ON=decode_head_pairs): multi-head
+    attention (hq == hk) with a head count its heads per program divide, and no context splits."""
+    return hq == hk and hk % HEADS_CONFIG[0] == 0 and splits == 1 and kernels.switched_on("decode_head_pairs")
+
+
+def paged_decode_heads(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
+                       sliding_window: int | None, out: torch.Tensor, config: tuple | None = None) -> None:
+    """``paged_decode`` for multi-head attention, ``config`` = (heads per program, BLOCK_N, num_warps) adjacent
+    heads in each program (default ``HEADS_CONFIG``)."""
+    hq, d = q.shape[1:]
+    heads, block_n, warps = config or HEADS_CONFIG
+    if k_cache.shape[-2] != hq or hq % heads:
+        raise ValueError(f"paged_decode_heads: {hq} query heads over {k_cache.shape[-2]} KV heads; it needs one "
+                         f"query head per KV head and a head count divisible by {heads}")
+    sd = meta.decode_rows.numel()
+    tables = meta.block_tables
+    _kernel()[2][(sd, hq // heads)](
+        q, k_cache, v_cache, out, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens, float(scale),
+        int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), d, HK=hq, HEADS=heads,
+        BLOCK_SIZE=meta.block_size, BLOCK_D=_pow2(d, 16), BLOCK_N=block_n, num_warps=warps)
+
+
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
                  sliding_window: int | None, out: torch.Tensor, config: tuple | None = None,
                  splits: int | None = None) -> None:
@@ -183,11 +223,10 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     tables = meta.block_tables
     block_n, warps, stages = config or tile_config(sd * hk, q.dtype)
     splits = splits or num_splits(sd * hk)
+    if config is None and head_pairs_apply(hq, hk, splits):
+        return paged_decode_heads(q, k_cache, v_cache, meta, scale, sliding_window, out)
     extra = {} if stages is None else {"num_stages": stages}
-    decode, merge = _kernel()
-    # head_dim 80/96 as 64 + a 16/32 tail, opt-in until its GPU A/B (FASTGEN_KERNELS_ON=decode_head_split);
-    # by default padded to a power of two (80 -> 128)
-    block_d, block_t = head_split(d) if kernels.switched_on("decode_head_split") else (_pow2(d, 16), 0)
+    decode, merge = _kernel()[:2]
     if splits > 1:
         part_o = torch.empty(sd, hq, splits, d, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(sd, hq, splits, dtype=torch.float32, device=q.device)
@@ -196,9 +235,8 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     decode[(sd, hk, splits)](
         q, k_cache, v_cache, out, part_o, part_lse, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
         float(scale), int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), g, d,
-        HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_G=_pow2(g, 16), BLOCK_D=block_d,
-        BLOCK_N=block_n, SPLITS=splits, IEEE=q.dtype == torch.float32, BLOCK_T=max(block_t, 16),
-        HAS_TAIL=block_t > 0, num_warps=warps, **extra)
+        HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_G=_pow2(g, 16), BLOCK_D=_pow2(d, 16),
+        BLOCK_N=block_n, SPLITS=splits, IEEE=q.dtype == torch.float32, num_warps=warps, **extra)
     if splits > 1:
         merge[(sd, hq)](out, part_o, part_lse, meta.decode_rows, out.stride(0), hq, d, SPLITS=splits,
                         BLOCK_D=_pow2(d, 16), num_warps=4)

@@ -82,22 +82,28 @@ def test_torch_fallback_matches_reference(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("splits", [1, 2, 16])
-@pytest.mark.parametrize("form", ["", "decode_head_split"])
-def test_split_decode_matches_reference(shape, dtype, splits, form, monkeypatch):
-    """Flash-decoding: a few sequences' contexts (up to 6k) whole or split into parts and merged by log-sum-exp;
-    head_dim padded to a power of two, or (opt-in) 64 + a 16/32 tail."""
-    from fastgen_core import kernels
-    monkeypatch.setenv("FASTGEN_KERNELS_ON", form)
-    kernels._switched_on.cache_clear()
+def test_split_decode_matches_reference(shape, dtype, splits):
+    """Flash-decoding: a few sequences' contexts (up to 6k) whole or split into parts and merged by log-sum-exp."""
     hq, hk, d, bs, win = shape
     q, _, _, kc, vc, meta = random_case(3, [], hq, hk, d, bs, "cuda", dtype, seed=splits, max_ctx=6000)
     ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
     out = torch.full_like(q, float("nan"))
-    try:
-        paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, win, out, splits=splits)
-    finally:
-        monkeypatch.delenv("FASTGEN_KERNELS_ON")
-        kernels._switched_on.cache_clear()
+    paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, win, out, splits=splits)
+    assert not out.isnan().any()
+    assert _err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(32, 32, 80, 32, None), (16, 16, 64, 16, 300), (8, 8, 128, 16, None)])
+@pytest.mark.parametrize("config", [(2, 16, 4), (4, 16, 4), (2, 32, 8)])
+def test_head_pairs_decode_matches_reference(shape, dtype, config):
+    """Multi-head decode with adjacent heads in one program (opt-in: FASTGEN_KERNELS_ON=decode_head_pairs), many
+    sequences with contexts up to 3k, windowed or not."""
+    hq, hk, d, bs, win = shape
+    q, _, _, kc, vc, meta = random_case(24, [], hq, hk, d, bs, "cuda", dtype, seed=config[0], max_ctx=3000)
+    ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
+    out = torch.full_like(q, float("nan"))
+    paged_decode.paged_decode_heads(q, kc, vc, meta, d ** -0.5, win, out, config=config)
     assert not out.isnan().any()
     assert _err(out, ref) < TOL[dtype]
 

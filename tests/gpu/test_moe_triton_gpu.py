@@ -1,6 +1,6 @@
-"""The Triton MoE expert GEMMs (opt-in: FASTGEN_KERNELS_ON=moe_triton, layers/moe_triton.py) on the GPU against the
-grouped_mm path they would replace, at Mixtral's expert shapes and decode-sized steps, inside a CUDA graph with
-routes that change between replays, and through GroupedExperts when opted in."""
+"""The Triton MoE expert GEMMs (layers/moe_triton.py) on the GPU against the grouped_mm path they replace at
+decode-sized steps: Mixtral's expert shapes, inside a CUDA graph with routes that change between replays, and
+through GroupedExperts (taken up to 16 rows an expert, unless FASTGEN_KERNELS_OFF=moe_triton)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,21 +52,24 @@ def test_expert_gemms_replay_in_a_cuda_graph_with_new_routes():
         assert _rel(out, moe.grouped_experts_ref(x, gate_up, down, w, ids, F.silu)) < 1e-2
 
 
-def test_grouped_experts_take_the_triton_path_only_when_opted_in(monkeypatch):
+def test_grouped_experts_take_the_triton_path_for_decode_sized_steps_unless_switched_off(monkeypatch):
     layer = moe.GroupedExperts(8, 512, 1024).cuda().to(torch.bfloat16)
     torch.nn.init.normal_(layer.gate_up_proj, std=0.05)
     torch.nn.init.normal_(layer.down_proj, std=0.05)
-    x, _, _, w, ids = _case(40, 2, 8, 512, 1024, torch.bfloat16)
     calls = []
     real = moe_triton.experts_triton
     monkeypatch.setattr(moe_triton, "experts_triton", lambda *a: calls.append(1) or real(*a))
+    x, _, _, w, ids = _case(40, 2, 8, 512, 1024, torch.bfloat16)          # 80 pairs <= 16 x 8 experts
     default = layer(x, w, ids)
-    assert not calls
-    monkeypatch.setenv("FASTGEN_KERNELS_ON", "moe_triton")
-    kernels._switched_on.cache_clear()
+    assert calls == [1]
+    big = _case(65, 2, 8, 512, 1024, torch.bfloat16)                      # 130 pairs: grouped_mm
+    layer(big[0], big[3], big[4])
+    assert calls == [1]
+    monkeypatch.setenv("FASTGEN_KERNELS_OFF", "moe_triton")
+    kernels._switched_off.cache_clear()
     try:
-        opted = layer(x, w, ids)
+        off = layer(x, w, ids)
     finally:
-        monkeypatch.delenv("FASTGEN_KERNELS_ON")
-        kernels._switched_on.cache_clear()
-    assert calls and _rel(opted, default) < 1e-2
+        monkeypatch.delenv("FASTGEN_KERNELS_OFF")
+        kernels._switched_off.cache_clear()
+    assert calls == [1] and _rel(default, off) < 1e-2
