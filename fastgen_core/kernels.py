@@ -84,7 +84,7 @@ def switched_off(name: str) -> bool:
 
 
 # kernels that did not win their A/B on a GPU, or have not had one yet: off unless FASTGEN_KERNELS_ON names them
-OPT_IN = ("decode_attention", "decode_head_pairs")
+OPT_IN = ("decode_attention",)
 
 
 @functools.lru_cache(maxsize=None)

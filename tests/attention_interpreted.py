@@ -43,7 +43,6 @@ def _err(out, ref):
 
 def main() -> dict:
     _index_scalars_compat()
-    from fastgen_core import kernels
     from fastgen_core.layers import attention as A
     from fastgen_core.layers import paged_decode, paged_prefill
     assert paged_decode.available() and paged_prefill.available(), "the kernels did not load"
@@ -71,25 +70,6 @@ def main() -> dict:
             out = torch.full_like(q, float("nan"))
             paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, win, out, splits=splits)
             res[f"decode/{name}-{splits}/float32"] = _err(out, ref)
-        if hq == hk:        # multi-head: the form with adjacent heads in one program (opt-in), 2 and 4 heads
-            for heads, block_n in ((2, 16), (4, 32)):
-                out = torch.full_like(q, float("nan"))
-                paged_decode.paged_decode_heads(q, kc, vc, meta, d ** -0.5, win, out, config=(heads, block_n, 4))
-                res[f"decode-heads/{name}-{heads}/float32"] = _err(out, ref)
-    # the opt-in switch routes a multi-head decode (one that needs no context split) to that form
-    os.environ["FASTGEN_KERNELS_ON"] = "decode_head_pairs"
-    kernels._switched_on.cache_clear()
-    q, _, _, kc, vc, meta = random_case(64, [], 4, 4, 80, 16, "cpu", torch.float32, seed=9, max_ctx=120)  # 256 programs: no split
-    calls, real = [], paged_decode.paged_decode_heads
-    paged_decode.paged_decode_heads = lambda *a, **k: calls.append(1) or real(*a, **k)
-    out = torch.full_like(q, float("nan"))
-    paged_decode.paged_decode(q, kc, vc, meta, 80 ** -0.5, None, out)
-    paged_decode.paged_decode_heads = real
-    os.environ.pop("FASTGEN_KERNELS_ON")
-    kernels._switched_on.cache_clear()
-    res["decode-heads/switched-on-dispatch/float32"] = (
-        _err(out, A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, 80 ** -0.5, None))
-        if calls else "the switch did not take paged_decode_heads")
     # q as the QKV projection's view (rows further apart than the heads), as the fused rotary path passes it
     q, _, _, kc, vc, meta = random_case(0, [(3, 20), (0, 9)], 4, 2, 32, 16, "cpu", torch.float32, seed=5)
     qkv = torch.randn(q.shape[0], (4 + 2 * 2) * 32)

@@ -1,8 +1,7 @@
 """The Triton attention kernels (paged prefill and paged decode) on the CPU under Triton's interpreter,
 against the float64 reference, on random ragged batches: chunks that start mid-block or on a block edge,
 fresh prompts, GQA / MQA, head_dim 80/96, sliding windows whose edge falls inside a tile, strided queries,
-decodes whole or split over their context (flash-decoding) and merged, and (opt-in) multi-head decodes with
-2 or 4 adjacent heads in one program.
+decodes whole or split over their context (flash-decoding) and merged.
 The same kernels are compiled and compared on a GPU by tests/gpu/test_attention_gpu.py; here their index
 arithmetic and masking are checked on every CI run. bf16 is left to the GPU (numpy, which the interpreter
 computes with, has no bfloat16). Skipped where Triton is not installed."""
@@ -21,8 +20,6 @@ NAMES = [f"{kind}/{c}/{dt}" for c in CASES for kind, dt in
 NAMES.append("prefill/strided-q/float32")
 NAMES += [f"decode/{c}-{n}/float32" for c in ("split-mha-d80", "split-gqa-window", "split-mqa", "split-mha-window")
           for n in (1, 2, 8)]
-NAMES += [f"decode-heads/{c}-{h}/float32" for c in ("split-mha-d80", "split-mha-window") for h in (2, 4)]
-NAMES.append("decode-heads/switched-on-dispatch/float32")
 
 
 @pytest.fixture(scope="module")

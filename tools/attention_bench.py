@@ -64,28 +64,12 @@ def decode_bench(rows):
             res[str(cfg)] = [round(ms, 4), round(gb / ms, 2)]           # ms, TB/s
             best = min(best or (ms, str(cfg)), (ms, str(cfg)))
         res["best"] = [round(best[0], 4), best[1], round(gb / best[0], 2)]
-        if hq == hk:                                   # multi-head: adjacent heads in one program (decode_head_pairs)
-            for hcfg in HEAD_CONFIGS:
-                try:
-                    ms = triton.testing.do_bench(
-                        lambda: PD.paged_decode_heads(q, kc, vc, meta, d ** -0.5, None, out, hcfg),
-                        warmup=25, rep=100, return_mode="median")
-                except Exception as e:
-                    res[f"heads{hcfg}"] = f"error {type(e).__name__}"
-                    continue
-                res[f"heads{hcfg}"] = [round(ms, 4), round(gb / ms, 2)]
-                best = min(best, (ms, f"heads{hcfg}"))
-            res["best"] = [round(best[0], 4), best[1], round(gb / best[0], 2)]
         for splits in (1, 2, 4, 8, 16):                # flash-decoding splits at the default tiles
             ms = triton.testing.do_bench(lambda: PD.paged_decode(q, kc, vc, meta, d ** -0.5, None, out, None, splits),
                                          warmup=25, rep=100, return_mode="median")
             res[f"splits={splits}"] = [round(ms, 4), round(gb / ms, 2)]
         rows.append(res)
         print(json.dumps(res), flush=True)
-
-
-# (heads per program, BLOCK_N, num_warps) of paged_decode_heads
-HEAD_CONFIGS = [(1, 16, 4), (2, 16, 4), (2, 32, 4), (2, 32, 8), (4, 16, 4), (4, 16, 8), (4, 32, 8), (8, 16, 8)]
 
 
 SMALL_DECODES = {  # few sequences: what split-K is for; name: (hq, hk, d, sequences, context)
@@ -182,8 +166,7 @@ def main():
     ap.add_argument("--small-decode-only", action="store_true", help="only the few-sequence decode sweep")
     ap.add_argument("--no-tiles", action="store_true", help="the few-sequence sweep without its tile sweep")
     ap.add_argument("--decode-only", action="store_true",
-                    help="only the many-sequence decode sweep (tiles, splits, and for multi-head attention the "
-                         "heads-per-program form)")
+                    help="only the many-sequence decode sweep (tiles, splits)")
     a = ap.parse_args()
     rows = []
     if a.decode_only:

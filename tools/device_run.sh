@@ -67,17 +67,14 @@
 #              bf16/fp16 agreement, fp32 tokens, graphs) while time lasts; lines in final6.txt
 #   rerun9     the spread of issue 9's closest offline results: Phi-2 (1200/60 and 1200/128) twice, then Mixtral-8x7B;
 #              lines in rerun9.txt
-#   s10        session 9's two opt-in kernels, unmeasured when written: the Triton MoE expert GEMMs (moe_triton) and
-#              the decode attention's head_dim split (decode_head_split: 80 as 64 + 16). Their GPU tests;
-#              tools/moe_bench.py (grouped_mm against the Triton GEMMs over tiles, Mixtral's expert shapes, 8-128
-#              tokens); the many-sequence decode sweep with the split off and on; Phi-2 offline and at 1 client, split
-#              off and on; Mixtral-8x7B offline and at 1 and 16 clients (500/150), moe_triton off and on; lines in s10.txt.
-#              Ordered most wanted first (one A/B of each, then the repeats, then the clients): a call's 600 s may cut
-#              the tail. S10_PARTS=decode or S10_PARTS=moe picks one part
-#   s11        session 10: the decode attention with adjacent heads in one program (decode_head_pairs, opt-in) and
-#              the Triton MoE GEMMs on by default up to 16 rows an expert: their GPU tests; the many-sequence decode
-#              sweep (tiles, heads per program); Phi-2 offline with the sweep's best heads config and without,
-#              alternated; Mixtral-8x7B offline (default path); lines in s11.txt
+#   s10        session 9's Triton MoE expert GEMMs (now the default at decode-sized steps) against grouped_mm: their
+#              GPU tests; tools/moe_bench.py (grouped_mm against the Triton GEMMs over tiles, Mixtral's expert shapes,
+#              8-128 tokens); Mixtral-8x7B offline and at 1 and 16 clients (500/150), moe_triton off and on; lines in
+#              s10.txt. (Its decode part, the head_dim split, went with that kernel: it lost its A/B, Speed VIII.)
+#   final7     issue 9's must-shows after session 10 (the Triton MoE GEMMs on by default, decode tiles of two stages;
+#              FINAL7_ON: opt-ins for the whole call, as FASTGEN_KERNELS_ON): final6's lines, then Mixtral-8x7B at 16 clients (500/150), then the
+#              GPU tests (kernels, MoE GEMMs, decode attention, bf16/fp16 agreement, fp32 tokens, graphs) while time
+#              lasts; lines in final7.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -450,68 +447,38 @@ if has rerun9; then     # how far the final call's borderline ratios move betwee
     timeout 120 $B --preset $p --num-requests $n --gen-mean $g --tag rerun9 2>&1 | keep "$p offline"
   done
 fi
-if has s10; then        # session 9's opt-in kernels against the default paths, most wanted first (a cut loses the tail)
+if has s10; then        # the Triton MoE GEMMs against grouped_mm, most wanted first (a cut loses the tail)
   S="$OUT/s10.txt"
-  P=",${S10_PARTS:-moe,decode},"
-  gpu_tests 150 tests/gpu/test_moe_triton_gpu.py tests/gpu/test_kernels_gpu.py tests/gpu/test_attention_gpu.py \
-    -k "moe or silu or split_decode"
-  mix() { for on in "$@"; do
-      FASTGEN_KERNELS_ON=$on timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s10${on:+-on}" \
-        2>&1 | keep "mixtral-8x7b offline ${on}"
-    done; }
-  phi() { for on in "$@"; do
-      FASTGEN_KERNELS_ON=$on timeout 70 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "s10${on:+-on}" \
-        2>&1 | keep "phi-2 offline ${on}"
-    done; }
-  if [[ $P == *,moe,* ]]; then
-    timeout 120 python3 tools/moe_bench.py --json "$OUT/moe_bench.jsonl" 2>&1 | tee -a "$S" | cut -c1-400
-    mix "" moe_triton
-  fi
-  [[ $P == *,decode,* ]] && phi decode_head_split ""
-  if [[ $P == *,decode,* ]]; then
-    for on in "" decode_head_split; do
-      FASTGEN_KERNELS_ON=$on timeout 90 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" \
-        2>&1 | grep -E "^\{" | sed "s/^/decode ${on:-padded} /" | cut -c1-300 | tee -a "$S"
-    done
-  fi
-  [[ $P == *,moe,* ]] && mix moe_triton ""
-  [[ $P == *,decode,* ]] && phi "" decode_head_split
-  [[ $P == *,moe,* ]] && for on in "" moe_triton; do
-    FASTGEN_KERNELS_ON=$on timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 \
-      --online 1,16 --tag "s10${on:+-on}" 2>&1 | keep "mixtral-8x7b ${on}"
+  gpu_tests 150 tests/gpu/test_moe_triton_gpu.py tests/gpu/test_kernels_gpu.py -k "moe or silu"
+  timeout 120 python3 tools/moe_bench.py --json "$OUT/moe_bench.jsonl" 2>&1 | tee -a "$S" | cut -c1-400
+  for off in moe_triton "" moe_triton ""; do
+    FASTGEN_KERNELS_OFF=$off timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 \
+      --tag "s10${off:+-off}" 2>&1 | keep "mixtral-8x7b offline ${off:+off}"
   done
-  [[ $P == *,decode,* ]] && for on in "" decode_head_split; do
-    FASTGEN_KERNELS_ON=$on timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 \
-      --tag "s10${on:+-on}" 2>&1 | keep "phi-2 ${on}"
+  for off in moe_triton ""; do
+    FASTGEN_KERNELS_OFF=$off timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 \
+      --online 1,16 --tag "s10${off:+-off}" 2>&1 | keep "mixtral-8x7b ${off:+off}"
   done
 fi
-if has s11; then        # session 10's decode attention experiment and the MoE default, in about 300 s
-  S="$OUT/s11.txt"
-  gpu_tests 120 tests/gpu/test_attention_gpu.py tests/gpu/test_moe_triton_gpu.py -k "head_pairs or split_decode or moe"
-  timeout 90 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" 2>&1 | grep -E "^\{" \
-    | cut -c1-600 | tee -a "$S"
-  # the best heads config for Phi-2's shape from the sweep (HEADS_CONFIG otherwise), set for the A/B's "on" runs
-  HC=$(python3 -c "
-import json
-best = None
-for line in open('$OUT/attention.jsonl'):
-    r = json.loads(line)
-    if r.get('decode') == 'phi-2 128 x 1200':
-        for k, v in r.items():
-            if k.startswith('heads(') and isinstance(v, list) and not k.startswith('heads(1,'):
-                best = min(best or (v[0], k), (v[0], k))
-print(best[1][5:] if best else '')" 2>/dev/null)
-  echo "heads config for the A/B: ${HC:-default}" | tee -a "$S"
-  RUN="import sys, runpy; from fastgen_core.layers import paged_decode as P
-c = sys.argv.pop(1)
-if c: P.HEADS_CONFIG = tuple(int(x) for x in c.strip('()').split(','))
-sys.argv[0] = 'fastgen'; runpy.run_module('fastgen_core.cli', run_name='__main__')"
-  for on in decode_head_pairs "" decode_head_pairs ""; do
-    FASTGEN_KERNELS_ON=$on timeout 70 python3 -c "$RUN" "$HC" bench --output $OUT/bench.jsonl --peer none \
-      --max-ragged-batch-size 2048 --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "s11${on:+-on}" \
-      2>&1 | keep "phi-2 offline ${on}"
+if has final7; then     # issue 9's must-shows, all in one call (the ceilings the same for every line)
+  S="$OUT/final7.txt"
+  export FASTGEN_KERNELS_ON=${FINAL7_ON:-}
+  echo "FASTGEN_KERNELS_ON=${FASTGEN_KERNELS_ON}" | tee -a "$S"
+  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
+    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
+    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag final7 2>&1 | keep "$p offline"
   done
-  timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag s11 2>&1 | keep "mixtral-8x7b offline"
+  timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag prompt2048 --top 20 \
+    --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen > /tmp/p.txt 2>&1; cat /tmp/p.txt >> "$OUT/profile.txt"
+  grep -E "^step|^prefill|Error" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
+  grep -oE "head_busy_ms_per_step[^,]*|head_host_exposed_ms_per_step_unprofiled[^,]*" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
+  timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 --tag final7 2>&1 | keep "phi-2"
+  timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1,16 --tag final7 \
+    2>&1 | keep "mixtral-8x7b"
+  gpu_tests ${FINAL7_TEST_S:-240} tests/gpu/test_kernels_gpu.py tests/gpu/test_agreement_gpu.py \
+    tests/gpu/test_moe_triton_gpu.py tests/gpu/test_attention_gpu.py \
+    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
+  grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

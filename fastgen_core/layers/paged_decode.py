@@ -115,50 +115,7 @@ def _kernel():
         res = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
         tl.store(out_ptr + row * stride_o + h * D + offs_d, res.to(out_ptr.dtype.element_ty), mask=offs_d < D)
 
-    # multi-head attention (one query head per KV head) with HEADS adjacent heads per program: their K/V rows lie
-    # side by side in a cache slot, so a program reads HEADS * D contiguous elements per key (Phi-2's head_dim 80
-    # alone is a 160-byte row, which starts mid-way through a 64-byte DRAM burst on every other key). No tensor-core
-    # dot (one query row per head): products and sums on the CUDA cores, in float32. No context splits.
-    @triton.jit(do_not_specialize=["stride_table"])
-    def _paged_decode_heads(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, seqs_ptr, rows_ptr, ctx_ptr, scale, window,
-                            stride_table, stride_q, stride_o, D,
-                            HK: tl.constexpr, HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-        i = tl.program_id(0)
-        h0 = tl.program_id(1) * HEADS
-        seq = tl.load(seqs_ptr + i)
-        row = tl.load(rows_ptr + i)
-        ctx = tl.load(ctx_ptr + seq)
-        offs_d = tl.arange(0, BLOCK_D)
-        offs_n = tl.arange(0, BLOCK_N)
-        d_ok = offs_d < D
-        hd = (h0 + tl.arange(0, HEADS))[:, None] * D + offs_d[None, :]      # [HEADS, BLOCK_D] within a slot
-        q = tl.load(q_ptr + row * stride_q + hd, mask=d_ok[None, :], other=0.0).to(tl.float32)
-        m = tl.full((HEADS,), float("-inf"), tl.float32)
-        l = tl.zeros((HEADS,), tl.float32)
-        acc = tl.zeros((HEADS, BLOCK_D), tl.float32)
-        lo = tl.maximum(ctx - window, 0) // BLOCK_N * BLOCK_N
-        for n0 in range(lo, ctx, BLOCK_N):
-            tok = n0 + offs_n
-            ok = (tok < ctx) & (tok >= ctx - window)
-            blk = tl.load(tables_ptr + seq * stride_table + tok // BLOCK_SIZE, mask=tok < ctx, other=0)
-            slot = blk * BLOCK_SIZE + tok % BLOCK_SIZE
-            off = slot[:, None, None].to(tl.int64) * (HK * D) + hd[None, :, :]   # [BLOCK_N, HEADS, BLOCK_D]
-            mask = ok[:, None, None] & d_ok[None, None, :]
-            k = tl.load(k_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            s = tl.sum(k * q[None, :, :], 2) * scale                            # [BLOCK_N, HEADS]
-            s = tl.where(ok[:, None], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 0))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(s - m_new[None, :])
-            l = l * alpha + tl.sum(p, 0)
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, 0)
-            m = m_new
-        tl.store(out_ptr + row * stride_o + hd, (acc / l[:, None]).to(out_ptr.dtype.element_ty),
-                 mask=d_ok[None, :])
-
-    return _paged_decode, _merge, _paged_decode_heads
+    return _paged_decode, _merge
 
 
 def _pow2(x: int, lo: int) -> int:
@@ -166,12 +123,13 @@ def _pow2(x: int, lo: int) -> int:
 
 
 def tile_config(programs: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages), from a sweep on an H200 (tools/attention_bench.py): 64-key tiles
+    """(BLOCK_N, num_warps, num_stages), from sweeps on an H200 (tools/attention_bench.py): 64-key tiles
     reach 3.3 TB/s on Phi-2 (128 x 1200 context) and 4.3 TB/s on Llama-2-7B (64 x 1200), against 2.8 and
-    3.6 with 32; with few programs (sequences x KV heads) 128-key tiles keep more bytes in flight."""
+    3.6 with 32; two stages beat three on Phi-2 in two calls (0.474 against 0.478 ms a layer, 0.484 against
+    0.492) and tie elsewhere; with few programs (sequences x KV heads) 128-key tiles keep more bytes in flight."""
     if dtype == torch.float32:               # fp32 tiles take twice the shared memory
         return 32, 4, 2
-    return (128, 4, 3) if programs < 256 else (64, 4, 3)
+    return (128, 4, 3) if programs < 256 else (64, 4, 2)
 
 
 def num_splits(programs: int) -> int:
@@ -182,32 +140,6 @@ def num_splits(programs: int) -> int:
     if programs >= 256:
         return 1
     return min(16, 1 << max(0, (256 // programs - 1).bit_length()))
-
-
-HEADS_CONFIG = (2, 16, 4)     # (heads per program, BLOCK_N, num_warps) of the head-pairs form
-
-
-def head_pairs_apply(hq: int, hk: int, splits: int) -> bool:
-    """Whether a decode takes ``_paged_decode_heads`` (opt-in: FASTGEN_KERNELS_ON=decode_head_pairs): multi-head
-    attention (hq == hk) with a head count its heads per program divide, and no context splits."""
-    return hq == hk and hk % HEADS_CONFIG[0] == 0 and splits == 1 and kernels.switched_on("decode_head_pairs")
-
-
-def paged_decode_heads(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
-                       sliding_window: int | None, out: torch.Tensor, config: tuple | None = None) -> None:
-    """``paged_decode`` for multi-head attention, ``config`` = (heads per program, BLOCK_N, num_warps) adjacent
-    heads in each program (default ``HEADS_CONFIG``)."""
-    hq, d = q.shape[1:]
-    heads, block_n, warps = config or HEADS_CONFIG
-    if k_cache.shape[-2] != hq or hq % heads:
-        raise ValueError(f"paged_decode_heads: {hq} query heads over {k_cache.shape[-2]} KV heads; it needs one "
-                         f"query head per KV head and a head count divisible by {heads}")
-    sd = meta.decode_rows.numel()
-    tables = meta.block_tables
-    _kernel()[2][(sd, hq // heads)](
-        q, k_cache, v_cache, out, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens, float(scale),
-        int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), d, HK=hq, HEADS=heads,
-        BLOCK_SIZE=meta.block_size, BLOCK_D=_pow2(d, 16), BLOCK_N=block_n, num_warps=warps)
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
@@ -223,10 +155,8 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     tables = meta.block_tables
     block_n, warps, stages = config or tile_config(sd * hk, q.dtype)
     splits = splits or num_splits(sd * hk)
-    if config is None and head_pairs_apply(hq, hk, splits):
-        return paged_decode_heads(q, k_cache, v_cache, meta, scale, sliding_window, out)
     extra = {} if stages is None else {"num_stages": stages}
-    decode, merge = _kernel()[:2]
+    decode, merge = _kernel()
     if splits > 1:
         part_o = torch.empty(sd, hq, splits, d, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(sd, hq, splits, dtype=torch.float32, device=q.device)

@@ -93,21 +93,6 @@ def test_split_decode_matches_reference(shape, dtype, splits):
     assert _err(out, ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(32, 32, 80, 32, None), (16, 16, 64, 16, 300), (8, 8, 128, 16, None)])
-@pytest.mark.parametrize("config", [(2, 16, 4), (4, 16, 4), (2, 32, 8)])
-def test_head_pairs_decode_matches_reference(shape, dtype, config):
-    """Multi-head decode with adjacent heads in one program (opt-in: FASTGEN_KERNELS_ON=decode_head_pairs), many
-    sequences with contexts up to 3k, windowed or not."""
-    hq, hk, d, bs, win = shape
-    q, _, _, kc, vc, meta = random_case(24, [], hq, hk, d, bs, "cuda", dtype, seed=config[0], max_ctx=3000)
-    ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
-    out = torch.full_like(q, float("nan"))
-    paged_decode.paged_decode_heads(q, kc, vc, meta, d ** -0.5, win, out, config=config)
-    assert not out.isnan().any()
-    assert _err(out, ref) < TOL[dtype]
-
-
 def test_split_decode_is_chosen_for_few_sequences_and_replays_in_a_graph():
     assert paged_decode.num_splits(32) == 8 and paged_decode.num_splits(1) == 16
     assert paged_decode.num_splits(4096) == 1
