@@ -72,8 +72,8 @@
 #              8-128 tokens); Mixtral-8x7B offline and at 1 and 16 clients (500/150), moe_triton off and on; lines in
 #              s10.txt. (Its decode part, the head_dim split, went with that kernel: it lost its A/B, Speed VIII.)
 #   final7     issue 9's must-shows after session 10 (the Triton MoE GEMMs on by default, decode tiles of two stages;
-#              FINAL7_ON: opt-ins for the whole call, as FASTGEN_KERNELS_ON): final6's lines, then Mixtral-8x7B at 16 clients (500/150), then the
-#              GPU tests (kernels, MoE GEMMs, decode attention, bf16/fp16 agreement, fp32 tokens, graphs) while time
+#              FINAL7_ON: opt-ins for the whole call, as FASTGEN_KERNELS_ON): final6's lines, the GPU tests (kernels, MoE GEMMs, decode attention,
+#              bf16/fp16 agreement, fp32 tokens, graphs), then Mixtral-8x7B at 1 and 16 clients (500/150) while time
 #              lasts; lines in final7.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
@@ -473,8 +473,6 @@ if has final7; then     # issue 9's must-shows, all in one call (the ceilings th
   grep -E "^step|^prefill|Error" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
   grep -oE "head_busy_ms_per_step[^,]*|head_host_exposed_ms_per_step_unprofiled[^,]*" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
   timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 --tag final7 2>&1 | keep "phi-2"
-  timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1,16 --tag final7 \
-    2>&1 | keep "mixtral-8x7b"
   gpu_tests ${FINAL7_TEST_S:-240} tests/gpu/test_kernels_gpu.py tests/gpu/test_agreement_gpu.py \
     tests/gpu/test_moe_triton_gpu.py tests/gpu/test_attention_gpu.py \
     tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
