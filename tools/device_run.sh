@@ -72,9 +72,9 @@
 #              8-128 tokens); Mixtral-8x7B offline and at 1 and 16 clients (500/150), moe_triton off and on; lines in
 #              s10.txt. (Its decode part, the head_dim split, went with that kernel: it lost its A/B, Speed VIII.)
 #   final7     issue 9's must-shows after session 10 (the Triton MoE GEMMs on by default, decode tiles of two stages;
-#              FINAL7_ON: opt-ins for the whole call, as FASTGEN_KERNELS_ON): final6's lines, the GPU tests (kernels, MoE GEMMs, decode attention,
-#              bf16/fp16 agreement, fp32 tokens, graphs), then Mixtral-8x7B at 1 and 16 clients (500/150) while time
-#              lasts; lines in final7.txt
+#              FINAL7_ON: opt-ins for the whole call, as FASTGEN_KERNELS_ON): final6's lines, the GPU tests (kernels,
+#              MoE GEMMs, decode attention, bf16/fp16 agreement, fp32 tokens, graphs), then Mixtral-8x7B at 1 and 16
+#              clients (500/150) while time lasts; lines in final7.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -477,6 +477,8 @@ if has final7; then     # issue 9's must-shows, all in one call (the ceilings th
     tests/gpu/test_moe_triton_gpu.py tests/gpu/test_attention_gpu.py \
     tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
   grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
+  timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1,16 --tag final7 \
+    2>&1 | keep "mixtral-8x7b"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
