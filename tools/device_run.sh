@@ -62,7 +62,8 @@
 #              (gelu_new_paired), the MoE combine in one kernel (moe_combine): their GPU tests; Phi-2's 2048-token
 #              prompt steps, Mixtral-8x7B offline, Phi-2 offline and at 1 client, each with them on and off; the bf16
 #              agreement tests; fp32 tokens and graphs; lines in s9b.txt
-#   final6     issue 9's must-shows in one call: the offline workloads (Phi-2 1200/60 and 1200/128, Llama-2-7B,
+#   final6     (session 9's name for final7's lines, which then had neither the MoE GEMMs' and decode tests nor the
+#              Mixtral clients) issue 9's must-shows in one call: the offline workloads (Phi-2 1200/60 and 1200/128, Llama-2-7B,
 #              Falcon-7B, Mixtral-8x7B), Phi-2's 2048-token prompt steps, Phi-2 at 1 client, then the GPU tests (kernels,
 #              bf16/fp16 agreement, fp32 tokens, graphs) while time lasts; lines in final6.txt
 #   rerun9     the spread of issue 9's closest offline results: Phi-2 (1200/60 and 1200/128) twice, then Mixtral-8x7B;
@@ -425,21 +426,6 @@ if has s9b; then        # session 9: the vector/paired kernels and the MoE combi
   gpu_tests 80 tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py \
     -k "transformers or two_streams or mixtral"
 fi
-if has final6; then     # issue 9's must-shows, all in one call (the ceilings the same for every line)
-  S="$OUT/final6.txt"
-  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
-    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
-    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag final6 2>&1 | keep "$p offline"
-  done
-  timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag prompt2048 --top 20 \
-    --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen > /tmp/p.txt 2>&1; cat /tmp/p.txt >> "$OUT/profile.txt"
-  grep -E "^step|^prefill|Error" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
-  grep -oE "head_busy_ms_per_step[^,]*|head_host_exposed_ms_per_step_unprofiled[^,]*" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
-  timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 --tag final6 2>&1 | keep "phi-2"
-  gpu_tests ${FINAL6_TEST_S:-200} tests/gpu/test_kernels_gpu.py tests/gpu/test_agreement_gpu.py \
-    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
-  grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
-fi
 if has rerun9; then     # how far the final call's borderline ratios move between runs (Phi-2 1200/128: 71.0% then 68.6%)
   S="$OUT/rerun9.txt"
   for p in phi-2 phi-2 mixtral-8x7b; do
@@ -460,26 +446,27 @@ if has s10; then        # the Triton MoE GEMMs against grouped_mm, most wanted f
       --online 1,16 --tag "s10${off:+-off}" 2>&1 | keep "mixtral-8x7b ${off:+off}"
   done
 fi
-if has final7; then     # issue 9's must-shows, all in one call (the ceilings the same for every line)
-  S="$OUT/final7.txt"
+for stage in final6 final7; do   # issue 9's must-shows, all in one call (the ceilings the same for every line)
+  has $stage || continue
+  S="$OUT/$stage.txt"
   export FASTGEN_KERNELS_ON=${FINAL7_ON:-}
   echo "FASTGEN_KERNELS_ON=${FASTGEN_KERNELS_ON}" | tee -a "$S"
   for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
     n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
-    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag final7 2>&1 | keep "$p offline"
+    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag $stage 2>&1 | keep "$p offline"
   done
   timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag prompt2048 --top 20 \
     --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen > /tmp/p.txt 2>&1; cat /tmp/p.txt >> "$OUT/profile.txt"
   grep -E "^step|^prefill|Error" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
   grep -oE "head_busy_ms_per_step[^,]*|head_host_exposed_ms_per_step_unprofiled[^,]*" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
-  timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 --tag final7 2>&1 | keep "phi-2"
+  timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 --tag $stage 2>&1 | keep "phi-2"
   gpu_tests ${FINAL7_TEST_S:-240} tests/gpu/test_kernels_gpu.py tests/gpu/test_agreement_gpu.py \
     tests/gpu/test_moe_triton_gpu.py tests/gpu/test_attention_gpu.py \
     tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
   grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
-  timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1,16 --tag final7 \
+  timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1,16 --tag $stage \
     2>&1 | keep "mixtral-8x7b"
-fi
+done
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
   # Firecracker machines only (KINDS.md), clocks left alone (METHOD.md)
