@@ -32,7 +32,11 @@ CONFIGS = [(64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (1
 DECODES = {  # name: (hq, hk, d, sequences, context)
     "phi-2 128 x 1200": (32, 32, 80, 128, 1200), "llama-2-7b 64 x 1200": (32, 32, 128, 64, 1200),
     "gqa 64 x 1200": (32, 8, 128, 64, 1200), "falcon-7b mqa 64 x 1200": (71, 1, 64, 64, 1200),
-    "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "llama-2-7b 8 x 4000": (32, 32, 128, 8, 4000)}
+    "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "llama-2-7b 8 x 4000": (32, 32, 128, 8, 4000),
+    # the same kernel over a head-major cache ([blocks, heads, 16|32 tokens, head_dim]: one head's keys of a block
+    # in one run) instead of the engine's token-major one (a slot holds every head's row, so Phi-2's 160-byte rows
+    # lie 5 KB apart): each (sequence, head) runs as a one-head sequence whose table points at its head's blocks
+    "phi-2 128 x 1200 head-major": (32, 32, 80, 128, 1200), "llama-2-7b 64 x 1200 head-major": (32, 32, 128, 64, 1200)}
 DECODE_CONFIGS = [None, (32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 8, 2), (64, 2, 3),
                   (32, 2, 4), (128, 4, 3)]
 
@@ -41,16 +45,22 @@ def decode_bench(rows):
     """Decode attention: the share of the copy bandwidth its K/V reads reach (one step, one layer)."""
     for name, (hq, hk, d, n, ctx) in DECODES.items():
         g = torch.Generator().manual_seed(0)
-        q, _, _, kc, vc, meta = random_case(n, [], hq, hk, d, 32, "cuda", torch.bfloat16, max_ctx=ctx + 1)
+        nb = -(-ctx // 32)                        # every sequence its own blocks: nothing shared through L2
+        tables = torch.randperm(n * nb + 3, generator=g)[:n * nb].view(n, nb)
+        gb = n * ctx * hk * d * 2 * 2 / 1e9
+        if name.endswith("head-major"):           # row h * n + s: sequence s's head h, over blocks b * hk + h
+            q, _, _, kc, vc, meta = random_case(n * hk, [], 1, 1, d, 32, "cuda", torch.bfloat16, max_ctx=ctx + 1)
+            kc = torch.randn((n * nb + 3) * hk, 32, 1, d, device="cuda", dtype=torch.bfloat16)
+            tables = (tables.unsqueeze(0) * hk + torch.arange(hk).view(hk, 1, 1)).reshape(hk * n, nb)
+            n = n * hk
+        else:
+            q, _, _, kc, vc, meta = random_case(n, [], hq, hk, d, 32, "cuda", torch.bfloat16, max_ctx=ctx + 1)
+            kc = torch.randn(n * nb + 3, 32, hk, d, device="cuda", dtype=torch.bfloat16)
+        vc = torch.randn_like(kc)
         meta.context_lens.fill_(ctx)              # every sequence at the full context
         meta.context_lens_host = [ctx] * n
-        nb = -(-ctx // 32)                        # every sequence its own blocks: nothing shared through L2
-        kc = torch.randn(n * nb + 3, 32, hk, d, device="cuda", dtype=torch.bfloat16)
-        vc = torch.randn_like(kc)
-        tables = torch.randperm(kc.shape[0], generator=g)[:n * nb].view(n, nb)
         meta.block_tables = tables.cuda()
         meta.max_decode_context = ctx
-        gb = n * ctx * hk * d * 2 * 2 / 1e9
         out = torch.empty_like(q)
         res = {"decode": name, "GB": round(gb, 3)}
         best = None
