@@ -76,6 +76,10 @@
 #              FINAL7_ON: opt-ins for the whole call, as FASTGEN_KERNELS_ON): final6's lines, the GPU tests (kernels,
 #              MoE GEMMs, decode attention, bf16/fp16 agreement, fp32 tokens, graphs), then Mixtral-8x7B at 1 and 16
 #              clients (500/150) while time lasts; lines in final7.txt
+#   s12        the two experiments the open items of issue 9 wait for: the decode kernel over a head-major cache
+#              (tools/attention_bench.py --decode-only, the "head-major" cases: do Phi-2's 160-byte rows cost
+#              bandwidth?); Mixtral's bf16 agreement and offline time with its first prompt chunks as transformers
+#              computes them (SDPA prompt attention, RMSNorm in torch) against the default; lines in s12.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -467,6 +471,18 @@ for stage in final6 final7; do   # issue 9's must-shows, all in one call (the ce
   timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1,16 --tag $stage \
     2>&1 | keep "mixtral-8x7b"
 done
+if has s12; then
+  S="$OUT/s12.txt"
+  timeout 120 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" 2>&1 | grep -E "^\{" \
+    | cut -c1-400 | tee -a "$S"
+  for mode in "" "FASTGEN_ATTENTION=sdpa FASTGEN_KERNELS_OFF=rms_norm"; do
+    echo "== Mixtral with: ${mode:-defaults}" | tee -a "$S"
+    env $mode timeout 90 python3 -m pytest -q -s tests/gpu/test_agreement_gpu.py -k "mixtral and bf16" \
+      -p no:cacheprovider 2>&1 | grep -oE "AGREEMENT [a-z0-9-]+ torch.bfloat16 \{'ours_vs_hf': [0-9.]+" | tee -a "$S"
+    env $mode timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s12${mode:+-exact}" 2>&1 \
+      | keep "mixtral-8x7b offline ${mode:+exact-prefill}"
+  done
+fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
   # Firecracker machines only (KINDS.md), clocks left alone (METHOD.md)
