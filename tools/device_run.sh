@@ -79,7 +79,8 @@
 #   s12        the two experiments the open items of issue 9 wait for: the decode kernel over a head-major cache
 #              (tools/attention_bench.py --decode-only, the "head-major" cases: do Phi-2's 160-byte rows cost
 #              bandwidth?); Mixtral's bf16 agreement and offline time with its first prompt chunks as transformers
-#              computes them (SDPA prompt attention, RMSNorm in torch) against the default; lines in s12.txt
+#              computes them (SDPA prompt attention, RMSNorm and rotary in torch; then every kernel switched back)
+#              against the default (these switches apply to every step: an upper bound on the cost); lines in s12.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -475,12 +476,16 @@ if has s12; then
   S="$OUT/s12.txt"
   timeout 120 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" 2>&1 | grep -E "^\{" \
     | cut -c1-400 | tee -a "$S"
-  for mode in "" "FASTGEN_ATTENTION=sdpa FASTGEN_KERNELS_OFF=rms_norm"; do
-    echo "== Mixtral with: ${mode:-defaults}" | tee -a "$S"
+  # the fresh prompt chunk as transformers computes it: RMSNorm and rotary in torch (so this step's rotated K
+  # reaches the attention), SDPA's FlashAttention-2 for a whole prompt; then Speed I's all-reference combination
+  for mode in "" "FASTGEN_ATTENTION=sdpa FASTGEN_KERNELS_OFF=rms_norm,rotary_kv" \
+      "FASTGEN_ATTENTION=sdpa FASTGEN_KERNELS=reference"; do
+    m=$((${m:--1} + 1))
+    echo "== Mixtral mode $m: ${mode:-defaults}" | tee -a "$S"
     env $mode timeout 90 python3 -m pytest -q -s tests/gpu/test_agreement_gpu.py -k "mixtral and bf16" \
       -p no:cacheprovider 2>&1 | grep -oE "AGREEMENT [a-z0-9-]+ torch.bfloat16 \{'ours_vs_hf': [0-9.]+" | tee -a "$S"
-    env $mode timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s12${mode:+-exact}" 2>&1 \
-      | keep "mixtral-8x7b offline ${mode:+exact-prefill}"
+    env $mode timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s12-mode$m" 2>&1 \
+      | keep "mixtral-8x7b offline mode $m"
   done
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
