@@ -17,6 +17,8 @@ is about to run: CPU machines need not have it.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 from importlib import resources
@@ -84,7 +86,7 @@ def switched_off(name: str) -> bool:
 
 
 # kernels that did not win their A/B on a GPU, or have not had one yet: off unless FASTGEN_KERNELS_ON names them
-OPT_IN = ("decode_attention",)
+OPT_IN = ("decode_attention", "exact_prefill")
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,10 +113,32 @@ def available() -> bool:
     return cupy is not None and torch.cuda.is_available()
 
 
+# the kernels an exact step runs in torch instead (``exact_step``)
+EXACT_STEP_OPS = ("rms_norm", "rotary_kv")
+_EXACT_STEP = contextvars.ContextVar("fastgen_exact_step", default=False)
+
+
+@contextlib.contextmanager
+def exact_step(on: bool):
+    """While open with ``on``: RMSNorm and rotary in torch (``EXACT_STEP_OPS``), and whole prompts through SDPA
+    (layers/attention.py), as transformers computes them. ``CausalLM.forward`` opens it for forwards that carry
+    prompt tokens when FASTGEN_KERNELS_ON=exact_prefill (docs/architecture.md)."""
+    token = _EXACT_STEP.set(on)
+    try:
+        yield
+    finally:
+        _EXACT_STEP.reset(token)
+
+
+def exact_step_on() -> bool:
+    """Whether the forward running now is an exact step (``exact_step``)."""
+    return _EXACT_STEP.get()
+
+
 def use(x: torch.Tensor, name: str = "") -> bool:
     """Whether the op ``name`` on ``x`` should run its CuPy kernel."""
     return (x.is_cuda and x.dtype in SUFFIX and mode() == "cupy" and name not in _switched_off()
-            and available())
+            and not (name in EXACT_STEP_OPS and _EXACT_STEP.get()) and available())
 
 
 def triton_available(build, switched_off: tuple[str, ...]) -> bool:

@@ -43,6 +43,7 @@ def _err(out, ref):
 
 def main() -> dict:
     _index_scalars_compat()
+    from fastgen_core import kernels
     from fastgen_core.layers import attention as A
     from fastgen_core.layers import paged_decode, paged_prefill
     assert paged_decode.available() and paged_prefill.available(), "the kernels did not load"
@@ -60,6 +61,26 @@ def main() -> dict:
         out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win)
         res[f"mixed/{name}/float32"] = _err(out, ref)
         res[f"mixed-decode-rows/{name}/float32"] = _err(out[meta.decode_rows], ref[meta.decode_rows])
+        # the same batch in an exact step (kernels.exact_step, with this step's K/V): whole prompts that no window
+        # cuts through SDPA, the other chunks through the Triton kernel, each taking only its own
+        q, kn, vn, kc, vc, meta = random_case(5, chunks, hq, hk, d, bs, "cpu", torch.float32, seed=7, max_ctx=90)
+        whole = [5 + i for i, (st, n) in enumerate(chunks) if st == 0 and not (win and n > win)]  # after 5 decodes
+        taken, real_sdpa, real_triton = [], A._prefill_cuda, paged_prefill.paged_prefill
+
+        def sdpa(*a):
+            taken.append(("sdpa", a[-1]))
+            return real_sdpa(*a)
+
+        def triton(*a, seqs=None):
+            taken.append(("triton", seqs))
+            return real_triton(*a, seqs=seqs)
+        A._prefill_cuda, paged_prefill.paged_prefill = sdpa, triton
+        with kernels.exact_step(True):
+            out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win, kn, vn)
+        A._prefill_cuda, paged_prefill.paged_prefill = real_sdpa, real_triton
+        rest = [s for s in meta.prefill_seqs if s not in whole]
+        routed = taken == ([("sdpa", whole), ("triton", rest)] if whole else [("triton", None)])
+        res[f"exact-step/{name}/float32"] = _err(out, ref) if routed else f"routed {taken}, whole prompts {whole}"
     # decode rows whole (1) or split over the context (flash-decoding) and merged, windowed or not
     for name, (hq, hk, d, bs, win) in {"split-mha-d80": (4, 4, 80, 16, None), "split-gqa-window": (8, 2, 64, 16, 37),
                                         "split-mqa": (6, 1, 32, 32, None),

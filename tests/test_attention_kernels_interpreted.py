@@ -1,7 +1,8 @@
 """The Triton attention kernels (paged prefill and paged decode) on the CPU under Triton's interpreter,
 against the float64 reference, on random ragged batches: chunks that start mid-block or on a block edge,
 fresh prompts, GQA / MQA, head_dim 80/96, sliding windows whose edge falls inside a tile, strided queries,
-decodes whole or split over their context (flash-decoding) and merged.
+decodes whole or split over their context (flash-decoding) and merged; an exact step's split of the prompt
+chunks between SDPA (whole prompts) and the Triton kernel (the rest).
 The same kernels are compiled and compared on a GPU by tests/gpu/test_attention_gpu.py; here their index
 arithmetic and masking are checked on every CI run. bf16 is left to the GPU (numpy, which the interpreter
 computes with, has no bfloat16). Skipped where Triton is not installed."""
@@ -18,6 +19,7 @@ from interpreted import run_interpreted  # noqa: E402
 NAMES = [f"{kind}/{c}/{dt}" for c in CASES for kind, dt in
          (("prefill", "float32"), ("prefill", "float16"), ("mixed", "float32"), ("mixed-decode-rows", "float32"))]
 NAMES.append("prefill/strided-q/float32")
+NAMES += [f"exact-step/{c}/float32" for c in CASES if any(start == 0 for start, _ in CASES[c][5])]
 NAMES += [f"decode/{c}-{n}/float32" for c in ("split-mha-d80", "split-gqa-window", "split-mqa", "split-mha-window")
           for n in (1, 2, 8)]
 

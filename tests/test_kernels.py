@@ -2,6 +2,8 @@
 kernels existed, CPU never takes the kernel path, and a bad FASTGEN_KERNELS is refused by name.
 (The kernels themselves are compared with these references on a GPU: tests/gpu/test_kernels_gpu.py;
 `make cu-check` compiles every .cu file.)"""
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -193,3 +195,57 @@ def test_opt_in_kernels_are_off_unless_named(monkeypatch):
     finally:
         monkeypatch.delenv("FASTGEN_KERNELS_ON", raising=False)
         kernels._switched_on.cache_clear()
+
+
+def test_an_exact_step_runs_norms_and_rotary_in_torch(monkeypatch):
+    """kernels.exact_step: while open, use() declines the ops whose kernels transformers computes otherwise
+    (RMSNorm's float32 sum order; rotary, so that attention gets this step's rotated K), and only those."""
+    monkeypatch.setattr(kernels, "available", lambda: True)
+    monkeypatch.delenv("FASTGEN_KERNELS", raising=False)
+    monkeypatch.delenv("FASTGEN_KERNELS_OFF", raising=False)
+    kernels._switched_off.cache_clear()
+    x = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)          # what use() reads of a CUDA tensor
+    names = ("rms_norm", "rotary_kv", "silu_and_mul", "add3_layer_norm", "moe_combine", "gemv")
+    assert all(kernels.use(x, n) for n in names)
+    with kernels.exact_step(True):
+        assert kernels.exact_step_on()
+        assert [n for n in names if not kernels.use(x, n)] == ["rms_norm", "rotary_kv"]
+        with kernels.exact_step(False):
+            assert all(kernels.use(x, n) for n in names)
+        assert kernels.exact_step_on()
+    assert not kernels.exact_step_on() and all(kernels.use(x, n) for n in names)
+
+
+def test_exact_prefill_makes_only_prompt_carrying_forwards_exact(tiny_model_dir, monkeypatch):
+    """FASTGEN_KERNELS_ON=exact_prefill: CausalLM.forward opens an exact step for a forward that carries prompt
+    tokens, not for decode-only ones (those keep every kernel, and their CUDA graphs); off by default."""
+    from fastgen_core import pipeline
+    seen = []
+    real = kernels.rms_norm
+    monkeypatch.setattr(kernels, "rms_norm", lambda *a, **k: seen.append(kernels.exact_step_on()) or real(*a, **k))
+    for on in ("", "exact_prefill"):
+        monkeypatch.setenv("FASTGEN_KERNELS_ON", on)
+        kernels._switched_on.cache_clear()
+        seen.clear()
+        p = pipeline(str(tiny_model_dir[0]), device="cpu", kv_block_size=4, async_scheduling=False)
+        try:
+            eng = p.engine
+            eng.add_request("hello world", kernels_test_params())
+            flags = []
+            while eng.has_unfinished():
+                seen.clear()
+                prompt = any(s.num_uncomputed > 1 for s in [*eng.scheduler.waiting, *eng.scheduler.running])
+                eng.step()
+                if seen:
+                    flags.append((prompt, set(seen)))
+        finally:
+            p.destroy()
+        assert flags and any(prompt for prompt, _ in flags) and any(not prompt for prompt, _ in flags)
+        assert all(got == {bool(on) and prompt} for prompt, got in flags), (on, flags)
+    monkeypatch.delenv("FASTGEN_KERNELS_ON")
+    kernels._switched_on.cache_clear()
+
+
+def kernels_test_params():
+    from fastgen_core import SamplingParams
+    return SamplingParams(max_new_tokens=4, ignore_eos=True)

@@ -76,11 +76,11 @@
 #              FINAL7_ON: opt-ins for the whole call, as FASTGEN_KERNELS_ON): final6's lines, the GPU tests (kernels,
 #              MoE GEMMs, decode attention, bf16/fp16 agreement, fp32 tokens, graphs), then Mixtral-8x7B at 1 and 16
 #              clients (500/150) while time lasts; lines in final7.txt
-#   s12        the two experiments the open items of issue 9 wait for: the decode kernel over a head-major cache
-#              (tools/attention_bench.py --decode-only, the "head-major" cases: do Phi-2's 160-byte rows cost
-#              bandwidth?); Mixtral's bf16 agreement and offline time with its first prompt chunks as transformers
-#              computes them (SDPA prompt attention, RMSNorm and rotary in torch; then every kernel switched back)
-#              against the default (these switches apply to every step: an upper bound on the cost); lines in s12.txt
+#   s12        the experiments issue 9's open items wait for: the exact step's GPU test; the decode kernel over a
+#              head-major cache (tools/attention_bench.py --decode-only, the "head-major" cases: do Phi-2's 160-byte
+#              rows cost bandwidth?); Mixtral's bf16 agreement and offline time by default, with FASTGEN_KERNELS_ON=
+#              exact_prefill (prompt-carrying steps as transformers computes a whole prompt), and with Speed I's
+#              all-reference combination; lines in s12.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -474,12 +474,12 @@ for stage in final6 final7; do   # issue 9's must-shows, all in one call (the ce
 done
 if has s12; then
   S="$OUT/s12.txt"
+  gpu_tests 90 tests/gpu/test_attention_gpu.py -k exact
   timeout 120 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" 2>&1 | grep -E "^\{" \
     | cut -c1-400 | tee -a "$S"
-  # the fresh prompt chunk as transformers computes it: RMSNorm and rotary in torch (so this step's rotated K
-  # reaches the attention), SDPA's FlashAttention-2 for a whole prompt; then Speed I's all-reference combination
-  for mode in "" "FASTGEN_ATTENTION=sdpa FASTGEN_KERNELS_OFF=rms_norm,rotary_kv" \
-      "FASTGEN_ATTENTION=sdpa FASTGEN_KERNELS=reference"; do
+  # mode 1: prompt-carrying steps as transformers computes a whole prompt (exact_prefill: RMSNorm and rotary in
+  # torch, SDPA's flash for whole prompts); mode 2: Speed I's combination, every kernel and the prompt kernel off
+  for mode in "" "FASTGEN_KERNELS_ON=exact_prefill" "FASTGEN_ATTENTION=sdpa FASTGEN_KERNELS=reference"; do
     m=$((${m:--1} + 1))
     echo "== Mixtral mode $m: ${mode:-defaults}" | tee -a "$S"
     env $mode timeout 90 python3 -m pytest -q -s tests/gpu/test_agreement_gpu.py -k "mixtral and bf16" \

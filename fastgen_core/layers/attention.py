@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .. import kernels
+
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # FASTGEN_ATTENTION=reference runs the pure-torch oracle on CUDA too (debugging, A/B timing)
@@ -102,8 +104,17 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     return out
 
 
-def _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, out, scale, sliding_window):
-    """Each multi-token chunk through SDPA (flash when the chunk is a whole prompt, else a masked kernel).
+def exact_whole_prompts(meta: AttentionMetadata, sliding_window: int | None) -> list[int]:
+    """The prompt chunks of the step that are whole prompts no sliding window cuts (start 0): what an exact step
+    sends through SDPA, as transformers computes a prompt."""
+    return [s for s in meta.prefill_seqs if meta.context_lens_host[s] == meta.query_lens[s]
+            and not (sliding_window and meta.context_lens_host[s] > sliding_window)]
+
+
+def _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, out, scale, sliding_window,
+                  seqs: list[int] | None = None):
+    """Each multi-token chunk (of ``seqs``, default all) through SDPA (flash when the chunk is a whole prompt,
+    else a masked kernel).
 
     A whole prompt (start 0) attends only to its own fresh K/V, so the cache is not read back; a later
     chunk gathers its earlier context from the blocks (a small copy next to the prompt's FLOPs).
@@ -111,7 +122,7 @@ def _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, ou
     hk, d = k_cache.shape[-2:]
     bs = meta.block_size
     hq = q.shape[1]
-    for s in meta.prefill_seqs:
+    for s in meta.prefill_seqs if seqs is None else seqs:
         start, n, ctx = meta.query_start[s], meta.query_lens[s], meta.context_lens_host[s]
         qs = q[start:start + n].transpose(0, 1).unsqueeze(0)                              # [1, Hq, n, D]
         windowed = bool(sliding_window) and ctx > sliding_window
@@ -182,7 +193,13 @@ def paged_attention_cuda(q, k_cache, v_cache, meta: AttentionMetadata, scale: fl
         return out
     from . import paged_prefill
     if paged_prefill.available():
-        paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out)
+        whole = exact_whole_prompts(meta, sliding_window) if k_new is not None and kernels.exact_step_on() else []
+        if whole:                # an exact step (kernels.exact_step): whole prompts through SDPA's flash kernel
+            with sdpa_kernel(_SDPA_BACKENDS):
+                _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta, out, scale, sliding_window, whole)
+        rest = [s for s in meta.prefill_seqs if s not in whole] if whole else None
+        if rest is None or rest:
+            paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out, seqs=rest)
     else:
         # not cuDNN: it builds a new plan for every (chunk, context) shape, ~1.2 ms of host time per call,
         # measured on an H200 (torch 2.11) as over half of a Phi-2 prefill step

@@ -154,10 +154,11 @@ def tile_config(head_dim: int, dtype: torch.dtype, longest_context: int) -> tupl
     return 64, 64, 4, 2
 
 
-def atoms(meta, block_m: int) -> list[int]:
-    """The q-blocks of every multi-token chunk: flat (sequence, first row, rows, first position) quadruples."""
+def atoms(meta, block_m: int, seqs: list[int] | None = None) -> list[int]:
+    """The q-blocks of every multi-token chunk (of ``seqs``, default all): flat (sequence, first row, rows, first
+    position) quadruples."""
     out: list[int] = []
-    for s in meta.prefill_seqs:
+    for s in meta.prefill_seqs if seqs is None else seqs:
         start, n, ctx = meta.query_start[s], meta.query_lens[s], meta.context_lens_host[s]
         for i in range(0, n, block_m):
             out += (s, start + i, min(block_m, n - i), ctx - n + i)
@@ -165,18 +166,21 @@ def atoms(meta, block_m: int) -> list[int]:
 
 
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
-                  sliding_window: int | None, out: torch.Tensor, config: tuple | None = None) -> None:
-    """Write attention for the prompt-chunk rows of ``q`` [T, Hq, D] (any row stride) into ``out``.
-    ``config``: (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of ``tile_config``'s (tuning)."""
+                  sliding_window: int | None, out: torch.Tensor, config: tuple | None = None,
+                  seqs: list[int] | None = None) -> None:
+    """Write attention for the prompt-chunk rows of ``q`` [T, Hq, D] (any row stride) into ``out``: every chunk's,
+    or those of ``seqs`` (the same ones at every layer of a step). ``config``: (BLOCK_M, BLOCK_N, num_warps,
+    num_stages) instead of ``tile_config``'s (tuning)."""
     hq, d = q.shape[1:]
     hk = k_cache.shape[-2]
     if q.stride(2) != 1 or q.stride(1) != d or out.stride(2) != 1 or out.stride(1) != d:
         raise ValueError("paged_prefill needs each row's heads contiguous ([T, Hq, D] with unit inner strides)")
+    chunks = meta.prefill_seqs if seqs is None else seqs
     block_m, block_n, warps, stages = config or tile_config(d, q.dtype, max(
-        meta.context_lens_host[s] for s in meta.prefill_seqs))
-    key = ("prefill-atoms", block_m)
+        meta.context_lens_host[s] for s in chunks))
+    key = ("prefill-atoms", block_m) if seqs is None else ("prefill-atoms", block_m, tuple(seqs))
     if key not in meta.memo:                 # the same q-blocks for every layer of this step
-        flat = atoms(meta, block_m)
+        flat = atoms(meta, block_m, seqs)
         host = torch.tensor(flat, dtype=torch.int32)
         if q.is_cuda:
             host = host.pin_memory()

@@ -203,10 +203,11 @@ class CausalLM(nn.Module):
         return self.embed_tokens(input_ids)
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        h = self.embed(input_ids, ctx)
-        for layer in self.layers:
-            h = layer(h, ctx)
-        return settle(h, self.norm)[1]
+        with kernels.exact_step(bool(ctx.attn.prefill_seqs) and kernels.switched_on("exact_prefill")):
+            h = self.embed(input_ids, ctx)
+            for layer in self.layers:
+                h = layer(h, ctx)
+            return settle(h, self.norm)[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
