@@ -11,3 +11,11 @@ def run_interpreted(script: str) -> dict:
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def assert_small(errors: dict, name: str, float16_tol: float) -> None:
+    """Case ``name`` of ``run_interpreted``'s errors ran (a float, not an error message) and is within tolerance:
+    ``float16_tol`` for float16 cases, 1e-6 for float32."""
+    err = errors[name]
+    assert isinstance(err, float), f"{name}: {err}"
+    assert err < (float16_tol if name.endswith("float16") else 1e-6), f"{name}: relative error {err}"

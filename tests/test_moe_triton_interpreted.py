@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("triton", reason="Triton is not installed")
 sys.path.insert(0, str(Path(__file__).parent))
-from interpreted import run_interpreted  # noqa: E402
+from interpreted import assert_small, run_interpreted  # noqa: E402
 from moe_interpreted import CASES  # noqa: E402
 
 NAMES = [f"{c}/{dt}" for c in CASES for dt in ("float32", "float16")]
@@ -21,6 +21,4 @@ def errors():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_expert_gemms_match_the_oracle(errors, name):
-    err = errors[name]
-    assert isinstance(err, float), f"{name}: {err}"
-    assert err < (3e-3 if name.endswith("float16") else 1e-6), f"{name}: relative error {err}"
+    assert_small(errors, name, float16_tol=3e-3)
