@@ -194,12 +194,14 @@ def paged_attention_cuda(q, k_cache, v_cache, meta: AttentionMetadata, scale: fl
     from . import paged_prefill
     if paged_prefill.available():
         whole = exact_whole_prompts(meta, sliding_window) if k_new is not None and kernels.exact_step_on() else []
-        if whole:                # an exact step (kernels.exact_step): whole prompts through SDPA's flash kernel
+        if not whole:
+            paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out)
+        else:                    # an exact step (kernels.exact_step): whole prompts through SDPA's flash kernel
             with sdpa_kernel(_SDPA_BACKENDS):
                 _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta, out, scale, sliding_window, whole)
-        rest = [s for s in meta.prefill_seqs if s not in whole] if whole else None
-        if rest is None or rest:
-            paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out, seqs=rest)
+            rest = [s for s in meta.prefill_seqs if s not in whole]
+            if rest:
+                paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out, seqs=rest)
     else:
         # not cuDNN: it builds a new plan for every (chunk, context) shape, ~1.2 ms of host time per call,
         # measured on an H200 (torch 2.11) as over half of a Phi-2 prefill step
