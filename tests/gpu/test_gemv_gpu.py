@@ -142,7 +142,7 @@ def test_phi_mlp_one_row_takes_the_fused_kernel_and_matches_the_unfused_path(mon
     mlp = fp.PhiMLP(2560, 10240, "gelu_new").to("cuda", torch.bfloat16)
     x = torch.randn(1, 2560, device="cuda", dtype=torch.bfloat16)
     assert fp.fc1_gelu_new(x, mlp.fc1.weight, mlp.fc1.bias) is not None
-    assert fp.fc1_gelu_new(torch.cat([x, x]), mlp.fc1.weight, mlp.fc1.bias) is None      # 2 rows: cuBLAS + kernel
+    assert fp.gemm_gelu_fits(torch.cat([x, x]), mlp.fc1.weight, mlp.fc1.bias)      # 2 rows: the GEMM's epilogue
     fused = mlp(x)
     graph_out = torch.empty_like(fused)
     g = torch.cuda.CUDAGraph()
@@ -165,6 +165,75 @@ def test_phi_mlp_one_row_takes_the_fused_kernel_and_matches_the_unfused_path(mon
         kernels._switched_off.cache_clear()
     torch.cuda.synchronize()
     assert torch.equal(fused, unfused) and torch.equal(graph_out, fused)
+
+
+def _kernels_launched(fn):
+    """The CUDA kernels (not copies or memsets) one call of ``fn`` launches, by name."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+            and not e.name.startswith(("Memset", "Memcpy"))]
+
+
+def test_gemm_gelu_new_is_the_tanh_gelu_of_fc1_in_one_kernel():
+    """fastgen-phi's fc1 + gelu_new at more rows: cuBLASLt's GELU epilogue is gelu_new's tanh form (float32, where
+    it differs from the erf form by more than the GEMM's error) and one kernel, no activation pass after it."""
+    fp = pytest.importorskip("fastgen_phi.model")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(64, 256, device="cuda", generator=g)
+    w = torch.randn(512, 256, device="cuda", generator=g) / 16
+    b = torch.randn(512, device="cuda", generator=g)
+    h = F.linear(x.double(), w.double(), b.double())
+    got = fp.gemm_gelu_new(x, w, b).double()
+    tanh_err = (got - fp.gelu_new_ref(h)).abs().max().item()
+    erf_err = (got - F.gelu(h)).abs().max().item()
+    assert tanh_err < 1e-4 < erf_err, (tanh_err, erf_err)
+    for rows in (2, 128, 2048):
+        xb = torch.randn(rows, 2560, device="cuda", dtype=torch.bfloat16, generator=g)
+        wb = torch.randn(10240, 2560, device="cuda", dtype=torch.bfloat16, generator=g) / 2560 ** 0.5
+        bb = torch.randn(10240, device="cuda", dtype=torch.bfloat16, generator=g)
+        assert fp.gemm_gelu_fits(xb, wb, bb)
+        names = _kernels_launched(lambda: fp.gemm_gelu_new(xb, wb, bb))
+        assert len(names) == 1, names
+        ref = fp.gelu_new_ref(F.linear(xb.double(), wb.double(), bb.double()))
+        got = fp.gemm_gelu_new(xb, wb, bb).double()
+        assert (got - ref).abs().max().item() <= 1e-2 * ref.abs().max().item()
+
+
+def test_phi_mlp_rows_take_the_gemm_epilogue_in_a_graph_and_match_the_unfused_path(monkeypatch):
+    """At 128 rows PhiMLP's fc1 + gelu_new is the GEMM with its epilogue, also inside a CUDA graph (a decode step),
+    and within bf16's rounding of fc1 then the gelu_new kernel (FASTGEN_KERNELS_OFF=gemm_gelu_new)."""
+    fp = pytest.importorskip("fastgen_phi.model")
+    from fastgen_core import kernels
+    torch.manual_seed(0)
+    mlp = fp.PhiMLP(2560, 10240, "gelu_new").to("cuda", torch.bfloat16)
+    x = torch.randn(128, 2560, device="cuda", dtype=torch.bfloat16)
+    fused = mlp(x)
+    graph_out = torch.empty_like(fused)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        mlp(x)
+        with torch.cuda.graph(g, stream=s):
+            graph_out.copy_(mlp(x))
+    torch.cuda.current_stream().wait_stream(s)
+    g.replay()
+    monkeypatch.setenv("FASTGEN_KERNELS_OFF", "gemm_gelu_new")
+    kernels._switched_off.cache_clear()
+    try:
+        assert not fp.gemm_gelu_fits(x, mlp.fc1.weight, mlp.fc1.bias)
+        unfused = mlp(x)
+    finally:
+        monkeypatch.delenv("FASTGEN_KERNELS_OFF")
+        kernels._switched_off.cache_clear()
+    torch.cuda.synchronize()
+    assert torch.equal(graph_out, fused)
+    err = (fused.double() - unfused.double()).abs().max().item()
+    assert 0 < err <= 2e-2 * unfused.double().abs().max().item(), err
 
 
 @pytest.mark.parametrize("n,k", [(2560, 2560), (2560, 10240), (4096, 4096), (4096, 11008), (12288, 4096), (7680, 2560)])

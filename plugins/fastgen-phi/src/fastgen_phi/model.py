@@ -60,17 +60,41 @@ def gelu_new(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def gemm_gelu_new(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """gelu_new(x @ weight^T + bias) as one cuBLASLt GEMM with bias and GELU as its epilogue
+    (``torch._addmm_activation(use_gelu=True)``; CUDA only: cuBLASLt's GELU is the tanh form, gelu_new, where
+    the op's CPU version applies the erf form). The epilogue applies the activation to the float32 sum of
+    product and bias and rounds once, where transformers rounds fc1's output and then each op of the formula:
+    not the same bits as ``gelu_new_ref(fc1(x))``, closer to the exact value. It saves the activation's pass
+    over fc1's [T, I] output (a read and a write of it)."""
+    k = weight.shape[-1]
+    y = torch._addmm_activation(bias, x.reshape(-1, k), weight.t(), use_gelu=True)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def gemm_gelu_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether fc1 + gelu_new go through ``gemm_gelu_new``: bf16/fp16 on CUDA (float32 keeps transformers' bits),
+    a bias of the same dtype, more than one row, and the kernel not switched off (``gemm_gelu_new``)."""
+    return (x.dtype in (torch.bfloat16, torch.float16) and bias is not None and bias.dtype == x.dtype
+            and weight.dtype == x.dtype and x.numel() > x.shape[-1] and kernels.use(x, "gemm_gelu_new"))
+
+
 def fc1_gelu_new(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """gelu_new(F.linear(x, weight, bias)) for one decode row as one kernel (the core's GEMV with gelu_new as
-    its epilogue, kernels/gelu_new.cu), or None where that kernel does not apply (then fc1, then gelu_new)."""
-    if not (x.is_cuda and gemv_fits(x, weight, bias) and kernels.use(x, "gemv_gelu_new")):
+    """gelu_new(F.linear(x, weight, bias)) as one kernel, or None where none applies (then fc1, then gelu_new):
+    for one decode row the core's GEMV with gelu_new as its epilogue (kernels/gelu_new.cu), for more rows in
+    bf16/fp16 the GEMM with it as its epilogue (``gemm_gelu_new``)."""
+    if not x.is_cuda:
         return None
-    return gemv(x, weight, bias, source=GELU_NEW_CU, prefix="gemv_gelu_new")
+    if gemv_fits(x, weight, bias) and kernels.use(x, "gemv_gelu_new"):
+        return gemv(x, weight, bias, source=GELU_NEW_CU, prefix="gemv_gelu_new")
+    if gemm_gelu_fits(x, weight, bias):
+        return gemm_gelu_new(x, weight, bias)
+    return None
 
 
 class PhiMLP(MLP):
-    """The shared MLP; with gelu_new, the activation is one kernel (fc1's bias stays in fc1's GEMM), and at one
-    decode row fc1 and the activation are one kernel."""
+    """The shared MLP; with gelu_new, fc1 and the activation are one kernel on CUDA (``fc1_gelu_new``), else the
+    activation is one kernel after fc1's GEMM (fc1's bias in its epilogue)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str, tp=None):
         super().__init__(hidden_size, intermediate_size, act, bias=True, tp=tp)
