@@ -113,16 +113,14 @@ def available() -> bool:
     return cupy is not None and torch.cuda.is_available()
 
 
-# the kernels an exact step runs in torch instead (``exact_step``)
-EXACT_STEP_OPS = ("rms_norm", "rotary_kv")
 _EXACT_STEP = contextvars.ContextVar("fastgen_exact_step", default=False)
 
 
 @contextlib.contextmanager
 def exact_step(on: bool):
-    """While open with ``on``: RMSNorm and rotary in torch (``EXACT_STEP_OPS``), and whole prompts through SDPA
-    (layers/attention.py), as transformers computes them. ``CausalLM.forward`` opens it for forwards that carry
-    prompt tokens when FASTGEN_KERNELS_ON=exact_prefill (docs/architecture.md)."""
+    """While open with ``on``: whole prompts through SDPA's flash kernel as transformers computes them
+    (layers/attention.py), every other op as usual. ``CausalLM.forward`` opens it for forwards that carry prompt
+    tokens when FASTGEN_KERNELS_ON=exact_prefill (docs/architecture.md)."""
     token = _EXACT_STEP.set(on)
     try:
         yield
@@ -137,8 +135,7 @@ def exact_step_on() -> bool:
 
 def use(x: torch.Tensor, name: str = "") -> bool:
     """Whether the op ``name`` on ``x`` should run its CuPy kernel."""
-    return (x.is_cuda and x.dtype in SUFFIX and mode() == "cupy" and name not in _switched_off()
-            and not (name in EXACT_STEP_OPS and _EXACT_STEP.get()) and available())
+    return x.is_cuda and x.dtype in SUFFIX and mode() == "cupy" and name not in _switched_off() and available()
 
 
 def triton_available(build, switched_off: tuple[str, ...]) -> bool:

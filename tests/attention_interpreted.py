@@ -75,12 +75,16 @@ def main() -> dict:
             taken.append(("triton", seqs))
             return real_triton(*a, seqs=seqs)
         A._prefill_cuda, paged_prefill.paged_prefill = sdpa, triton
-        with kernels.exact_step(True):
-            out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win, kn, vn)
+        # with this step's K/V, and without them (the fused rotary kernel wrote them into the cache: read back)
+        for tag, new in (("", (kn, vn)), ("-read-back", ())):
+            taken.clear()
+            with kernels.exact_step(True):
+                out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win, *new)
+            rest = [s for s in meta.prefill_seqs if s not in whole]
+            routed = taken == ([("sdpa", whole), ("triton", rest)] if whole else [("triton", None)])
+            res[f"exact-step{tag}/{name}/float32"] = (_err(out, ref) if routed
+                                                      else f"routed {taken}, whole prompts {whole}")
         A._prefill_cuda, paged_prefill.paged_prefill = real_sdpa, real_triton
-        rest = [s for s in meta.prefill_seqs if s not in whole]
-        routed = taken == ([("sdpa", whole), ("triton", rest)] if whole else [("triton", None)])
-        res[f"exact-step/{name}/float32"] = _err(out, ref) if routed else f"routed {taken}, whole prompts {whole}"
     # decode rows whole (1) or split over the context (flash-decoding) and merged, windowed or not
     for name, (hq, hk, d, bs, win) in {"split-mha-d80": (4, 4, 80, 16, None), "split-gqa-window": (8, 2, 64, 16, 37),
                                         "split-mqa": (6, 1, 32, 32, None),

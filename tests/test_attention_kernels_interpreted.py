@@ -19,7 +19,8 @@ from interpreted import assert_small, run_interpreted  # noqa: E402
 NAMES = [f"{kind}/{c}/{dt}" for c in CASES for kind, dt in
          (("prefill", "float32"), ("prefill", "float16"), ("mixed", "float32"), ("mixed-decode-rows", "float32"))]
 NAMES.append("prefill/strided-q/float32")
-NAMES += [f"exact-step/{c}/float32" for c in CASES if any(start == 0 for start, _ in CASES[c][5])]
+NAMES += [f"exact-step{t}/{c}/float32" for c in CASES if any(start == 0 for start, _ in CASES[c][5])
+          for t in ("", "-read-back")]
 NAMES += [f"decode/{c}-{n}/float32" for c in ("split-mha-d80", "split-gqa-window", "split-mqa", "split-mha-window")
           for n in (1, 2, 8)]
 

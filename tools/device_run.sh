@@ -83,8 +83,11 @@
 #              all-reference combination; lines in s12.txt
 #   s13        fc1 + gelu_new as one GEMM with cuBLASLt's GELU epilogue (fastgen_phi.model.gemm_gelu_new) against fc1
 #              then the gelu_new kernel (FASTGEN_KERNELS_OFF=gemm_gelu_new): their GPU tests, tools/gelu_bench.py, Phi's
-#              bf16/fp16 agreement, Phi-2's 2048-token prompt step and Phi-2 1200/60, 1200/128 offline, off and on
-#              alternated; lines in s13.txt
+#              bf16/fp16 agreement, Phi-2's 2048-token prompt step, Phi-2 1200/60 and 1200/128 offline off and on;
+#              lines in s13.txt
+#   s14        the exact step as whole prompts through SDPA only (kernels kept): its GPU tests; every family's bf16
+#              agreement with it, Mixtral's also with RMSNorm or rotary in torch; Mixtral-8x7B offline with it;
+#              lines in s14.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -495,22 +498,34 @@ fi
 if has s13; then
   S="$OUT/s13.txt"
   gpu_tests 150 tests/gpu/test_gemv_gpu.py tests/gpu/test_kernels_gpu.py -k gelu
-  timeout 60 python3 tools/gelu_bench.py --json "$OUT/gelu.jsonl" 2>&1 | cut -c1-600 | tee -a "$S"
+  timeout 60 python3 tools/gelu_bench.py --json "$OUT/gelu.jsonl" 2>&1 | cut -c1-700 | tee -a "$S"
+  timeout 90 python3 -m pytest -q -s tests/gpu/test_agreement_gpu.py -k "phi" -p no:cacheprovider 2>&1 \
+    | grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+, 'ours_vs_hf_fp32': [0-9.]+" | tee -a "$S"
+  timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag s13 --top 12 \
+    --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen > /tmp/p.txt 2>&1
+  cat /tmp/p.txt >> "$OUT/profile.txt"
+  grep -E "^prefill|Error" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
+  grep -oE "head_busy_ms_per_step[^,]*|head_host_exposed_ms_per_step_unprofiled[^,]*" /tmp/p.txt \
+    | sed "s/^/prompt2048 /" | tee -a "$S"
   for mode in "FASTGEN_KERNELS_OFF=gemm_gelu_new" ""; do
-    echo "== Phi with: ${mode:-defaults}" | tee -a "$S"
-    env $mode timeout 90 python3 -m pytest -q -s tests/gpu/test_agreement_gpu.py -k "phi" -p no:cacheprovider 2>&1 \
-      | grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+, 'ours_vs_hf_fp32': [0-9.]+" | tee -a "$S"
-    env $mode timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag "s13 $mode" \
-      --top 12 --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen > /tmp/p.txt 2>&1
-    cat /tmp/p.txt >> "$OUT/profile.txt"
-    grep -E "^prefill|Error" /tmp/p.txt | sed "s/^/prompt2048 ${mode:-default} /" | tee -a "$S"
-    grep -oE "head_busy_ms_per_step[^,]*|head_host_exposed_ms_per_step_unprofiled[^,]*" /tmp/p.txt \
-      | sed "s/^/prompt2048 ${mode:-default} /" | tee -a "$S"
-  done
-  for mode in "FASTGEN_KERNELS_OFF=gemm_gelu_new" "" "FASTGEN_KERNELS_OFF=gemm_gelu_new" ""; do
     env $mode timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "s13 $mode" 2>&1 \
       | keep "phi-2 offline ${mode:-default}"
   done
+fi
+if has s14; then
+  S="$OUT/s14.txt"
+  gpu_tests 90 tests/gpu/test_attention_gpu.py -k exact
+  # the exact step now only sends whole prompts through SDPA's flash kernel (K/V read back from the cache); with
+  # RMSNorm or rotary in torch too (a global switch: the agreement test's forwards are all prompt)
+  for mode in "FASTGEN_KERNELS_ON=exact_prefill" "FASTGEN_KERNELS_ON=exact_prefill FASTGEN_KERNELS_OFF=rms_norm" \
+              "FASTGEN_KERNELS_ON=exact_prefill FASTGEN_KERNELS_OFF=rotary_kv"; do
+    echo "== agreement with: $mode" | tee -a "$S"
+    k=bf16; [ "$mode" != "FASTGEN_KERNELS_ON=exact_prefill" ] && k="mixtral and bf16"
+    env $mode timeout 120 python3 -m pytest -q -s tests/gpu/test_agreement_gpu.py -k "$k" -p no:cacheprovider 2>&1 \
+      | grep -oE "AGREEMENT [a-z0-9-]+ torch.bfloat16 \{'ours_vs_hf': [0-9.]+|passed|failed" | tee -a "$S"
+  done
+  FASTGEN_KERNELS_ON=exact_prefill timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 \
+    --tag "s14 exact_prefill" 2>&1 | keep "mixtral-8x7b offline exact_prefill"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

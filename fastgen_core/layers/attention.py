@@ -116,8 +116,9 @@ def _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, ou
     """Each multi-token chunk (of ``seqs``, default all) through SDPA (flash when the chunk is a whole prompt,
     else a masked kernel).
 
-    A whole prompt (start 0) attends only to its own fresh K/V, so the cache is not read back; a later
-    chunk gathers its earlier context from the blocks (a small copy next to the prompt's FLOPs).
+    A whole prompt (start 0) attends only to its own K/V: this step's rows (``k_new``/``v_new``), or, when the
+    fused rotary kernel wrote them straight into the cache, those rows read back by slot; a later chunk gathers
+    its earlier context from the blocks (a small copy next to the prompt's FLOPs).
     """
     hk, d = k_cache.shape[-2:]
     bs = meta.block_size
@@ -126,11 +127,15 @@ def _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, ou
         start, n, ctx = meta.query_start[s], meta.query_lens[s], meta.context_lens_host[s]
         qs = q[start:start + n].transpose(0, 1).unsqueeze(0)                              # [1, Hq, n, D]
         windowed = bool(sliding_window) and ctx > sliding_window
-        if ctx == n and not windowed and k_new is not None:
-            k = k_new[start:start + n].transpose(0, 1).unsqueeze(0)
-            v = v_new[start:start + n].transpose(0, 1).unsqueeze(0)
-            o = F.scaled_dot_product_attention(qs, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=scale,
-                                               enable_gqa=hk != hq)
+        if ctx == n and not windowed:
+            if k_new is not None:
+                k, v = k_new[start:start + n], v_new[start:start + n]
+            else:             # the fused rotary kernel wrote this step's K/V straight into the cache: read them back
+                slots = meta.slot_mapping[start:start + n]
+                k, v = k_cache.view(-1, hk, d).index_select(0, slots), v_cache.view(-1, hk, d).index_select(0, slots)
+            o = F.scaled_dot_product_attention(qs, k.transpose(0, 1).unsqueeze(0).to(q.dtype),
+                                               v.transpose(0, 1).unsqueeze(0).to(q.dtype), is_causal=True,
+                                               scale=scale, enable_gqa=hk != hq)
         else:
             key = ("prefill", s, sliding_window)
             if key not in meta.memo:          # the same for every layer of this step
@@ -193,7 +198,7 @@ def paged_attention_cuda(q, k_cache, v_cache, meta: AttentionMetadata, scale: fl
         return out
     from . import paged_prefill
     if paged_prefill.available():
-        whole = exact_whole_prompts(meta, sliding_window) if k_new is not None and kernels.exact_step_on() else []
+        whole = exact_whole_prompts(meta, sliding_window) if kernels.exact_step_on() else []
         if not whole:
             paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out)
         else:                    # an exact step (kernels.exact_step): whole prompts through SDPA's flash kernel

@@ -64,17 +64,19 @@ def test_sdpa_fallback_matches_reference(dtype, monkeypatch):
         assert _err(out, ref) < 1e-2
 
 
+@pytest.mark.parametrize("read_back", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_exact_step_matches_reference(shape, dtype):
+def test_exact_step_matches_reference(shape, dtype, read_back):
     """An exact step (kernels.exact_step, FASTGEN_KERNELS_ON=exact_prefill): whole prompts through SDPA with this
-    step's K/V, the other chunks through the Triton kernel, decodes as always."""
+    step's K/V (given, or read back from the cache as after the fused rotary kernel), the other chunks through
+    the Triton kernel, decodes as always."""
     from fastgen_core import kernels
     hq, hk, d, bs, win = shape
     q, kn, vn, kc, vc, meta = random_case(9, [(0, 37), (70, 21), (0, 130)], hq, hk, d, bs, "cuda", dtype, seed=4)
     ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
     with kernels.exact_step(True):
-        out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win, kn, vn)
+        out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win, *(() if read_back else (kn, vn)))
     assert not out.isnan().any(), "an output row was never written"
     assert _err(out, ref) < TOL[dtype], f"{shape} {dtype}"
 
