@@ -85,7 +85,7 @@ def switched_off(name: str) -> bool:
     return name in _switched_off()
 
 
-# kernels that did not win their A/B on a GPU, or have not had one yet: off unless FASTGEN_KERNELS_ON names them
+# off unless FASTGEN_KERNELS_ON names them (lost their A/B, or a family's choice: CausalLM.exact_prefill)
 OPT_IN = ("decode_attention", "exact_prefill")
 
 
@@ -119,8 +119,7 @@ _EXACT_STEP = contextvars.ContextVar("fastgen_exact_step", default=False)
 @contextlib.contextmanager
 def exact_step(on: bool):
     """While open with ``on``: whole prompts through SDPA's flash kernel as transformers computes them
-    (layers/attention.py), every other op as usual. ``CausalLM.forward`` opens it for forwards that carry prompt
-    tokens when FASTGEN_KERNELS_ON=exact_prefill (docs/architecture.md)."""
+    (layers/attention.py). ``CausalLM.forward`` opens it for prompt-carrying forwards (``exact_prefill``)."""
     token = _EXACT_STEP.set(on)
     try:
         yield
@@ -128,9 +127,13 @@ def exact_step(on: bool):
         _EXACT_STEP.reset(token)
 
 
+def exact_prefill(family_default: bool) -> bool:
+    """Whether prompt-carrying forwards are exact steps: a family's default, unless FASTGEN_KERNELS_ON/_OFF say."""
+    return switched_on("exact_prefill") or (family_default and not switched_off("exact_prefill"))
+
+
 def exact_step_on() -> bool:
-    """Whether the forward running now is an exact step (``exact_step``)."""
-    return _EXACT_STEP.get()
+    return _EXACT_STEP.get()       # whether the forward running now is an exact step (``exact_step``)
 
 
 def use(x: torch.Tensor, name: str = "") -> bool:

@@ -215,6 +215,23 @@ def test_an_exact_step_keeps_every_kernel(monkeypatch):
     assert not kernels.exact_step_on()
 
 
+def test_exact_prefill_is_a_family_default_the_switches_override(monkeypatch):
+    """kernels.exact_prefill: the family's default (Mixtral's on, the others' off), FASTGEN_KERNELS_ON=exact_prefill
+    for any family, FASTGEN_KERNELS_OFF=exact_prefill against a family's default."""
+    from fastgen_core.layers import CausalLM
+    mixtral = pytest.importorskip("fastgen_mixtral.model")
+    assert mixtral.MixtralForCausalLM.exact_prefill and not CausalLM.exact_prefill
+    for on, off, want in (("", "", [False, True]), ("exact_prefill", "", [True, True]),
+                          ("", "exact_prefill", [False, False])):
+        monkeypatch.setenv("FASTGEN_KERNELS_ON", on)
+        monkeypatch.setenv("FASTGEN_KERNELS_OFF", off)
+        kernels._switched_on.cache_clear()
+        kernels._switched_off.cache_clear()
+        assert [kernels.exact_prefill(d) for d in (False, True)] == want, (on, off)
+    kernels._switched_on.cache_clear()
+    kernels._switched_off.cache_clear()
+
+
 def test_exact_prefill_makes_only_prompt_carrying_forwards_exact(tiny_model_dir, monkeypatch):
     """FASTGEN_KERNELS_ON=exact_prefill: CausalLM.forward opens an exact step for a forward that carries prompt
     tokens, not for decode-only ones (those keep every kernel, and their CUDA graphs); off by default."""

@@ -88,6 +88,10 @@
 #   s14        the exact step as whole prompts through SDPA only (kernels kept): its GPU tests; every family's bf16
 #              agreement with it, Mixtral's also with RMSNorm or rotary in torch; Mixtral-8x7B offline with it;
 #              lines in s14.txt
+#   final8     issue 9's must-shows after session 11 (fc1 + gelu_new in one GEMM; Mixtral's prompts through SDPA's
+#              flash kernel): the offline workloads, Phi-2's 2048-token prompt steps, both again with
+#              FASTGEN_KERNELS_OFF=gemm_gelu_new (Phi-2), Phi-2 at 1 client, the host's own time in the prompt steps
+#              (cProfile), then the GPU tests in the time left of ~580 s; lines in final8.txt
 #   ncu        Nsight Compute on single launches of the fused decode-attention kernel and the default path's
 #              rotary_kv / split decode / merge (Phi-2, one sequence): the profile Speed V asks for; ncu.txt
 #   speed2     per-token latency at 1 client (Phi-2, Llama-2-7B, Mixtral-8x7B) and Phi-2's online curve,
@@ -526,6 +530,36 @@ if has s14; then
   done
   FASTGEN_KERNELS_ON=exact_prefill timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 \
     --tag "s14 exact_prefill" 2>&1 | keep "mixtral-8x7b offline exact_prefill"
+fi
+# Phi-2's 2048-token prompt steps (every request one token): the kernel table and the asynchronous pass's busy and
+# exposed host time per step, lines prefixed with $1, into $S; the environment of the call applies (env before it)
+prompt2048() {
+  timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag "prompt2048 $1" --top 20 \
+    --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen > /tmp/p.txt 2>&1; cat /tmp/p.txt >> "$OUT/profile.txt"
+  grep -E "^prefill|Error" /tmp/p.txt | sed "s/^/prompt2048 $1 /" | tee -a "$S"
+  grep -oE "head_busy_ms_per_step[^,]*|head_host_exposed_ms_per_step_unprofiled[^,]*" /tmp/p.txt \
+    | sed "s/^/prompt2048 $1 /" | tee -a "$S"
+}
+if has final8; then
+  S="$OUT/final8.txt"
+  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
+    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
+    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag final8 2>&1 | keep "$p offline"
+  done
+  prompt2048 default
+  FASTGEN_KERNELS_OFF=gemm_gelu_new prompt2048 gemm_gelu_new-off
+  FASTGEN_KERNELS_OFF=gemm_gelu_new timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 \
+    --tag "final8 gemm_gelu_new-off" 2>&1 | keep "phi-2 offline gemm_gelu_new-off"
+  timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 --tag final8 2>&1 | keep "phi-2"
+  timeout 60 python3 tools/profile_steps.py --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen \
+    --cprofile --top 25 --tag prompt-host > "$OUT/hostprof.txt" 2>&1
+  left=$((580 - SECONDS)); echo "GPU tests with ${left} s left" | tee -a "$S"
+  [ $left -gt 30 ] && gpu_tests $left tests/gpu/test_agreement_gpu.py tests/gpu/test_kernels_gpu.py \
+    tests/gpu/test_moe_triton_gpu.py tests/gpu/test_attention_gpu.py \
+    tests/gpu/test_gemv_gpu.py::test_gemm_gelu_new_is_the_tanh_gelu_of_fc1_in_one_kernel \
+    tests/gpu/test_gemv_gpu.py::test_phi_mlp_rows_take_the_gemm_epilogue_in_a_graph_and_match_the_unfused_path \
+    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
+  grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

@@ -187,7 +187,11 @@ class CausalLM(nn.Module):
     The engine calls ``forward(input_ids, ctx) -> hidden [T, H]`` and ``compute_logits(hidden) -> [n, V]``
     (only on the rows it samples). Override ``embed`` for learned positions or projections (OPT). ``tp``: the
     tensor-parallel group the embedding and lm_head are split over by vocabulary rows (None: one process).
+    ``exact_prefill``: a family's default for ``kernels.exact_prefill`` (whole prompts attended as transformers
+    attends them; Mixtral sets it, for its routes' near-ties).
     """
+
+    exact_prefill = False
 
     def __init__(self, vocab_size: int, hidden_size: int, layers: list[nn.Module], norm: nn.Module,
                  tie_word_embeddings: bool = False, lm_head_bias: bool = False, tp: TPGroup | None = None):
@@ -203,7 +207,7 @@ class CausalLM(nn.Module):
         return self.embed_tokens(input_ids)
 
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        with kernels.exact_step(bool(ctx.attn.prefill_seqs) and kernels.switched_on("exact_prefill")):
+        with kernels.exact_step(bool(ctx.attn.prefill_seqs) and kernels.exact_prefill(self.exact_prefill)):
             h = self.embed(input_ids, ctx)
             for layer in self.layers:
                 h = layer(h, ctx)
