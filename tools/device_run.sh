@@ -557,7 +557,7 @@ if has final8; then
   [ $left -gt 30 ] && gpu_tests $left tests/gpu/test_agreement_gpu.py tests/gpu/test_kernels_gpu.py \
     tests/gpu/test_moe_triton_gpu.py tests/gpu/test_attention_gpu.py \
     tests/gpu/test_gemv_gpu.py::test_gemm_gelu_new_is_the_tanh_gelu_of_fc1_in_one_kernel \
-    tests/gpu/test_gemv_gpu.py::test_phi_mlp_rows_take_the_gemm_epilogue_in_a_graph_and_match_the_unfused_path \
+    tests/gpu/test_gemv_gpu.py::test_phi_mlp_takes_its_fused_fc1_gelu_new_in_a_graph_and_matches_the_unfused_path \
     tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
   grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
 fi

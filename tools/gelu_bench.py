@@ -10,28 +10,11 @@ import json
 
 import torch
 import torch.nn.functional as F
+from graph_timing import graph_ms_per_layer
 
 from fastgen_phi import model as fp
 
 H, I, LAYERS = 2560, 10240, 8
-
-
-def timed(fn, reps=20):
-    fn(0)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for layer in range(LAYERS):
-            fn(layer)
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps / LAYERS
 
 
 def kernels_of(fn):
@@ -56,7 +39,7 @@ def main():
                  "gemm_gelu_epilogue": lambda i: fp.gemm_gelu_new(x, ws[i], bs[i])}
         line = {"rows": rows, "gemm_ms_at_800_tflops": round(2 * rows * H * I / 800e12 * 1e3, 4)}
         for name, fn in paths.items():
-            ms = timed(fn)
+            ms = graph_ms_per_layer(fn, LAYERS)
             line[name + "_ms"] = round(ms, 4)
             line[name + "_kernels"] = kernels_of(fn)
         print(json.dumps(line))

@@ -10,28 +10,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from graph_timing import graph_ms_per_layer
 
 from fastgen_core.layers import moe, moe_triton
 
 E, H, I, K_TOP, LAYERS = 8, 4096, 14336, 2, 8
-
-
-def timed(fn, reps=20):
-    fn(0)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for layer in range(LAYERS):
-            fn(layer)
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps / LAYERS
 
 
 def main():
@@ -51,7 +34,7 @@ def main():
         ids = torch.stack([torch.randperm(E, device="cuda")[:K_TOP] for _ in range(t)])
         w = torch.softmax(torch.randn(t, K_TOP, device="cuda"), -1)
         touched = int(torch.unique(ids).numel())
-        ms = timed(lambda layer: moe.grouped_experts_ref(x, *weights[layer], w, ids, F.silu))
+        ms = graph_ms_per_layer(lambda layer: moe.grouped_experts_ref(x, *weights[layer], w, ids, F.silu), LAYERS)
         rec = {"tokens": t, "experts_touched": touched, "grouped_mm_ms": round(ms, 4),
                "grouped_mm_TBps": round(touched * expert_bytes / ms / 1e9, 3), "triton": {}}
         want = moe.grouped_experts_ref(x, *weights[0], w, ids, F.silu).float()
@@ -60,7 +43,8 @@ def main():
             try:
                 got = moe_triton.experts_triton(x, *weights[0], w, ids, F.silu).float()
                 err = ((got - want).norm() / want.norm()).item()
-                ms = timed(lambda layer: moe_triton.experts_triton(x, *weights[layer], w, ids, F.silu))
+                ms = graph_ms_per_layer(
+                    lambda layer: moe_triton.experts_triton(x, *weights[layer], w, ids, F.silu), LAYERS)
                 rec["triton"][str(tile or "default")] = {"ms": round(ms, 4), "rel_err": err,
                                                          "TBps": round(touched * expert_bytes / ms / 1e9, 3)}
             except Exception as exc:     # a tile Triton cannot build here: say so and go on
