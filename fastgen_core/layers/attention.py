@@ -104,11 +104,16 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     return out
 
 
-def exact_whole_prompts(meta: AttentionMetadata, sliding_window: int | None) -> list[int]:
-    """The prompt chunks of the step that are whole prompts no sliding window cuts (start 0): what an exact step
-    sends through SDPA, as transformers computes a prompt."""
-    return [s for s in meta.prefill_seqs if meta.context_lens_host[s] == meta.query_lens[s]
-            and not (sliding_window and meta.context_lens_host[s] > sliding_window)]
+def exact_whole_prompts(meta: AttentionMetadata, sliding_window: int | None) -> tuple[list[int], list[int]]:
+    """(whole, rest): the prompt chunks of the step that are whole prompts no sliding window cuts (start 0), what an
+    exact step sends through SDPA as transformers computes a prompt, and the other chunks. The same for every layer
+    of the step (kept in ``meta.memo``)."""
+    key = ("exact-whole", sliding_window)
+    if key not in meta.memo:
+        whole = [s for s in meta.prefill_seqs if meta.context_lens_host[s] == meta.query_lens[s]
+                 and not (sliding_window and meta.context_lens_host[s] > sliding_window)]
+        meta.memo[key] = whole, [s for s in meta.prefill_seqs if s not in whole]
+    return meta.memo[key]
 
 
 def _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta: AttentionMetadata, out, scale, sliding_window,
@@ -198,13 +203,12 @@ def paged_attention_cuda(q, k_cache, v_cache, meta: AttentionMetadata, scale: fl
         return out
     from . import paged_prefill
     if paged_prefill.available():
-        whole = exact_whole_prompts(meta, sliding_window) if kernels.exact_step_on() else []
+        whole, rest = exact_whole_prompts(meta, sliding_window) if kernels.exact_step_on() else ([], [])
         if not whole:
             paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out)
         else:                    # an exact step (kernels.exact_step): whole prompts through SDPA's flash kernel
             with sdpa_kernel(_SDPA_BACKENDS):
                 _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta, out, scale, sliding_window, whole)
-            rest = [s for s in meta.prefill_seqs if s not in whole]
             if rest:
                 paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out, seqs=rest)
     else:
