@@ -76,11 +76,8 @@
 #              FINAL7_ON: opt-ins for the whole call, as FASTGEN_KERNELS_ON): final6's lines, the GPU tests (kernels,
 #              MoE GEMMs, decode attention, bf16/fp16 agreement, fp32 tokens, graphs), then Mixtral-8x7B at 1 and 16
 #              clients (500/150) while time lasts; lines in final7.txt
-#   s12        the experiments issue 9's open items wait for: the exact step's GPU test; the decode kernel over a
-#              head-major cache (tools/attention_bench.py --decode-only, the "head-major" cases: do Phi-2's 160-byte
-#              rows cost bandwidth?); Mixtral's bf16 agreement and offline time by default, with FASTGEN_KERNELS_ON=
-#              exact_prefill (prompt-carrying steps as transformers computes a whole prompt), and with Speed I's
-#              all-reference combination; lines in s12.txt
+#   s12        (session 11's first call, since removed: the exact step it measured changed form after it; its
+#              head-major decode cases stay in tools/attention_bench.py --decode-only)
 #   s13        fc1 + gelu_new as one GEMM with cuBLASLt's GELU epilogue (fastgen_phi.model.gemm_gelu_new) against fc1
 #              then the gelu_new kernel (FASTGEN_KERNELS_OFF=gemm_gelu_new): their GPU tests, tools/gelu_bench.py, Phi's
 #              bf16/fp16 agreement, Phi-2's 2048-token prompt step, Phi-2 1200/60 and 1200/128 offline off and on;
@@ -483,22 +480,6 @@ for stage in final6 final7; do   # issue 9's must-shows, all in one call (the ce
   timeout 70 $OL --preset mixtral-8x7b --num-requests 16 --prompt-mean 500 --gen-mean 150 --online 1,16 --tag $stage \
     2>&1 | keep "mixtral-8x7b"
 done
-if has s12; then
-  S="$OUT/s12.txt"
-  gpu_tests 90 tests/gpu/test_attention_gpu.py -k exact
-  timeout 120 python3 tools/attention_bench.py --decode-only --json "$OUT/attention.jsonl" 2>&1 | grep -E "^\{" \
-    | cut -c1-400 | tee -a "$S"
-  # mode 1: prompt-carrying steps as transformers computes a whole prompt (exact_prefill: RMSNorm and rotary in
-  # torch, SDPA's flash for whole prompts); mode 2: Speed I's combination, every kernel and the prompt kernel off
-  for mode in "" "FASTGEN_KERNELS_ON=exact_prefill" "FASTGEN_ATTENTION=sdpa FASTGEN_KERNELS=reference"; do
-    m=$((${m:--1} + 1))
-    echo "== Mixtral mode $m: ${mode:-defaults}" | tee -a "$S"
-    env $mode timeout 90 python3 -m pytest -q -s tests/gpu/test_agreement_gpu.py -k "mixtral and bf16" \
-      -p no:cacheprovider 2>&1 | grep -oE "AGREEMENT [a-z0-9-]+ torch.bfloat16 \{'ours_vs_hf': [0-9.]+" | tee -a "$S"
-    env $mode timeout 110 $B --preset mixtral-8x7b --num-requests 64 --gen-mean 60 --tag "s12-mode$m" 2>&1 \
-      | keep "mixtral-8x7b offline mode $m"
-  done
-fi
 if has s13; then
   S="$OUT/s13.txt"
   gpu_tests 150 tests/gpu/test_gemv_gpu.py tests/gpu/test_kernels_gpu.py -k gelu
