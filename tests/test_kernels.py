@@ -48,10 +48,41 @@ def test_every_kernel_source_is_where_the_loaders_look():
     from fastgen_phi.model import GELU_NEW_CU
     assert kernels.core_source(kernels.FUSED_OPS_CU).is_file() and GELU_NEW_CU.is_file()
     assert kernels.core_source(ROTARY_KV_CU).is_file() and kernels.core_source(GEMV_CU).is_file()
-    assert kernels.core_source(DECODE_ATTENTION_CU).is_file()
+    from fastgen_core.layers.mha_decode import MHA_DECODE_CU
+    assert kernels.core_source(DECODE_ATTENTION_CU).is_file() and kernels.core_source(MHA_DECODE_CU).is_file()
     with pytest.raises(FileNotFoundError, match=r"'missing.cu' is not in .*\(installed: \['decode_attention.cu', "
-                                                r"'fused_ops.cu', 'gemv.cu', 'rotary_kv.cu'\]\)"):
+                                                r"'fused_ops.cu', 'gemv.cu', 'mha_decode.cu', 'rotary_kv.cu'\]\)"):
         kernels.core_source("missing.cu")
+
+
+def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are_compiled(monkeypatch):
+    from fastgen_core.layers import mha_decode as M
+    bf16 = torch.bfloat16
+    assert M.fits(32, 32, 80, bf16, 128 * 32) and M.fits(32, 32, 128, torch.float16, 256)
+    assert not M.fits(32, 32, 80, bf16, 255)             # few sequences: the Triton kernel's context splits
+    assert not M.fits(32, 8, 128, bf16, 4096)            # GQA: the tensor-core kernel shares each K/V row
+    assert not M.fits(32, 32, 80, torch.float32, 4096)
+    assert not M.fits(16, 16, 256, bf16, 4096)
+    assert not M.usable(torch.zeros(300, 32, 80, dtype=bf16), torch.zeros(4, 32, 32, 80, dtype=bf16),
+                        torch.zeros(4, 32, 32, 80, dtype=bf16), types.SimpleNamespace(decode_rows=torch.arange(300)),
+                        torch.zeros(300, 32, 80, dtype=bf16))      # CPU tensors: never the kernel
+    src = kernels.core_source(M.MHA_DECODE_CU).read_text()
+    for lanes, unroll in M.FORMS:                         # every form the launcher may name is instantiated
+        assert f"FASTGEN_MHA_DECODE_DIMS(T, suffix, {lanes}, {unroll})" in src
+    assert all(f"FASTGEN_MHA_DECODE(T, suffix, {d}, LPK, U)" in src for d in M.HEAD_DIMS)
+    with pytest.raises(ValueError, match=r"form \(3, 1\) is not compiled; allowed: "):
+        M.mha_decode(None, None, None, None, 1.0, None, None, form=(3, 1))
+    for value in ("3,1", "four"):
+        monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", value)
+        M.default_form.cache_clear()
+        with pytest.raises(ValueError, match=f"FASTGEN_MHA_DECODE_FORM must be one of 2,1, 4,1, 4,2, 4,4; got '{value}'"):
+            M.default_form()
+    monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", "4,4")
+    M.default_form.cache_clear()
+    assert M.default_form() == (4, 4)
+    monkeypatch.delenv("FASTGEN_MHA_DECODE_FORM")
+    M.default_form.cache_clear()
+    assert M.default_form() == M.DEFAULT_FORM
 
 
 def test_kernels_default_on_and_switch_off_by_name(monkeypatch):

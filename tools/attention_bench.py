@@ -18,6 +18,7 @@ from attention_cases import random_case  # noqa: E402
 from fastgen_core.bench.cli import append_jsonl  # noqa: E402
 
 from fastgen_core.layers import attention as A  # noqa: E402
+from fastgen_core.layers import mha_decode as MD  # noqa: E402
 from fastgen_core.layers import paged_decode as PD  # noqa: E402
 from fastgen_core.layers import paged_prefill as P  # noqa: E402
 
@@ -32,7 +33,7 @@ CONFIGS = [(64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (1
 DECODES = {  # name: (hq, hk, d, sequences, context)
     "phi-2 128 x 1200": (32, 32, 80, 128, 1200), "llama-2-7b 64 x 1200": (32, 32, 128, 64, 1200),
     "gqa 64 x 1200": (32, 8, 128, 64, 1200), "falcon-7b mqa 64 x 1200": (71, 1, 64, 64, 1200),
-    "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "llama-2-7b 8 x 4000": (32, 32, 128, 8, 4000),
+    "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "phi-2 8 x 1200": (32, 32, 80, 8, 1200), "llama-2-7b 8 x 4000": (32, 32, 128, 8, 4000),
     # the same kernel over a head-major cache ([blocks, heads, 16|32 tokens, head_dim]: one head's keys of a block
     # in one run) instead of the engine's token-major one (a slot holds every head's row, so Phi-2's 160-byte rows
     # lie 5 KB apart): each (sequence, head) runs as a one-head sequence whose table points at its head's blocks
@@ -41,9 +42,12 @@ DECODE_CONFIGS = [None, (32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 4, 4), (128, 4,
                   (32, 2, 4), (128, 4, 3)]
 
 
-def decode_bench(rows):
-    """Decode attention: the share of the copy bandwidth its K/V reads reach (one step, one layer)."""
+def decode_bench(rows, mha_only: bool = False):
+    """Decode attention: the share of the copy bandwidth its K/V reads reach (one step, one layer). With
+    ``mha_only``: the shapes without GQA, the Triton kernel (its tiles for the step) against mha_decode's forms."""
     for name, (hq, hk, d, n, ctx) in DECODES.items():
+        if mha_only and (hq != hk or name.endswith("head-major") or n * hk < MD.MIN_PROGRAMS):
+            continue
         g = torch.Generator().manual_seed(0)
         nb = -(-ctx // 32)                        # every sequence its own blocks: nothing shared through L2
         tables = torch.randperm(n * nb + 3, generator=g)[:n * nb].view(n, nb)
@@ -63,6 +67,11 @@ def decode_bench(rows):
         meta.max_decode_context = ctx
         out = torch.empty_like(q)
         res = {"decode": name, "GB": round(gb, 3)}
+        if mha_only:
+            mha_rows(res, q, kc, vc, meta, d, gb)
+            rows.append(res)
+            print(json.dumps(res), flush=True)
+            continue
         best = None
         for cfg in DECODE_CONFIGS:
             try:
@@ -80,6 +89,21 @@ def decode_bench(rows):
             res[f"splits={splits}"] = [round(ms, 4), round(gb / ms, 2)]
         rows.append(res)
         print(json.dumps(res), flush=True)
+
+
+def mha_rows(res, q, kc, vc, meta, d, gb):
+    """One decode shape: the Triton kernel at the tiles it takes for the step, then each mha_decode form."""
+    out = torch.empty_like(q)
+    cfg = PD.tile_config(meta.decode_rows.numel() * kc.shape[-2], q.dtype)
+    fns = {"triton": lambda: PD.paged_decode(q, kc, vc, meta, d ** -0.5, None, out, cfg)}
+    for form in MD.FORMS:
+        fns[f"mha{form}"] = lambda form=form: MD.mha_decode(q, kc, vc, meta, d ** -0.5, None, out, form)
+    for key, fn in fns.items():
+        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+        res[key] = [round(ms, 4), round(gb / ms, 2)]            # ms, TB/s
+    ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, None)
+    MD.mha_decode(q, kc, vc, meta, d ** -0.5, None, out)
+    res["mha_err"] = float((out.double() - ref).norm() / ref.norm())
 
 
 SMALL_DECODES = {  # few sequences: what split-K is for; name: (hq, hk, d, sequences, context)
@@ -177,10 +201,12 @@ def main():
     ap.add_argument("--no-tiles", action="store_true", help="the few-sequence sweep without its tile sweep")
     ap.add_argument("--decode-only", action="store_true",
                     help="only the many-sequence decode sweep (tiles, splits)")
+    ap.add_argument("--mha", action="store_true",
+                    help="only the many-sequence decode shapes without GQA: Triton against mha_decode's forms")
     a = ap.parse_args()
     rows = []
-    if a.decode_only:
-        decode_bench(rows)
+    if a.decode_only or a.mha:
+        decode_bench(rows, mha_only=a.mha)
         if a.json:
             append_jsonl(a.json, rows)
         return

@@ -82,6 +82,10 @@
 #              then the gelu_new kernel (FASTGEN_KERNELS_OFF=gemm_gelu_new): their GPU tests, tools/gelu_bench.py, Phi's
 #              bf16/fp16 agreement, Phi-2's 2048-token prompt step, Phi-2 1200/60 and 1200/128 offline off and on;
 #              lines in s13.txt
+#   s15        the CUDA-core decode kernel for many sequences without GQA (fastgen_core/layers/mha_decode.py): the
+#              attention GPU tests; tools/attention_bench.py --mha (Triton against its forms, one layer); the best form
+#              on Phi-2 128 x 1200 for the rest of the call; Phi-2 offline (1200/60, 1200/128) with it off, on, on, off
+#              (FASTGEN_KERNELS_OFF=mha_decode), Llama-2-7B offline on, off; lines in s15.txt
 #   s14        the exact step as whole prompts through SDPA only (kernels kept): its GPU tests; every family's bf16
 #              agreement with it, Mixtral's also with RMSNorm or rotary in torch; Mixtral-8x7B offline with it;
 #              lines in s14.txt
@@ -541,6 +545,27 @@ if has final8; then
     tests/gpu/test_gemv_gpu.py::test_phi_mlp_takes_its_fused_fc1_gelu_new_in_a_graph_and_matches_the_unfused_path \
     tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda tests/gpu/test_graphs_gpu.py -s
   grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
+fi
+if has s15; then
+  S="$OUT/s15.txt"
+  gpu_tests 150 tests/gpu/test_attention_gpu.py
+  if grep -qE "^FAILED.*mha|^ERROR" /tmp/t.log; then echo "mha_decode failed its tests: no offline runs" | tee -a "$S"; else
+    timeout 90 python3 tools/attention_bench.py --mha --json "$OUT/attention.jsonl" 2>&1 | tail -8 | tee -a "$S"
+    form=$(python3 -c "
+import json
+r = [json.loads(l) for l in open('$OUT/attention.jsonl') if 'phi-2 128 x 1200' in l][-1]
+print(min((v[0], k) for k, v in r.items() if k.startswith('mha('))[1][4:-1].replace(' ', ''))")
+    echo "form for the offline runs: $form" | tee -a "$S"
+    export FASTGEN_MHA_DECODE_FORM=$form
+    for mode in off on on off; do
+      env $([ $mode = off ] && echo FASTGEN_KERNELS_OFF=mha_decode) timeout 120 $B --preset phi-2 --num-requests 128 \
+        --gen-mean 60 128 --tag "s15 mha_decode-$mode" 2>&1 | keep "phi-2 offline mha_decode-$mode"
+    done
+    for mode in on off; do
+      env $([ $mode = off ] && echo FASTGEN_KERNELS_OFF=mha_decode) timeout 100 $B --preset llama-2-7b --num-requests 64 \
+        --gen-mean 60 --tag "s15 mha_decode-$mode" 2>&1 | keep "llama-2-7b offline mha_decode-$mode"
+    done
+  fi
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

@@ -147,7 +147,13 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                  splits: int | None = None) -> None:
     """Write attention for the decode rows of ``q`` [T, Hq, D] into ``out`` (same shape).
     ``config``: (BLOCK_N, num_warps, num_stages) instead of the default; ``splits``: context splits instead
-    of ``num_splits``' choice (1: none)."""
+    of ``num_splits``' choice (1: none). Without either, steps that ``mha_decode`` takes run its CUDA-core
+    kernel instead."""
+    if config is None and splits is None:
+        from . import mha_decode
+        if mha_decode.usable(q, k_cache, v_cache, meta, out):
+            mha_decode.mha_decode(q, k_cache, v_cache, meta, scale, sliding_window, out)
+            return
     hq, d = q.shape[1:]
     hk = k_cache.shape[-2]
     g = hq // hk

@@ -6,7 +6,7 @@ import torch
 
 from attention_cases import random_case
 from fastgen_core.layers import attention as A
-from fastgen_core.layers import paged_decode, paged_prefill
+from fastgen_core.layers import mha_decode, paged_decode, paged_prefill
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -129,3 +129,54 @@ def test_split_decode_is_chosen_for_few_sequences_and_replays_in_a_graph():
     torch.cuda.synchronize()
     ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, 0.1, None)
     assert _err(out, ref) < 1e-2
+
+
+MHA_SHAPES = [  # hq = hk, d, block_size, sliding_window
+    (32, 80, 32, None),         # Phi-2
+    (32, 128, 16, None),        # Llama-2-7B
+    (12, 64, 16, 50),           # a window edge inside the keys a block takes at a time
+    (8, 96, 32, 33),
+]
+
+
+@pytest.mark.parametrize("form", mha_decode.FORMS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", MHA_SHAPES)
+def test_mha_decode_matches_reference(shape, dtype, form):
+    """The CUDA-core decode kernel: 40 sequences with contexts of 1 to 3k, then of 1 to 40 (shorter than the
+    keys a block takes at a time; most end mid-block), each form it is compiled in."""
+    h, d, bs, win = shape
+    for max_ctx in (3000, 41):
+        q, _, _, kc, vc, meta = random_case(40, [], h, h, d, bs, "cuda", dtype, seed=d + bs, max_ctx=max_ctx)
+        ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
+        out = torch.full_like(q, float("nan"))
+        mha_decode.mha_decode(q, kc, vc, meta, d ** -0.5, win, out, form)
+        assert not out.isnan().any(), "an output row was never written"
+        assert _err(out, ref) < TOL[dtype], f"{shape} {dtype} {form} contexts up to {max_ctx}"
+
+
+def test_many_decodes_without_gqa_take_the_mha_kernel_and_replay_in_a_graph():
+    """A 16-sequence Phi-2 step (512 programs) goes through mha_decode (its kernel, not Triton's), and a graph
+    captured once serves other context lengths."""
+    q, _, _, kc, vc, meta = random_case(16, [], 32, 32, 80, 32, "cuda", torch.bfloat16, seed=5, max_ctx=2500)
+    out = torch.empty_like(q)
+    assert mha_decode.usable(q, kc, vc, meta, out)
+    assert not mha_decode.usable(q.float(), kc.float(), vc.float(), meta, out.float())
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        paged_decode.paged_decode(q, kc, vc, meta, 0.1, None, out)     # load the module outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        paged_decode.paged_decode(q, kc, vc, meta, 0.1, None, out)
+    for ctx in (meta.context_lens.clone(), meta.context_lens // 3 + 1):
+        meta.context_lens.copy_(ctx)
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, 0.1, None)
+        assert _err(out, ref) < 1e-2
+    triton_out = torch.empty_like(q)
+    paged_decode.paged_decode(q, kc, vc, meta, 0.1, None, triton_out, config=paged_decode.tile_config(512, q.dtype))
+    assert not torch.equal(out, triton_out), "both calls ran the same kernel"

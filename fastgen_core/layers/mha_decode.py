@@ -1,0 +1,82 @@
+"""Decode attention of many sequences without GQA as a CuPy kernel on the CUDA cores (kernels/mha_decode.cu).
+
+The Triton kernel (``paged_decode``) scores a decode on the tensor cores, whose smallest tile pads a query row
+to 16 and Phi-2's head_dim 80 to 128; with one query head per KV head (Phi-2, Llama-2-7B, OPT) that is 16 x 1.6
+times the products a key needs, and Phi-2's decode attention ran at 3.3 TB/s against Llama-2-7B's 4.2 (Speed
+IX). This kernel spends head_dim products and one exp2 a key: ``paged_decode`` runs it for steps with at
+least ``MIN_PROGRAMS`` (sequence, head) pairs when ``fits`` (below that the Triton kernel's context splits
+keep the GPU busy). ``FASTGEN_KERNELS_OFF=mha_decode`` switches it off; the reference is
+``attention.paged_attention_ref``, and tests/gpu/test_attention_gpu.py compares the two.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from .. import kernels
+
+MHA_DECODE_CU = "mha_decode.cu"
+THREADS = 128
+MIN_PROGRAMS = 256        # as paged_decode.num_splits: from here on the step needs no context splits
+HEAD_DIMS = (64, 80, 96, 128)
+FORMS = ((2, 1), (4, 1), (4, 2), (4, 4))      # (lanes a key, keys a lane loads at once) compiled
+DEFAULT_FORM = (4, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def default_form() -> tuple[int, int]:
+    """``DEFAULT_FORM``, or ``FASTGEN_MHA_DECODE_FORM=lanes,unroll`` (A/B runs): one of ``FORMS``."""
+    value = os.environ.get("FASTGEN_MHA_DECODE_FORM", "")
+    if not value:
+        return DEFAULT_FORM
+    try:
+        form = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        form = None
+    if form not in FORMS:
+        raise ValueError(f"FASTGEN_MHA_DECODE_FORM must be one of {', '.join(f'{a},{b}' for a, b in FORMS)}; "
+                         f"got {value!r}")
+    return form
+
+
+def fits(hq: int, hk: int, d: int, dtype: torch.dtype, programs: int) -> bool:
+    """Whether a decode step of ``programs`` (sequence, head) pairs with these heads takes the kernel."""
+    return hq == hk and d in HEAD_DIMS and dtype in (torch.bfloat16, torch.float16) and programs >= MIN_PROGRAMS
+
+
+def usable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, out: torch.Tensor) -> bool:
+    """``fits``, the CuPy kernels on (``kernels.use``), and the layouts the kernel reads and writes: a row's
+    heads adjacent in q and out, a contiguous cache of 16-byte aligned rows, long indices."""
+    t, hq, d = q.shape
+    hk = k_cache.shape[-2]
+    sd = meta.decode_rows.numel()
+    return (fits(hq, hk, d, q.dtype, sd * hk) and kernels.use(q, "mha_decode")
+            and k_cache.dtype == v_cache.dtype == q.dtype and q.stride(-1) == out.stride(-1) == 1
+            and q.stride(-2) == out.stride(-2) == d
+            and k_cache.is_contiguous() and v_cache.is_contiguous()
+            and k_cache.data_ptr() % 16 == 0 and v_cache.data_ptr() % 16 == 0
+            and meta.block_tables.stride(-1) == 1
+            and all(x.dtype == torch.long for x in (meta.block_tables, meta.decode_rows, meta.decode_seqs,
+                                                     meta.context_lens)))
+
+
+def mha_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
+               sliding_window: int | None, out: torch.Tensor, form: tuple[int, int] | None = None) -> None:
+    """Write attention for the decode rows of ``q`` [T, H, D] into ``out`` (same shape): one launch, a block
+    per (decode row, head). ``form``: (lanes a key, keys a lane loads at once), one of ``FORMS``."""
+    lanes, unroll = form or default_form()
+    if (lanes, unroll) not in FORMS:
+        raise ValueError(f"mha_decode form {(lanes, unroll)} is not compiled; allowed: {FORMS}")
+    hk, d = k_cache.shape[-2:]
+    sd = meta.decode_rows.numel()
+    tables = meta.block_tables
+    name = f"mha_decode_{kernels.SUFFIX[q.dtype]}_d{d}_l{lanes}_u{unroll}"
+    kernels.launch(kernels.core_source(MHA_DECODE_CU), name, (sd, hk), (THREADS,),
+                   (kernels.ptr(q), kernels.i64(q.stride(0)), kernels.ptr(k_cache), kernels.ptr(v_cache),
+                    kernels.ptr(tables), kernels.i64(tables.stride(0)), kernels.ptr(meta.decode_seqs),
+                    kernels.ptr(meta.decode_rows), kernels.ptr(meta.context_lens), kernels.ptr(out),
+                    kernels.i64(out.stride(0)), kernels.f32(scale), kernels.i64(sliding_window or 1 << 40),
+                    kernels.i32(hk), kernels.i32(meta.block_size)),
+                   q.device)
