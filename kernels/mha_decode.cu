@@ -7,13 +7,13 @@
 // and (Phi-2) head_dim 80 to 128: for every key it scores 16 x 128 products where 80 are needed, and it
 // reaches 3.3 TB/s at head_dim 80 against 4.2 at 128 (Speed IX). Here each key costs head_dim products.
 //
-// Grid (decode rows, heads), 128 threads = 64 lane pairs. Pair p takes keys p, p + 64, p + 128, ... of the
-// context (the 16 pairs of a warp: 16 adjacent keys, one block-table entry); of a key's row, lane 0 of the
-// pair holds the even 16-byte vectors and lane 1 the odd ones, so each load instruction of a warp reads whole
-// 32-byte sectors. A pair keeps its own online softmax (running max, sum, D / 2 float32 sums a lane), in
-// base 2 (q is scaled by scale * log2(e)) with one exp2 a key; the 64 pairs' states are merged at the end by
-// log-sum-exp, within each warp by shuffles and across the 4 warps through shared memory. U keys a pair are
-// loaded before any is used (memory-level parallelism).
+// Grid (decode rows, heads) or (heads, rows), 128 threads; LPK lanes take a key (4: a warp takes 8 adjacent
+// keys, one block-table entry). Key group k takes keys k, k + 32, k + 64, ... of the context; of a key's row,
+// lane j of the group holds 8-byte chunks j, j + 4, j + 8, ..., so each load instruction of a warp reads
+// whole 32-byte sectors. A group keeps its own online softmax (running max, sum, D / LPK float32 sums a
+// lane), in base 2 (q is scaled by scale * log2(e)) with one exp2 a key; the groups' states are merged at the
+// end by log-sum-exp, within each warp by shuffles and across the 4 warps through shared memory. U keys a
+// group are loaded before any is used (memory-level parallelism; more at few blocks, fewer registers at many).
 //
 // Limits (the caller checks them): bf16/fp16, head_dim 64/80/96/128 (a row of an even number of 16-byte
 // vectors), the cache's rows 16-byte aligned. The launch depends on the batch shape only (contexts come from
@@ -68,7 +68,7 @@ __device__ __forceinline__ void mha_decode(const T* __restrict__ q, long q_strid
                                            long table_stride, const long* __restrict__ seqs,
                                            const long* __restrict__ rows, const long* __restrict__ ctx_lens,
                                            T* __restrict__ out, long out_stride, float scale, long window, int hk,
-                                           int block_size) {
+                                           int block_size, int heads_first) {
     typedef typename Chunk<LPK>::type C;
     constexpr int CE = 16 / LPK;                    // values in a chunk
     constexpr int NC = D / 16;                      // chunks a lane holds (the LPK lanes' chunks c: 32 bytes)
@@ -77,7 +77,10 @@ __device__ __forceinline__ void mha_decode(const T* __restrict__ q, long q_strid
     __shared__ float m_s[MD_WARPS], l_s[MD_WARPS];
     __shared__ float o_s[MD_WARPS][D];
 
-    const int i = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    // grid (rows, heads), or (heads, rows) with heads_first: the blocks side by side then read one sequence's
+    // adjacent rows of the same slots
+    const int i = heads_first ? blockIdx.y : blockIdx.x, h = heads_first ? blockIdx.x : blockIdx.y;
+    const int tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5, key = tid / LPK, part = tid % LPK;
     const long seq = seqs[i], row = rows[i];
     const int ctx = (int)ctx_lens[seq];
@@ -191,9 +194,9 @@ __device__ __forceinline__ void mha_decode(const T* __restrict__ q, long q_strid
     extern "C" __global__ void __launch_bounds__(MD_THREADS) mha_decode_##suffix##_d##D##_l##LPK##_u##U(         \
         const T* q, long q_stride, const T* k_cache, const T* v_cache, const long* tables, long table_stride,     \
         const long* seqs, const long* rows, const long* ctx_lens, T* out, long out_stride, float scale,         \
-        long window, int hk, int block_size) {                                                                   \
+        long window, int hk, int block_size, int heads_first) {                                                  \
         mha_decode<T, D, LPK, U>(q, q_stride, k_cache, v_cache, tables, table_stride, seqs, rows, ctx_lens, out, \
-                                 out_stride, scale, window, hk, block_size);                                     \
+                                 out_stride, scale, window, hk, block_size, heads_first);                        \
     }
 #define FASTGEN_MHA_DECODE_DIMS(T, suffix, LPK, U)                                                               \
     FASTGEN_MHA_DECODE(T, suffix, 64, LPK, U)                                                                    \
@@ -201,9 +204,7 @@ __device__ __forceinline__ void mha_decode(const T* __restrict__ q, long q_strid
     FASTGEN_MHA_DECODE(T, suffix, 96, LPK, U)                                                                    \
     FASTGEN_MHA_DECODE(T, suffix, 128, LPK, U)
 #define FASTGEN_MHA_DECODE_FORMS(T, suffix)                                                                      \
-    FASTGEN_MHA_DECODE_DIMS(T, suffix, 2, 1)                                                                     \
     FASTGEN_MHA_DECODE_DIMS(T, suffix, 4, 1)                                                                     \
-    FASTGEN_MHA_DECODE_DIMS(T, suffix, 4, 2)                                                                     \
     FASTGEN_MHA_DECODE_DIMS(T, suffix, 4, 4)
 
 FASTGEN_MHA_DECODE_FORMS(__nv_bfloat16, bf16)

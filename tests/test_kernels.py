@@ -74,15 +74,32 @@ def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are
         M.mha_decode(None, None, None, None, 1.0, None, None, form=(3, 1))
     for value in ("3,1", "four"):
         monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", value)
-        M.default_form.cache_clear()
-        with pytest.raises(ValueError, match=f"FASTGEN_MHA_DECODE_FORM must be one of 2,1, 4,1, 4,2, 4,4; got '{value}'"):
-            M.default_form()
+        M.form_override.cache_clear()
+        with pytest.raises(ValueError, match=f"FASTGEN_MHA_DECODE_FORM must be one of 4,1, 4,4; got '{value}'"):
+            M.form_override()
     monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", "4,4")
-    M.default_form.cache_clear()
-    assert M.default_form() == (4, 4)
+    M.form_override.cache_clear()
+    assert M.default_form(4096) == (4, 4)
     monkeypatch.delenv("FASTGEN_MHA_DECODE_FORM")
-    M.default_form.cache_clear()
-    assert M.default_form() == M.DEFAULT_FORM
+    M.form_override.cache_clear()
+    assert M.default_form(256) == (4, 4) and M.default_form(4096) == (4, 1)
+
+
+def test_decode_grid_order_switch(monkeypatch):
+    from fastgen_core.layers import paged_decode
+    for value, want in (("0", False), ("1", True), (None, False)):
+        if value is None:
+            monkeypatch.delenv("FASTGEN_DECODE_HEADS_FIRST")
+        else:
+            monkeypatch.setenv("FASTGEN_DECODE_HEADS_FIRST", value)
+        paged_decode.heads_first.cache_clear()
+        assert paged_decode.heads_first() is want
+    monkeypatch.setenv("FASTGEN_DECODE_HEADS_FIRST", "yes")
+    paged_decode.heads_first.cache_clear()
+    with pytest.raises(ValueError, match="FASTGEN_DECODE_HEADS_FIRST must be 0 or 1, got 'yes'"):
+        paged_decode.heads_first()
+    monkeypatch.delenv("FASTGEN_DECODE_HEADS_FIRST")
+    paged_decode.heads_first.cache_clear()
 
 
 def test_kernels_default_on_and_switch_off_by_name(monkeypatch):

@@ -33,7 +33,9 @@ CONFIGS = [(64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (1
 DECODES = {  # name: (hq, hk, d, sequences, context)
     "phi-2 128 x 1200": (32, 32, 80, 128, 1200), "llama-2-7b 64 x 1200": (32, 32, 128, 64, 1200),
     "gqa 64 x 1200": (32, 8, 128, 64, 1200), "falcon-7b mqa 64 x 1200": (71, 1, 64, 64, 1200),
-    "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "phi-2 8 x 1200": (32, 32, 80, 8, 1200), "llama-2-7b 8 x 4000": (32, 32, 128, 8, 4000),
+    "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "phi-2 8 x 1200": (32, 32, 80, 8, 1200), "phi-2 32 x 1200": (32, 32, 80, 32, 1200),
+    "llama-2-7b 16 x 1200": (32, 32, 128, 16, 1200), "phi-2 128 x 2400": (32, 32, 80, 128, 2400),
+    "llama-2-7b 8 x 4000": (32, 32, 128, 8, 4000),
     # the same kernel over a head-major cache ([blocks, heads, 16|32 tokens, head_dim]: one head's keys of a block
     # in one run) instead of the engine's token-major one (a slot holds every head's row, so Phi-2's 160-byte rows
     # lie 5 KB apart): each (sequence, head) runs as a one-head sequence whose table points at its head's blocks
@@ -95,9 +97,13 @@ def mha_rows(res, q, kc, vc, meta, d, gb):
     """One decode shape: the Triton kernel at the tiles it takes for the step, then each mha_decode form."""
     out = torch.empty_like(q)
     cfg = PD.tile_config(meta.decode_rows.numel() * kc.shape[-2], q.dtype)
-    fns = {"triton": lambda: PD.paged_decode(q, kc, vc, meta, d ** -0.5, None, out, cfg)}
-    for form in MD.FORMS:
-        fns[f"mha{form}"] = lambda form=form: MD.mha_decode(q, kc, vc, meta, d ** -0.5, None, out, form)
+    fns = {}
+    for first, tag in ((False, ""), (True, " heads first")):
+        fns["triton" + tag] = lambda first=first: PD.paged_decode(q, kc, vc, meta, d ** -0.5, None, out, cfg,
+                                                                  heads_first_grid=first)
+        for form in MD.FORMS:
+            fns[f"mha{form}{tag}"] = lambda form=form, first=first: MD.mha_decode(
+                q, kc, vc, meta, d ** -0.5, None, out, form, heads_first_grid=first)
     for key, fn in fns.items():
         ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
         res[key] = [round(ms, 4), round(gb / ms, 2)]            # ms, TB/s

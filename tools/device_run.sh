@@ -86,6 +86,9 @@
 #              attention GPU tests; tools/attention_bench.py --mha (Triton against its forms, one layer); the best form
 #              on Phi-2 128 x 1200 for the rest of the call; Phi-2 offline (1200/60, 1200/128) with it off, on, on, off
 #              (FASTGEN_KERNELS_OFF=mha_decode), Llama-2-7B offline on, off; lines in s15.txt
+#   s16        mha_decode's two forms and the decode grid's order (FASTGEN_DECODE_HEADS_FIRST): their GPU tests;
+#              tools/attention_bench.py --mha (Triton and mha_decode, each grid order); Phi-2 offline with the heads
+#              first off, on, on, off; lines in s16.txt
 #   s14        the exact step as whole prompts through SDPA only (kernels kept): its GPU tests; every family's bf16
 #              agreement with it, Mixtral's also with RMSNorm or rotary in torch; Mixtral-8x7B offline with it;
 #              lines in s14.txt
@@ -566,6 +569,15 @@ print(min((v[0], k) for k, v in r.items() if k.startswith('mha('))[1][4:-1].repl
         --gen-mean 60 --tag "s15 mha_decode-$mode" 2>&1 | keep "llama-2-7b offline mha_decode-$mode"
     done
   fi
+fi
+if has s16; then
+  S="$OUT/s16.txt"
+  gpu_tests 120 tests/gpu/test_attention_gpu.py -k "mha or many_decodes or grid_orders or split_decode_is_chosen"
+  timeout 120 python3 tools/attention_bench.py --mha --json "$OUT/attention.jsonl" 2>&1 | grep decode | tee -a "$S"
+  for hf in 0 1 1 0; do
+    FASTGEN_DECODE_HEADS_FIRST=$hf timeout 120 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 \
+      --tag "s16 heads_first=$hf" 2>&1 | keep "phi-2 offline heads_first=$hf"
+  done
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

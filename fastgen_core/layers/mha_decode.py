@@ -21,16 +21,16 @@ MHA_DECODE_CU = "mha_decode.cu"
 THREADS = 128
 MIN_PROGRAMS = 256        # as paged_decode.num_splits: from here on the step needs no context splits
 HEAD_DIMS = (64, 80, 96, 128)
-FORMS = ((2, 1), (4, 1), (4, 2), (4, 4))      # (lanes a key, keys a lane loads at once) compiled
-DEFAULT_FORM = (4, 2)
+FORMS = ((4, 1), (4, 4))      # (lanes a key, keys a lane loads at once) compiled
+FEW_PROGRAMS = 1024           # below: (4, 4), more bytes in flight a block; from here: (4, 1), more blocks
 
 
 @functools.lru_cache(maxsize=None)
-def default_form() -> tuple[int, int]:
-    """``DEFAULT_FORM``, or ``FASTGEN_MHA_DECODE_FORM=lanes,unroll`` (A/B runs): one of ``FORMS``."""
+def form_override() -> tuple[int, int] | None:
+    """``FASTGEN_MHA_DECODE_FORM=lanes,unroll`` (A/B runs; one of ``FORMS``), else None."""
     value = os.environ.get("FASTGEN_MHA_DECODE_FORM", "")
     if not value:
-        return DEFAULT_FORM
+        return None
     try:
         form = tuple(int(x) for x in value.split(","))
     except ValueError:
@@ -62,21 +62,32 @@ def usable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, 
                                                      meta.context_lens)))
 
 
+def default_form(programs: int) -> tuple[int, int]:
+    """The form for a step of ``programs`` (sequence, head) pairs, from the H200 sweep (docs/performance.md,
+    Speed X): at 256 pairs (4, 4) 0.044 ms against (4, 1) 0.056 (Phi-2, 8 x 1200); at 4096, (4, 1) 0.469 ms
+    against (4, 4) 0.486 (Phi-2, 128 x 1200). ``FASTGEN_MHA_DECODE_FORM`` overrides it."""
+    return form_override() or ((4, 4) if programs < FEW_PROGRAMS else (4, 1))
+
+
 def mha_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
-               sliding_window: int | None, out: torch.Tensor, form: tuple[int, int] | None = None) -> None:
+               sliding_window: int | None, out: torch.Tensor, form: tuple[int, int] | None = None,
+               heads_first_grid: bool | None = None) -> None:
     """Write attention for the decode rows of ``q`` [T, H, D] into ``out`` (same shape): one launch, a block
-    per (decode row, head). ``form``: (lanes a key, keys a lane loads at once), one of ``FORMS``."""
-    lanes, unroll = form or default_form()
-    if (lanes, unroll) not in FORMS:
-        raise ValueError(f"mha_decode form {(lanes, unroll)} is not compiled; allowed: {FORMS}")
+    per (decode row, head). ``form``: (lanes a key, keys a lane loads at once), one of ``FORMS``;
+    ``heads_first_grid``: the heads on the grid's first axis (``paged_decode.heads_first()``)."""
+    if form is not None and tuple(form) not in FORMS:
+        raise ValueError(f"mha_decode form {tuple(form)} is not compiled; allowed: {FORMS}")
+    from .paged_decode import heads_first
     hk, d = k_cache.shape[-2:]
     sd = meta.decode_rows.numel()
+    lanes, unroll = form or default_form(sd * hk)
+    first = heads_first() if heads_first_grid is None else heads_first_grid
     tables = meta.block_tables
     name = f"mha_decode_{kernels.SUFFIX[q.dtype]}_d{d}_l{lanes}_u{unroll}"
-    kernels.launch(kernels.core_source(MHA_DECODE_CU), name, (sd, hk), (THREADS,),
+    kernels.launch(kernels.core_source(MHA_DECODE_CU), name, (hk, sd) if first else (sd, hk), (THREADS,),
                    (kernels.ptr(q), kernels.i64(q.stride(0)), kernels.ptr(k_cache), kernels.ptr(v_cache),
                     kernels.ptr(tables), kernels.i64(tables.stride(0)), kernels.ptr(meta.decode_seqs),
                     kernels.ptr(meta.decode_rows), kernels.ptr(meta.context_lens), kernels.ptr(out),
                     kernels.i64(out.stride(0)), kernels.f32(scale), kernels.i64(sliding_window or 1 << 40),
-                    kernels.i32(hk), kernels.i32(meta.block_size)),
+                    kernels.i32(hk), kernels.i32(meta.block_size), kernels.i32(first)),
                    q.device)

@@ -13,6 +13,7 @@ imported lazily: without it (CPU machines, CI) ``available()`` is False and noth
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -36,9 +37,14 @@ def _kernel():
     def _paged_decode(q_ptr, k_ptr, v_ptr, out_ptr, part_o_ptr, part_lse_ptr, tables_ptr, seqs_ptr, rows_ptr,
                       ctx_ptr, scale, window, stride_table, stride_q, stride_o, G, D,
                       HK: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr):
-        i = tl.program_id(0)          # decode row index
-        h = tl.program_id(1)          # KV head
+                      BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, IEEE: tl.constexpr,
+                      HEADS_FIRST: tl.constexpr):
+        if HEADS_FIRST:               # the grid's first axis the heads: a sequence's heads run side by side
+            i = tl.program_id(1)
+            h = tl.program_id(0)
+        else:
+            i = tl.program_id(0)      # decode row index
+            h = tl.program_id(1)      # KV head
         sp = tl.program_id(2)         # split of the context (flash-decoding); SPLITS == 1: the whole of it
         seq = tl.load(seqs_ptr + i)
         row = tl.load(rows_ptr + i)
@@ -142,17 +148,29 @@ def num_splits(programs: int) -> int:
     return min(16, 1 << max(0, (256 // programs - 1).bit_length()))
 
 
+@functools.lru_cache(maxsize=None)
+def heads_first() -> bool:
+    """Whether decode kernels put the heads on the grid's first axis (``FASTGEN_DECODE_HEADS_FIRST=1``, an
+    A/B switch): the blocks that run side by side are then one sequence's heads, which read adjacent rows of the
+    same cache slots, instead of one head of many sequences."""
+    value = os.environ.get("FASTGEN_DECODE_HEADS_FIRST", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"FASTGEN_DECODE_HEADS_FIRST must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
                  sliding_window: int | None, out: torch.Tensor, config: tuple | None = None,
-                 splits: int | None = None) -> None:
+                 splits: int | None = None, heads_first_grid: bool | None = None) -> None:
     """Write attention for the decode rows of ``q`` [T, Hq, D] into ``out`` (same shape).
     ``config``: (BLOCK_N, num_warps, num_stages) instead of the default; ``splits``: context splits instead
-    of ``num_splits``' choice (1: none). Without either, steps that ``mha_decode`` takes run its CUDA-core
+    of ``num_splits``' choice (1: none); ``heads_first_grid`` instead of ``heads_first()``. Without the first two, steps that ``mha_decode`` takes run its CUDA-core
     kernel instead."""
     if config is None and splits is None:
         from . import mha_decode
         if mha_decode.usable(q, k_cache, v_cache, meta, out):
-            mha_decode.mha_decode(q, k_cache, v_cache, meta, scale, sliding_window, out)
+            mha_decode.mha_decode(q, k_cache, v_cache, meta, scale, sliding_window, out,
+                                  heads_first_grid=heads_first_grid)
             return
     hq, d = q.shape[1:]
     hk = k_cache.shape[-2]
@@ -168,11 +186,13 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         part_lse = torch.empty(sd, hq, splits, dtype=torch.float32, device=q.device)
     else:
         part_o = part_lse = out                  # unused
-    decode[(sd, hk, splits)](
+    first = heads_first() if heads_first_grid is None else heads_first_grid
+    decode[(hk, sd, splits) if first else (sd, hk, splits)](
         q, k_cache, v_cache, out, part_o, part_lse, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
         float(scale), int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), g, d,
         HK=hk, BLOCK_SIZE=meta.block_size, BLOCK_G=_pow2(g, 16), BLOCK_D=_pow2(d, 16),
-        BLOCK_N=block_n, SPLITS=splits, IEEE=q.dtype == torch.float32, num_warps=warps, **extra)
+        BLOCK_N=block_n, SPLITS=splits, IEEE=q.dtype == torch.float32, HEADS_FIRST=first, num_warps=warps,
+        **extra)
     if splits > 1:
         merge[(sd, hq)](out, part_o, part_lse, meta.decode_rows, out.stride(0), hq, d, SPLITS=splits,
                         BLOCK_D=_pow2(d, 16), num_warps=4)

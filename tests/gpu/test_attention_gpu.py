@@ -180,3 +180,21 @@ def test_many_decodes_without_gqa_take_the_mha_kernel_and_replay_in_a_graph():
     triton_out = torch.empty_like(q)
     paged_decode.paged_decode(q, kc, vc, meta, 0.1, None, triton_out, config=paged_decode.tile_config(512, q.dtype))
     assert not torch.equal(out, triton_out), "both calls ran the same kernel"
+
+
+@pytest.mark.parametrize("h, d", [(32, 80), (8, 128), (4, 64)])
+def test_decode_grid_orders_give_the_same_bits(h, d):
+    """Heads on the grid's first axis or its second: each block computes the same thing, in either kernel
+    (the Triton kernel with and without context splits, and mha_decode where the heads allow)."""
+    n = 300 // h + 1
+    q, _, _, kc, vc, meta = random_case(n, [], h, h, d, 32, "cuda", torch.bfloat16, seed=h, max_ctx=2000)
+    outs = {}
+    for first in (False, True):
+        for key, kw in {"triton": dict(config=paged_decode.tile_config(n * h, q.dtype)),
+                        "triton split": dict(splits=4), "default": {}}.items():
+            out = torch.full_like(q, float("nan"))
+            paged_decode.paged_decode(q, kc, vc, meta, d ** -0.5, None, out, heads_first_grid=first, **kw)
+            outs[key, first] = out
+    for key in ("triton", "triton split", "default"):
+        assert not outs[key, True].isnan().any()
+        assert torch.equal(outs[key, True], outs[key, False]), key
