@@ -86,20 +86,20 @@ def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are
 
 
 def test_decode_grid_order_switch(monkeypatch):
-    from fastgen_core.layers import paged_decode
+    from fastgen_core.layers import mha_decode as M
     for value, want in (("0", False), ("1", True), (None, False)):
         if value is None:
             monkeypatch.delenv("FASTGEN_DECODE_HEADS_FIRST")
         else:
             monkeypatch.setenv("FASTGEN_DECODE_HEADS_FIRST", value)
-        paged_decode.heads_first.cache_clear()
-        assert paged_decode.heads_first() is want
+        M.heads_first.cache_clear()
+        assert M.heads_first() is want
     monkeypatch.setenv("FASTGEN_DECODE_HEADS_FIRST", "yes")
-    paged_decode.heads_first.cache_clear()
+    M.heads_first.cache_clear()
     with pytest.raises(ValueError, match="FASTGEN_DECODE_HEADS_FIRST must be 0 or 1, got 'yes'"):
-        paged_decode.heads_first()
+        M.heads_first()
     monkeypatch.delenv("FASTGEN_DECODE_HEADS_FIRST")
-    paged_decode.heads_first.cache_clear()
+    M.heads_first.cache_clear()
 
 
 def test_kernels_default_on_and_switch_off_by_name(monkeypatch):

@@ -41,6 +41,17 @@ def form_override() -> tuple[int, int] | None:
     return form
 
 
+@functools.lru_cache(maxsize=None)
+def heads_first() -> bool:
+    """Whether decode kernels put the heads on the grid's first axis (``FASTGEN_DECODE_HEADS_FIRST=1``, an
+    A/B switch): the blocks that run side by side are then one sequence's heads, which read adjacent rows of the
+    same cache slots, instead of one head of many sequences."""
+    value = os.environ.get("FASTGEN_DECODE_HEADS_FIRST", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"FASTGEN_DECODE_HEADS_FIRST must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def fits(hq: int, hk: int, d: int, dtype: torch.dtype, programs: int) -> bool:
     """Whether a decode step of ``programs`` (sequence, head) pairs with these heads takes the kernel."""
     return hq == hk and d in HEAD_DIMS and dtype in (torch.bfloat16, torch.float16) and programs >= MIN_PROGRAMS
@@ -74,10 +85,9 @@ def mha_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, me
                heads_first_grid: bool | None = None) -> None:
     """Write attention for the decode rows of ``q`` [T, H, D] into ``out`` (same shape): one launch, a block
     per (decode row, head). ``form``: (lanes a key, keys a lane loads at once), one of ``FORMS``;
-    ``heads_first_grid``: the heads on the grid's first axis (``paged_decode.heads_first()``)."""
+    ``heads_first_grid``: the heads on the grid's first axis (``heads_first()``)."""
     if form is not None and tuple(form) not in FORMS:
         raise ValueError(f"mha_decode form {tuple(form)} is not compiled; allowed: {FORMS}")
-    from .paged_decode import heads_first
     hk, d = k_cache.shape[-2:]
     sd = meta.decode_rows.numel()
     lanes, unroll = form or default_form(sd * hk)

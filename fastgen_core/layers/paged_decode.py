@@ -13,11 +13,11 @@ imported lazily: without it (CPU machines, CI) ``available()`` is False and noth
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
 from .. import kernels
+from . import mha_decode
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,26 +148,14 @@ def num_splits(programs: int) -> int:
     return min(16, 1 << max(0, (256 // programs - 1).bit_length()))
 
 
-@functools.lru_cache(maxsize=None)
-def heads_first() -> bool:
-    """Whether decode kernels put the heads on the grid's first axis (``FASTGEN_DECODE_HEADS_FIRST=1``, an
-    A/B switch): the blocks that run side by side are then one sequence's heads, which read adjacent rows of the
-    same cache slots, instead of one head of many sequences."""
-    value = os.environ.get("FASTGEN_DECODE_HEADS_FIRST", "0")
-    if value not in ("0", "1"):
-        raise ValueError(f"FASTGEN_DECODE_HEADS_FIRST must be 0 or 1, got {value!r}")
-    return value == "1"
-
-
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
                  sliding_window: int | None, out: torch.Tensor, config: tuple | None = None,
                  splits: int | None = None, heads_first_grid: bool | None = None) -> None:
     """Write attention for the decode rows of ``q`` [T, Hq, D] into ``out`` (same shape).
     ``config``: (BLOCK_N, num_warps, num_stages) instead of the default; ``splits``: context splits instead
-    of ``num_splits``' choice (1: none); ``heads_first_grid`` instead of ``heads_first()``. Without the first two, steps that ``mha_decode`` takes run its CUDA-core
-    kernel instead."""
+    of ``num_splits``' choice (1: none); ``heads_first_grid`` instead of ``mha_decode.heads_first()``. Without
+    ``config`` and ``splits``, steps that ``mha_decode`` takes run its CUDA-core kernel instead."""
     if config is None and splits is None:
-        from . import mha_decode
         if mha_decode.usable(q, k_cache, v_cache, meta, out):
             mha_decode.mha_decode(q, k_cache, v_cache, meta, scale, sliding_window, out,
                                   heads_first_grid=heads_first_grid)
@@ -186,7 +174,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         part_lse = torch.empty(sd, hq, splits, dtype=torch.float32, device=q.device)
     else:
         part_o = part_lse = out                  # unused
-    first = heads_first() if heads_first_grid is None else heads_first_grid
+    first = mha_decode.heads_first() if heads_first_grid is None else heads_first_grid
     decode[(hk, sd, splits) if first else (sd, hk, splits)](
         q, k_cache, v_cache, out, part_o, part_lse, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
         float(scale), int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), g, d,
