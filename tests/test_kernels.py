@@ -60,6 +60,7 @@ def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are
     bf16 = torch.bfloat16
     assert M.fits(32, 32, 80, bf16, 128 * 32) and M.fits(32, 32, 128, torch.float16, 256)
     assert not M.fits(32, 32, 80, bf16, 255)             # few sequences: the Triton kernel's context splits
+    assert not M.fits(32, 32, 128, bf16, 512)            # head_dim 128 at many: Triton ties or wins
     assert not M.fits(32, 8, 128, bf16, 4096)            # GQA: the tensor-core kernel shares each K/V row
     assert not M.fits(32, 32, 80, torch.float32, 4096)
     assert not M.fits(16, 16, 256, bf16, 4096)
@@ -75,19 +76,19 @@ def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are
     for value in ("3,1", "four"):
         monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", value)
         M.form_override.cache_clear()
-        with pytest.raises(ValueError, match=f"FASTGEN_MHA_DECODE_FORM must be one of 4,1, 4,4; got '{value}'"):
+        with pytest.raises(ValueError, match=f"FASTGEN_MHA_DECODE_FORM must be one of 4,4, 4,1; got '{value}'"):
             M.form_override()
-    monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", "4,4")
+    monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", "4,1")
     M.form_override.cache_clear()
-    assert M.default_form(4096) == (4, 4)
+    assert M.default_form() == (4, 1)
     monkeypatch.delenv("FASTGEN_MHA_DECODE_FORM")
     M.form_override.cache_clear()
-    assert M.default_form(256) == (4, 4) and M.default_form(4096) == (4, 1)
+    assert M.default_form() == (4, 4)
 
 
 def test_decode_grid_order_switch(monkeypatch):
     from fastgen_core.layers import mha_decode as M
-    for value, want in (("0", False), ("1", True), (None, False)):
+    for value, want in (("0", False), ("1", True), (None, True)):
         if value is None:
             monkeypatch.delenv("FASTGEN_DECODE_HEADS_FIRST")
         else:

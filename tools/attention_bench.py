@@ -35,6 +35,8 @@ DECODES = {  # name: (hq, hk, d, sequences, context)
     "gqa 64 x 1200": (32, 8, 128, 64, 1200), "falcon-7b mqa 64 x 1200": (71, 1, 64, 64, 1200),
     "phi-2 1 x 1200": (32, 32, 80, 1, 1200), "phi-2 8 x 1200": (32, 32, 80, 8, 1200), "phi-2 32 x 1200": (32, 32, 80, 32, 1200),
     "llama-2-7b 16 x 1200": (32, 32, 128, 16, 1200), "phi-2 128 x 2400": (32, 32, 80, 128, 2400),
+    "opt-1.3b (head_dim 64) 64 x 1200": (32, 32, 64, 64, 1200),
+    "phi-3-mini (head_dim 96) 64 x 1200": (32, 32, 96, 64, 1200),
     "llama-2-7b 8 x 4000": (32, 32, 128, 8, 4000),
     # the same kernel over a head-major cache ([blocks, heads, 16|32 tokens, head_dim]: one head's keys of a block
     # in one run) instead of the engine's token-major one (a slot holds every head's row, so Phi-2's 160-byte rows

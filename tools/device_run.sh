@@ -89,6 +89,10 @@
 #   s16        mha_decode's two forms and the decode grid's order (FASTGEN_DECODE_HEADS_FIRST): their GPU tests;
 #              tools/attention_bench.py --mha (Triton and mha_decode, each grid order); Phi-2 offline with the heads
 #              first off, on, on, off; lines in s16.txt
+#   final9     issue 9's must-shows after session 12 (mha_decode and the heads-first decode grid on by default): the
+#              offline workloads, Phi-2's 2048-token prompt steps, Phi-2 offline again with both off (session 11's
+#              decode path), Phi-2 at 1 client, tools/attention_bench.py --mha, then the GPU tests in the time left
+#              of ~580 s; lines in final9.txt
 #   s14        the exact step as whole prompts through SDPA only (kernels kept): its GPU tests; every family's bf16
 #              agreement with it, Mixtral's also with RMSNorm or rotary in torch; Mixtral-8x7B offline with it;
 #              lines in s14.txt
@@ -578,6 +582,24 @@ if has s16; then
     FASTGEN_DECODE_HEADS_FIRST=$hf timeout 120 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 \
       --tag "s16 heads_first=$hf" 2>&1 | keep "phi-2 offline heads_first=$hf"
   done
+fi
+if has final9; then
+  S="$OUT/final9.txt"
+  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
+    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
+    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag final9 2>&1 | keep "$p offline"
+  done
+  prompt2048 default
+  FASTGEN_KERNELS_OFF=mha_decode FASTGEN_DECODE_HEADS_FIRST=0 timeout 100 $B --preset phi-2 --num-requests 128 \
+    --gen-mean 60 128 --tag "final9 session-11 decode" 2>&1 | keep "phi-2 offline session-11-decode"
+  timeout 45 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 1 --tag final9 2>&1 | keep "phi-2"
+  timeout 90 python3 tools/attention_bench.py --mha --json "$OUT/attention.jsonl" 2>&1 | grep decode | tee -a "$S"
+  left=$((575 - SECONDS)); echo "GPU tests with ${left} s left" | tee -a "$S"
+  [ $left -gt 30 ] && gpu_tests $left tests/gpu/test_attention_gpu.py tests/gpu/test_agreement_gpu.py \
+    tests/gpu/test_kernels_gpu.py tests/gpu/test_moe_triton_gpu.py tests/gpu/test_graphs_gpu.py \
+    tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda \
+    tests/gpu/test_gemv_gpu.py::test_gemm_gelu_new_is_the_tanh_gelu_of_fc1_in_one_kernel -s
+  grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

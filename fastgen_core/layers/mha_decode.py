@@ -21,8 +21,8 @@ MHA_DECODE_CU = "mha_decode.cu"
 THREADS = 128
 MIN_PROGRAMS = 256        # as paged_decode.num_splits: from here on the step needs no context splits
 HEAD_DIMS = (64, 80, 96, 128)
-FORMS = ((4, 1), (4, 4))      # (lanes a key, keys a lane loads at once) compiled
-FEW_PROGRAMS = 1024           # below: (4, 4), more bytes in flight a block; from here: (4, 1), more blocks
+FORMS = ((4, 4), (4, 1))      # (lanes a key, keys a lane loads at once) compiled; the first is the default
+MAX_PROGRAMS_128 = 512        # head_dim 128 from here on: the Triton kernel ties or wins (Speed X)
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,18 +43,23 @@ def form_override() -> tuple[int, int] | None:
 
 @functools.lru_cache(maxsize=None)
 def heads_first() -> bool:
-    """Whether decode kernels put the heads on the grid's first axis (``FASTGEN_DECODE_HEADS_FIRST=1``, an
-    A/B switch): the blocks that run side by side are then one sequence's heads, which read adjacent rows of the
-    same cache slots, instead of one head of many sequences."""
-    value = os.environ.get("FASTGEN_DECODE_HEADS_FIRST", "0")
+    """Whether decode kernels put the heads on the grid's first axis (the default; ``FASTGEN_DECODE_HEADS_FIRST=0``
+    switches it off for A/B runs): the blocks that run side by side are then one sequence's heads, which read
+    adjacent rows of the same cache slots, instead of one head of many sequences. On an H200 (Speed X) that took
+    Phi-2's decode attention at 128 x 1200 from 0.473 to 0.429 ms with this kernel and Triton's from 0.484 to
+    0.469 ms; Llama-2-7B's is unchanged."""
+    value = os.environ.get("FASTGEN_DECODE_HEADS_FIRST", "1")
     if value not in ("0", "1"):
         raise ValueError(f"FASTGEN_DECODE_HEADS_FIRST must be 0 or 1, got {value!r}")
     return value == "1"
 
 
 def fits(hq: int, hk: int, d: int, dtype: torch.dtype, programs: int) -> bool:
-    """Whether a decode step of ``programs`` (sequence, head) pairs with these heads takes the kernel."""
-    return hq == hk and d in HEAD_DIMS and dtype in (torch.bfloat16, torch.float16) and programs >= MIN_PROGRAMS
+    """Whether a decode step of ``programs`` (sequence, head) pairs with these heads takes the kernel: no GQA,
+    16-bit, at least ``MIN_PROGRAMS``; head_dim 128 only below ``MAX_PROGRAMS_128`` (at 8 x 4000 it took 0.140
+    ms against Triton's 0.163, at 16 x 1200 and 64 x 1200 it tied or lost by 1%)."""
+    return (hq == hk and d in HEAD_DIMS and dtype in (torch.bfloat16, torch.float16) and programs >= MIN_PROGRAMS
+            and (d < 128 or programs < MAX_PROGRAMS_128))
 
 
 def usable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, out: torch.Tensor) -> bool:
@@ -73,11 +78,12 @@ def usable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, 
                                                      meta.context_lens)))
 
 
-def default_form(programs: int) -> tuple[int, int]:
-    """The form for a step of ``programs`` (sequence, head) pairs, from the H200 sweep (docs/performance.md,
-    Speed X): at 256 pairs (4, 4) 0.044 ms against (4, 1) 0.056 (Phi-2, 8 x 1200); at 4096, (4, 1) 0.469 ms
-    against (4, 4) 0.486 (Phi-2, 128 x 1200). ``FASTGEN_MHA_DECODE_FORM`` overrides it."""
-    return form_override() or ((4, 4) if programs < FEW_PROGRAMS else (4, 1))
+def default_form() -> tuple[int, int]:
+    """(4, 4), the fastest form at every Phi-2 shape of the H200 sweep with the heads first (docs/performance.md,
+    Speed X: 0.044 against 0.057 ms at 8 x 1200, 0.429 against 0.441 at 128 x 1200); (4, 1), with fewer
+    registers, won at head_dim 128 from 512 programs, where the kernel is not used. ``FASTGEN_MHA_DECODE_FORM``
+    overrides it."""
+    return form_override() or FORMS[0]
 
 
 def mha_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, scale: float,
@@ -90,7 +96,7 @@ def mha_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, me
         raise ValueError(f"mha_decode form {tuple(form)} is not compiled; allowed: {FORMS}")
     hk, d = k_cache.shape[-2:]
     sd = meta.decode_rows.numel()
-    lanes, unroll = form or default_form(sd * hk)
+    lanes, unroll = form or default_form()
     first = heads_first() if heads_first_grid is None else heads_first_grid
     tables = meta.block_tables
     name = f"mha_decode_{kernels.SUFFIX[q.dtype]}_d{d}_l{lanes}_u{unroll}"
