@@ -61,6 +61,7 @@ def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are
     assert M.fits(32, 32, 80, bf16, 128 * 32) and M.fits(32, 32, 128, torch.float16, 256)
     assert not M.fits(32, 32, 80, bf16, 255)             # few sequences: the Triton kernel's context splits
     assert not M.fits(32, 32, 128, bf16, 512)            # head_dim 128 at many: Triton ties or wins
+    assert M.fits(32, 32, 64, bf16, 4096) and not M.fits(32, 32, 96, bf16, 4096)     # 96: Triton won
     assert not M.fits(32, 8, 128, bf16, 4096)            # GQA: the tensor-core kernel shares each K/V row
     assert not M.fits(32, 32, 80, torch.float32, 4096)
     assert not M.fits(16, 16, 256, bf16, 4096)

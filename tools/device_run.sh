@@ -93,6 +93,8 @@
 #              offline workloads, Phi-2's 2048-token prompt steps, Phi-2 offline again with both off (session 11's
 #              decode path), Phi-2 at 1 client, tools/attention_bench.py --mha, then the GPU tests in the time left
 #              of ~580 s; lines in final9.txt
+#   confirm12  session 12's last call, on the final commit: the new decode kernels' GPU tests, then Phi-2 offline
+#              (1200/60, 1200/128) twice in two processes (the spread of its full-floor ratio); lines in confirm12.txt
 #   s14        the exact step as whole prompts through SDPA only (kernels kept): its GPU tests; every family's bf16
 #              agreement with it, Mixtral's also with RMSNorm or rotary in torch; Mixtral-8x7B offline with it;
 #              lines in s14.txt
@@ -600,6 +602,14 @@ if has final9; then
     tests/gpu/test_engine_gpu.py::test_fp32_greedy_matches_transformers_on_cuda \
     tests/gpu/test_gemv_gpu.py::test_gemm_gelu_new_is_the_tanh_gelu_of_fc1_in_one_kernel -s
   grep -oE "AGREEMENT [a-z0-9-]+ torch.[a-z0-9]+ \{'ours_vs_hf': [0-9.]+" "$OUT/gpu_tests.log" | tee -a "$S"
+fi
+if has confirm12; then
+  S="$OUT/confirm12.txt"
+  gpu_tests 100 tests/gpu/test_attention_gpu.py -k "mha or many_decodes or grid_orders or split_decode_is_chosen"
+  for r in 1 2; do
+    timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "confirm12 run $r" 2>&1 \
+      | keep "phi-2 offline run $r"
+  done
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the

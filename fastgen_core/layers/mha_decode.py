@@ -20,7 +20,8 @@ from .. import kernels
 MHA_DECODE_CU = "mha_decode.cu"
 THREADS = 128
 MIN_PROGRAMS = 256        # as paged_decode.num_splits: from here on the step needs no context splits
-HEAD_DIMS = (64, 80, 96, 128)
+HEAD_DIMS = (64, 80, 96, 128)     # compiled
+FASTER_HEAD_DIMS = (64, 80)       # taken at any number of programs (``fits``)
 FORMS = ((4, 4), (4, 1))      # (lanes a key, keys a lane loads at once) compiled; the first is the default
 MAX_PROGRAMS_128 = 512        # head_dim 128 from here on: the Triton kernel ties or wins (Speed X)
 
@@ -56,10 +57,12 @@ def heads_first() -> bool:
 
 def fits(hq: int, hk: int, d: int, dtype: torch.dtype, programs: int) -> bool:
     """Whether a decode step of ``programs`` (sequence, head) pairs with these heads takes the kernel: no GQA,
-    16-bit, at least ``MIN_PROGRAMS``; head_dim 128 only below ``MAX_PROGRAMS_128`` (at 8 x 4000 it took 0.140
-    ms against Triton's 0.163, at 16 x 1200 and 64 x 1200 it tied or lost by 1%)."""
-    return (hq == hk and d in HEAD_DIMS and dtype in (torch.bfloat16, torch.float16) and programs >= MIN_PROGRAMS
-            and (d < 128 or programs < MAX_PROGRAMS_128))
+    16-bit, at least ``MIN_PROGRAMS``, and a head_dim where it beat the Triton kernel on the H200 (Speed X,
+    heads first): 80 (Phi-2 128 x 1200: 0.415 against 0.460 ms) and 64 (64 x 1200: 0.162 against 0.175); 128
+    only below ``MAX_PROGRAMS_128`` (8 x 4000: 0.137 against 0.162; at 16 x 1200 and 64 x 1200 it tied or lost
+    by 1%). Not 96, compiled and tested but slower (64 x 1200: 0.259 against 0.252)."""
+    return (hq == hk and dtype in (torch.bfloat16, torch.float16) and programs >= MIN_PROGRAMS
+            and (d in FASTER_HEAD_DIMS or (d == 128 and programs < MAX_PROGRAMS_128)))
 
 
 def usable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, out: torch.Tensor) -> bool:
