@@ -95,6 +95,8 @@
 #              of ~580 s; lines in final9.txt
 #   confirm12  session 12's last call, on the final commit: the new decode kernels' GPU tests, then Phi-2 offline
 #              (1200/60, 1200/128) twice in two processes (the spread of its full-floor ratio); lines in confirm12.txt
+#   online12   Phi-2 online (1200/60) at 8 and 32 clients, session 12's decode kernels on, then off
+#              (FASTGEN_KERNELS_OFF=mha_decode FASTGEN_DECODE_HEADS_FIRST=0); lines in online12.txt
 #   s14        the exact step as whole prompts through SDPA only (kernels kept): its GPU tests; every family's bf16
 #              agreement with it, Mixtral's also with RMSNorm or rotary in torch; Mixtral-8x7B offline with it;
 #              lines in s14.txt
@@ -610,6 +612,12 @@ if has confirm12; then
     timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 --tag "confirm12 run $r" 2>&1 \
       | keep "phi-2 offline run $r"
   done
+fi
+if has online12; then
+  S="$OUT/online12.txt"
+  timeout 100 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 8 32 --tag "online12 on" 2>&1 | keep "phi-2 on"
+  FASTGEN_KERNELS_OFF=mha_decode FASTGEN_DECODE_HEADS_FIRST=0 timeout 100 $OL --preset phi-2 --num-requests 16 \
+    --gen-mean 60 --online 8 32 --tag "online12 off" 2>&1 | keep "phi-2 off"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
