@@ -615,9 +615,9 @@ if has confirm12; then
 fi
 if has online12; then
   S="$OUT/online12.txt"
-  timeout 100 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 8 32 --tag "online12 on" 2>&1 | keep "phi-2 on"
+  timeout 100 $OL --preset phi-2 --num-requests 16 --gen-mean 60 --online 8,32 --tag "online12 on" 2>&1 | keep "phi-2 on"
   FASTGEN_KERNELS_OFF=mha_decode FASTGEN_DECODE_HEADS_FIRST=0 timeout 100 $OL --preset phi-2 --num-requests 16 \
-    --gen-mean 60 --online 8 32 --tag "online12 off" 2>&1 | keep "phi-2 off"
+    --gen-mean 60 --online 8,32 --tag "online12 off" 2>&1 | keep "phi-2 off"
 fi
 if has ncu; then        # Nsight Compute on one launch each of the fused decode-attention kernel and the default path's
   # kernels (Phi-2, one sequence of 1200): where the ~12-15 us of a layer go (memory, latency, stalls); works on the
