@@ -474,15 +474,19 @@ if has s10; then        # the Triton MoE GEMMs against grouped_mm, most wanted f
       --online 1,16 --tag "s10${off:+-off}" 2>&1 | keep "mixtral-8x7b ${off:+off}"
   done
 fi
+# issue 9's offline workloads (Phi-2 1200/60 and 1200/128, Llama-2-7B, Falcon-7B, Mixtral-8x7B), tagged $1
+must_show_offline() {
+  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
+    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
+    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag $1 2>&1 | keep "$p offline"
+  done
+}
 for stage in final6 final7; do   # issue 9's must-shows, all in one call (the ceilings the same for every line)
   has $stage || continue
   S="$OUT/$stage.txt"
   export FASTGEN_KERNELS_ON=${FINAL7_ON:-}
   echo "FASTGEN_KERNELS_ON=${FASTGEN_KERNELS_ON}" | tee -a "$S"
-  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
-    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
-    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag $stage 2>&1 | keep "$p offline"
-  done
+  must_show_offline $stage
   timeout 100 python3 tools/profile_steps.py --budget 2048 --json "$OUT/profile.jsonl" --tag prompt2048 --top 20 \
     --preset phi-2 --requests 32 --prompt 1200 --gen 1 --equal-gen > /tmp/p.txt 2>&1; cat /tmp/p.txt >> "$OUT/profile.txt"
   grep -E "^step|^prefill|Error" /tmp/p.txt | sed "s/^/prompt2048 /" | tee -a "$S"
@@ -538,10 +542,7 @@ prompt2048() {
 }
 if has final8; then
   S="$OUT/final8.txt"
-  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
-    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
-    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag final8 2>&1 | keep "$p offline"
-  done
+  must_show_offline final8
   prompt2048 default
   FASTGEN_KERNELS_OFF=gemm_gelu_new prompt2048 gemm_gelu_new-off
   FASTGEN_KERNELS_OFF=gemm_gelu_new timeout 100 $B --preset phi-2 --num-requests 128 --gen-mean 60 128 \
@@ -589,10 +590,7 @@ if has s16; then
 fi
 if has final9; then
   S="$OUT/final9.txt"
-  for p in phi-2 llama-2-7b falcon-7b mixtral-8x7b; do
-    n=64; g=60; [ $p = phi-2 ] && n=128 && g="60 128"
-    timeout 150 $B --preset $p --num-requests $n --gen-mean $g --tag final9 2>&1 | keep "$p offline"
-  done
+  must_show_offline final9
   prompt2048 default
   FASTGEN_KERNELS_OFF=mha_decode FASTGEN_DECODE_HEADS_FIRST=0 timeout 100 $B --preset phi-2 --num-requests 128 \
     --gen-mean 60 128 --tag "final9 session-11 decode" 2>&1 | keep "phi-2 offline session-11-decode"
