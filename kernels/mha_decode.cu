@@ -23,13 +23,12 @@
 #include "fastgen.cuh"
 
 #define MD_THREADS 128
-#define MD_PAIRS (MD_THREADS / 2)
 #define MD_WARPS (MD_THREADS / 32)
 #define MD_NEG_INF (-__int_as_float(0x7f800000))   // NVRTC has no math.h: no INFINITY
 #define MD_LOG2E 1.4426950408889634f
 #define MD_FULL 0xffffffffu
 
-// a chunk of packed 16-bit values -> float32: 16 bytes (8 values) or 8 bytes (4 values)
+// n words of packed 16-bit values -> 2n float32
 __device__ __forceinline__ void unpack_words(const unsigned* w, int n, float* f, const __nv_bfloat16*) {
 #pragma unroll
     for (int e = 0; e < n; ++e) {                   // little-endian: the lower half is the earlier element
@@ -47,19 +46,14 @@ __device__ __forceinline__ void unpack_words(const unsigned* w, int n, float* f,
     }
 }
 
-template <typename T> __device__ __forceinline__ void unpack(const uint4 r, float* f) {
-    const unsigned w[4] = {r.x, r.y, r.z, r.w};
-    unpack_words(w, 4, f, (const T*)nullptr);
-}
-
 template <typename T> __device__ __forceinline__ void unpack(const uint2 r, float* f) {
     const unsigned w[2] = {r.x, r.y};
     unpack_words(w, 2, f, (const T*)nullptr);
 }
 
 template <int LPK> struct Chunk;                    // what one lane loads of a row at a time: 32 / LPK bytes
-template <> struct Chunk<2> { typedef uint4 type; };
-template <> struct Chunk<4> { typedef uint2 type; };
+template <> struct Chunk<4> { typedef uint2 type; };   // the compiled forms' four lanes a key (form (2, 1),
+                                                       // 16-byte chunks, lost its A/B and is gone)
 
 // weight of a state whose running max is m when merged under the larger max big (empty states weigh 0)
 __device__ __forceinline__ float md_weight(float m, float big) { return m == MD_NEG_INF ? 0.f : exp2f(m - big); }

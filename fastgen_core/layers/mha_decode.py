@@ -69,7 +69,7 @@ def fits(hq: int, hk: int, d: int, dtype: torch.dtype, programs: int) -> bool:
 def usable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta, out: torch.Tensor) -> bool:
     """``fits``, the CuPy kernels on (``kernels.use``), and the layouts the kernel reads and writes: a row's
     heads adjacent in q and out, a contiguous cache of 16-byte aligned rows, long indices."""
-    t, hq, d = q.shape
+    hq, d = q.shape[1:]
     hk = k_cache.shape[-2]
     sd = meta.decode_rows.numel()
     return (fits(hq, hk, d, q.dtype, sd * hk) and kernels.use(q, "mha_decode")
