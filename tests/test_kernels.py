@@ -3,6 +3,7 @@ kernels existed, CPU never takes the kernel path, and a bad FASTGEN_KERNELS is r
 (The kernels themselves are compared with these references on a GPU: tests/gpu/test_kernels_gpu.py;
 `make cu-check` compiles every .cu file.)"""
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,9 +176,9 @@ def test_rotary_kv_takes_16_byte_vectors_only_where_every_row_piece_is_aligned()
 def test_an_install_without_the_packaged_sources_fails_only_when_a_kernel_runs_and_says_what_to_do(monkeypatch):
     kernels.kernel_dir.cache_clear()
     kernels.core_source.cache_clear()
-    monkeypatch.setattr(kernels, "KERNEL_PACKAGE", "fastgen_core._not_installed")
+    monkeypatch.setattr(kernels, "kernel_dirs", lambda: [Path("/nonexistent/_kernels")])
     try:
-        with pytest.raises(FileNotFoundError, match=r"\(fastgen_core._not_installed\) are not installed; reinstall"):
+        with pytest.raises(FileNotFoundError, match=r"not installed \(looked in /nonexistent/_kernels\); reinstall"):
             kernels.core_source(kernels.FUSED_OPS_CU)
     finally:
         monkeypatch.undo()

@@ -37,7 +37,8 @@ def test_a_replica_that_crashes_on_restart_stays_down_after_max_restarts(tiny_mo
             time.sleep(0.2)
         assert r.status_code == 503 and r.json()["detail"].startswith("replica 0 (cpu): "), r.json()
         assert replica["state"] == "failed" and replica["restarts"] == 1 and replica["pid"] != first, replica
-        assert "exit code 1" in replica["detail"] and "max_restarts=1" in replica["detail"], replica
+        assert "exit code 1: " in replica["detail"] and "max_restarts=1" in replica["detail"], replica
+        assert "config.json" in replica["detail"], replica      # the replica's own last error line
         time.sleep(2.5)                             # longer than a second restart's back-off: none comes
         replica = httpx.get(client.url + "/health", timeout=30).json()["replicas"][0]
         assert replica["state"] == "failed" and replica["restarts"] == 1, replica

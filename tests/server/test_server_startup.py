@@ -1,5 +1,6 @@
 """Start-up refusals say what is wrong, before or instead of a half-started deployment."""
 import json
+import shutil
 
 import pytest
 
@@ -53,3 +54,16 @@ def test_device_plan():
     assert plan_devices(None, '["cuda:1"]', 2) == ["cuda:1", "cuda:1"]
     with pytest.raises(fg.FastgenError, match="one device per replica"):
         plan_devices(None, "cuda:0,cuda:1", 3)
+
+
+def test_a_replica_that_dies_while_starting_is_named_with_its_own_error(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGEN_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir[0], model)
+    [weights] = model.glob("*.safetensors")
+    weights.write_bytes(b"not a safetensors file")           # the front door reads no weights: the replica fails
+    with pytest.raises(fg.FastgenError) as e:
+        fg.serve(str(model), port=0, device="cpu", cpu_threads=1, startup_timeout_s=120)
+    message = str(e.value).splitlines()[0]
+    assert "while starting: replica 0 (cpu) exited while starting (exit code 1: " in message, message
+    assert weights.name in message or "safetensors" in message.lower(), message

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from ...errors import FastgenError
 from ..client import pid_alive
+from .launcher import module_command
 
 
 def records_dir() -> Path:
@@ -81,7 +81,7 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
     log_path = records_dir() / f"{s.deployment_name}.log"
     with open(log_path, "wb") as log:
         # a session of its own: the deployment outlives this process and a Ctrl-C here does not reach it
-        proc = subprocess.Popen([sys.executable, "-m", "fastgen_core.cli", "serve", *s.argv()], env=s.env(),
+        proc = subprocess.Popen(module_command("fastgen_core.cli", "serve", *s.argv()), env=s.env(),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     deadline = time.monotonic() + startup_timeout_s
@@ -91,8 +91,10 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
             return Client(rec["url"], api_key=api_key, process=proc)
         rc = proc.poll()
         if rc is not None:
-            raise FastgenError(f"the deployment exited with code {rc} while starting; end of {log_path}:\n"
-                               f"{_tail(log_path)}")
+            tail = _tail(log_path)
+            said = [line[len("error: "):] for line in tail.splitlines() if line.startswith("error: ")]
+            raise FastgenError(f"the deployment exited with code {rc} while starting"
+                               f"{': ' + said[-1] if said else ''}; end of {log_path}:\n{tail}")
         if time.monotonic() > deadline:
             proc.terminate()
             proc.wait(30)

@@ -90,6 +90,9 @@ def run_frontdoor(s: ServeSettings) -> int:
             await replicas.stop()
             remove_record(s.deployment_name, os.getpid())
 
+    # a start-up failure is said once, as "error: ..." below, not also as the lifespan's traceback
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda rec: not (failure and rec.getMessage().startswith("Traceback")))
     app = create_app(backend, s.deployment_name, s.model, api_key=s.api_key, lifespan=lifespan)
     config = uvicorn.Config(app, log_level=s.log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=s.drain_timeout_s)

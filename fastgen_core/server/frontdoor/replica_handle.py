@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+import re
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -83,6 +87,8 @@ class Replica:
     reviver: asyncio.Task | None = None    # the task restarting it
     killed_because: str | None = None      # why the front door is ending this live process (to restart it)
     held_back: bool = False        # logged that it is unhealthy but out of restarts (logged once)
+    stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES))
+    stderr_reader: threading.Thread | None = None
 
     # what /health, /fastgen/stats and the router read
     @property
@@ -120,9 +126,23 @@ class Replica:
         return self.proc.poll() if self.proc else None
 
     def ended(self, rc: int) -> str:
-        """How its process ended, and why the front door ended it if it did."""
+        """How its process ended, and why the front door ended it if it did, or else its last error line."""
         how = exit_reason(rc)
-        return f"{how}; the front door stopped it: {self.killed_because}" if self.killed_because else how
+        if self.killed_because:
+            return f"{how}; the front door stopped it: {self.killed_because}"
+        error = self.last_error()
+        return f"{how}: {error}" if error and rc > 0 else how
+
+    def last_error(self) -> str | None:
+        """The last line its process wrote to stderr that names an exception (``ImportError: ...``), else its last
+        non-empty line; None when it wrote nothing. The whole of it went to the front door's stderr."""
+        if self.stderr_reader is not None and self.exited() is not None:
+            self.stderr_reader.join(timeout=2.0)        # what it wrote before exiting is read to the end
+        lines = [line for line in self.stderr_tail if line.strip()]
+        for line in reversed(lines):
+            if ERROR_LINE.match(line):
+                return line.strip()
+        return lines[-1].strip() if lines else None
 
     def mark_exited(self, rc: int) -> str:
         """Its process has exited: not healthy, and /health says how it ended (returned)."""
@@ -184,7 +204,11 @@ class Replica:
         except FileNotFoundError:
             pass
         self.forget_health()
-        self.proc = subprocess.Popen(command, env=env)
+        self.stderr_tail.clear()
+        self.proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+        self.stderr_reader = threading.Thread(target=_forward_stderr, args=(self.proc.stderr, self.stderr_tail),
+                                              daemon=True, name=f"replica-{self.index}-stderr")
+        self.stderr_reader.start()
         self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.socket), base_url="http://replica",
                                         timeout=None, limits=httpx.Limits(max_connections=None,
                                                                           max_keepalive_connections=256))
@@ -193,6 +217,26 @@ class Replica:
         """A new process: drop what was asked of the old one and what was known about it."""
         self.health.forget()
         self.killed_because, self.held_back = None, False
+
+
+STDERR_TAIL_LINES = 50
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Warning)\b.*")
+
+
+def _forward_stderr(stream, tail: collections.deque) -> None:
+    """Copy a replica's stderr to the front door's, line by line, keeping the last lines for error messages."""
+    out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+    with stream:
+        for raw in iter(stream.readline, b""):
+            tail.append(raw.decode(errors="replace").rstrip("\n"))
+            try:
+                if out is not None:
+                    out.write(raw)
+                    out.flush()
+                else:
+                    sys.stderr.write(raw.decode(errors="replace"))
+            except (OSError, ValueError):        # the front door's stderr is gone: keep draining the pipe
+                out = None
 
 
 def _consume(task: asyncio.Task) -> None:

@@ -1,6 +1,6 @@
 """The replica processes, supervised: started, watched, restarted, stopped (``ReplicaSet``).
 
-Each replica is ``python -m fastgen_core.server.replica.main`` serving the full API on a Unix socket in a
+Each replica runs ``fastgen_core.server.replica.main`` (started by launcher.module_command) serving the full API on a Unix socket in a
 private (0700) directory, so only the front door can reach it and no port can clash. A replica's state
 changes only along lifecycle.TRANSITIONS.
 """
@@ -12,11 +12,11 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 
-from ...errors import FastgenError, exit_reason
+from ...errors import FastgenError
+from .launcher import module_command
 from .lifecycle import ReplicaState
 from .placement import child_device_env
 from .replica_handle import Replica
@@ -85,11 +85,12 @@ class ReplicaSet:
         return iter(self.replicas)
 
     def _command(self, r: Replica, device: str, threads: int) -> list[str]:
-        return [sys.executable, "-m", "fastgen_core.server.replica.main", "--model", self.model, "--name", self.name,
-                "--index", str(r.index), "--device", device, "--socket", r.socket, "--threads", str(threads),
-                "--queue-limit", str(self.queue_limit), "--stall-timeout", str(self.stall_timeout_s),
-                "--drain-timeout", str(self.drain_timeout_s), "--engine-options", json.dumps(self.engine_options),
-                "--parent-pid", str(os.getpid()), "--log-level", self.log_level]
+        return module_command("fastgen_core.server.replica.main", "--model", self.model, "--name", self.name,
+                              "--index", str(r.index), "--device", device, "--socket", r.socket,
+                              "--threads", str(threads), "--queue-limit", str(self.queue_limit),
+                              "--stall-timeout", str(self.stall_timeout_s), "--drain-timeout", str(self.drain_timeout_s),
+                              "--engine-options", json.dumps(self.engine_options),
+                              "--parent-pid", str(os.getpid()), "--log-level", self.log_level)
 
     def _spawn(self, r: Replica) -> None:
         """Start r's process (first start or restart: same command, same device) with a fresh client."""
@@ -103,8 +104,8 @@ class ReplicaSet:
         outcome, which = await self._wait_healthy(self.replicas, time.monotonic() + timeout_s)
         if outcome == "exited":
             r = which[0]
-            raise FastgenError(f"{r.name} exited while starting ({exit_reason(r.exited())}); its error is in the "
-                               "log above")
+            raise FastgenError(f"{r.name} exited while starting ({r.ended(r.exited())}); the whole of its "
+                               "error is in the log above")
         if outcome != "up":
             raise FastgenError(f"replicas {[r.index for r in which]} did not become healthy in {timeout_s}s")
         for r in self.replicas:
@@ -242,8 +243,8 @@ class ReplicaSet:
             r.proc.kill()
             await asyncio.to_thread(r.proc.wait)
         else:
-            log.error("%s: new process %d exited while starting (%s); its error is in the log above", r.name,
-                      r.pid, exit_reason(new_rc))
+            log.error("%s: new process %d exited while starting (%s); the whole of its error is in the log above",
+                      r.name, r.pid, r.ended(new_rc))
         r.health.down()
         return False
 
