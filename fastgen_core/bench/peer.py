@@ -22,8 +22,7 @@ def _sync(device: torch.device) -> None:
 def load_peer(model_dir: str | Path, device: torch.device, dtype: torch.dtype, dummy: bool, seed: int = 0):
     """The transformers model for ``model_dir``: random weights at full size when ``dummy`` (as ours)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    cfg = AutoConfig.from_pretrained(str(model_dir))
-    cfg._attn_implementation = "sdpa"
+    cfg = AutoConfig.from_pretrained(str(model_dir), attn_implementation="sdpa")
     torch.manual_seed(seed)
     if dummy:
         with torch.device(device):

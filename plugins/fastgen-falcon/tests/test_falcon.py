@@ -97,6 +97,48 @@ def test_layouts_transformers_cannot_run_are_refused(overrides, message):
         Ours.from_hf(hf)
 
 
+def split_heads_as_transformers(fused, new_arch: bool, heads: int, kv: int, d: int):
+    """How transformers' Falcon reads a fused QKV projection (batch, seq, ...) into per-head Q, K, V (batch, seq,
+    heads, d), K and V repeated over their groups: grouped [q..., k, v] per KV head in the new decoder architecture,
+    interleaved [q, k, v] per head in the old one (multi_query False)."""
+    b, s, _ = fused.shape
+    if new_arch:
+        qkv = fused.view(b, s, kv, heads // kv + 2, d)
+        q, k, v = qkv[:, :, :, :-2], qkv[:, :, :, [-2]], qkv[:, :, :, [-1]]
+        k, v = torch.broadcast_to(k, q.shape), torch.broadcast_to(v, q.shape)
+        return [t.flatten(2, 3) for t in (q, k, v)]
+    qkv = fused.view(b, s, heads, 3, d)
+    return qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+
+
+def test_split_heads_as_transformers_is_what_transformers_falcon_computes():
+    """The test's copy of transformers' QKV split gives transformers' attention output on a tiny layer (public
+    behaviour: FalconAttention's forward), so the comparison below is against what transformers does."""
+    from transformers.models.falcon.modeling_falcon import FalconAttention, FalconRotaryEmbedding
+    for new_arch, heads, kv in [(True, 8, 2), (False, 4, 4)]:
+        cfg = tiny_falcon(new_decoder_architecture=new_arch, multi_query=False, num_attention_heads=heads,
+                          num_kv_heads=kv, bias=True, attn_implementation="eager")
+        torch.manual_seed(0)
+        attn = FalconAttention(cfg, layer_idx=0).eval()
+        d = 64 // heads
+        x = torch.randn(1, 5, 64)
+        pos = torch.arange(5)[None]
+        cos, sin = FalconRotaryEmbedding(cfg)(x, pos)
+        mask = torch.full((5, 5), float("-inf")).triu(1)[None, None]
+        with torch.no_grad():
+            out = attn(x, alibi=None, attention_mask=mask, position_ids=pos, position_embeddings=(cos, sin))[0]
+            q, k, v = split_heads_as_transformers(attn.query_key_value(x), new_arch, heads, kv, d)
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))            # (b, heads, s, d)
+            c, s_ = cos[:, None], sin[:, None]
+
+            def rot(t):
+                return t * c + torch.cat([-t[..., d // 2:], t[..., :d // 2]], -1) * s_
+            q, k = rot(q), rot(k)
+            p = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5 + mask, -1)
+            mine = attn.dense((p @ v).transpose(1, 2).reshape(1, 5, 64))
+        torch.testing.assert_close(mine, out, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("new_arch, heads, kv", [(True, 8, 2), (True, 4, 4), (False, 4, 4)])
 def test_ungroup_qkv_matches_transformers_split(new_arch, heads, kv):
     # transformers splits a grouped fused projection its own way; ours slices [Q; K; V] after ungroup_qkv
@@ -111,7 +153,7 @@ def test_ungroup_qkv_matches_transformers_split(new_arch, heads, kv):
     torch.nn.init.normal_(b)
     x = torch.randn(1, 5, 64)
     with torch.no_grad():
-        q_ref, k_ref, v_ref = attn._split_heads(attn.query_key_value(x))
+        q_ref, k_ref, v_ref = split_heads_as_transformers(attn.query_key_value(x), new_arch, heads, kv, 64 // heads)
         fused = x[0] @ ungroup_qkv(w, kv, 64 // heads).T + ungroup_qkv(b, kv, 64 // heads)
     d = 64 // heads
     q, k, v = fused.split([heads * d, kv * d, kv * d], dim=-1)
