@@ -2,8 +2,9 @@
 
 Started by the front door (frontdoor/supervisor.py) as ``python -m fastgen_core.server.replica.main ...``. SIGTERM drains
 in-flight requests (uvicorn's graceful shutdown), then stops the loop and closes the engine (with its
-tensor-parallel workers). The replica also exits when its front door disappears, so a killed front door never
-leaves engines holding devices.
+tensor-parallel workers). SIGINT does the same: Ctrl-C at a terminal reaches every process of ``fastgen serve``,
+the replicas too, and a replica ends quietly on it whatever it was doing (``_quiet_sigint``). The replica also
+exits when its front door disappears, so a killed front door never leaves engines holding devices.
 """
 from __future__ import annotations
 
@@ -43,7 +44,19 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="fastgen-parent-watch", daemon=True).start()
 
 
+def _quiet_sigint() -> None:
+    """SIGINT ends this process as SIGTERM does, never with a KeyboardInterrupt traceback.
+
+    While uvicorn serves, it catches both signals and drains; afterwards it raises the caught signal again with
+    the handler found at start-up, and Python's handler would turn a SIGINT into a KeyboardInterrupt from
+    ``run()``. The default action (the process ends, killed by SIGINT) is what SIGTERM's is, and it is what a
+    SIGINT while the model loads does too. An ignored SIGINT (a background job) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def main(argv=None) -> int:
+    _quiet_sigint()
     args = _parse(argv)
     logging.basicConfig(level=args.log_level.upper(), format=f"[replica {args.index}] %(levelname)s %(message)s")
     if args.parent_pid:
