@@ -3,9 +3,11 @@
 The generate options of each body are not declared here: they come from their one declaration,
 fastgen_core.sampling.SamplingParams (``wire_fields``: each front end's names, defaults and bounds).
 Models are strict (no "5" for 5, no 1 for true) and forbid unknown fields, as OpenAI's API does, so a
-typo in an option name is a 400 naming the field instead of a silently ignored setting. OpenAI fields we
-accept but cannot honour (logit_bias, suffix, tools, ...) are declared so the error can say "not supported"
-rather than "unknown field".
+typo in an option name is a 400 naming the field instead of a silently ignored setting. Every field of OpenAI's
+request bodies is declared, so none is answered "unknown field": those that cannot change what this server
+generates (metadata, store, user, service_tier, ...) are accepted and ignored, as vLLM does; those it cannot
+honour (logit_bias, suffix, tools, prediction, audio, ...) are refused with a 400 that says "not supported"
+(replica/options.py's refuse_unsupported).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    include_obfuscation: bool = Field(True, description="accepted and ignored (no obfuscation padding is sent)")
 
 
 def _options(front_end: str) -> dict:
@@ -52,8 +55,14 @@ class _OpenAIRequest(_Strict):
     n: int | None = Field(None, ge=1, le=MAX_N, description="choices per prompt (seeded: seed, seed+1, ...)")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(None, description="accepted and ignored")
     logit_bias: dict[str, float] | None = Field(None, description="not supported")
+    # OpenAI's bookkeeping and routing hints: nothing a self-hosted engine generates differently for
+    user: str | None = Field(None, description="accepted and ignored")
+    metadata: dict[str, str] | None = Field(None, description="accepted and ignored")
+    store: bool | None = Field(None, description="accepted and ignored (nothing is stored)")
+    service_tier: str | None = Field(None, description="accepted and ignored")
+    safety_identifier: str | None = Field(None, description="accepted and ignored")
+    prompt_cache_key: str | None = Field(None, description="accepted and ignored (the prefix cache needs no key)")
 
 
 # the generate options under OpenAI's names plus vLLM's extras (top_k, min_tokens, ignore_eos, ...), each optional
@@ -128,7 +137,17 @@ class ChatCompletionRequest(_OpenAISampling):
                                      "most likely alternatives per token")
     tools: list[dict] | None = Field(None, description="not supported")
     tool_choice: str | dict | None = Field(None, description="only 'none' is supported")
+    parallel_tool_calls: bool | None = Field(None, description="accepted and ignored (no tools are called)")
+    functions: list[dict] | None = Field(None, description="not supported (tools' older name)")
+    function_call: str | dict | None = Field(None, description="only 'none' is supported (tool_choice's older "
+                                                                "name)")
     response_format: dict | None = Field(None, description="only {'type': 'text'} is supported")
+    reasoning_effort: str | None = Field(None, description="accepted and ignored (for reasoning models)")
+    verbosity: str | None = Field(None, description="accepted and ignored")
+    modalities: list[str] | None = Field(None, description="only ['text'] is supported")
+    audio: dict | None = Field(None, description="not supported (audio output)")
+    prediction: dict | None = Field(None, description="not supported (predicted outputs)")
+    web_search_options: dict | None = Field(None, description="not supported (web search)")
 
 
 # the pipeline's generate options (SamplingParams) with the pipeline's defaults

@@ -40,11 +40,21 @@ def refuse_unsupported(body) -> None:
         raise _unsupported("suffix", "leave it null")
     if getattr(body, "tools", None):
         raise _unsupported("tools", "tool calling is not implemented")
-    if getattr(body, "tool_choice", None) not in (None, "none"):
-        raise _unsupported("tool_choice", "only 'none' is allowed")
+    if getattr(body, "functions", None):
+        raise _unsupported("functions", "tool calling is not implemented")
+    for name in ("tool_choice", "function_call"):
+        if getattr(body, name, None) not in (None, "none"):
+            raise _unsupported(name, "only 'none' is allowed")
     fmt = getattr(body, "response_format", None)
     if fmt and fmt.get("type") != "text":
         raise _unsupported("response_format", f"got {fmt!r}; only {{'type': 'text'}} is allowed")
+    modalities = getattr(body, "modalities", None)
+    if modalities is not None and modalities != ["text"]:
+        raise _unsupported("modalities", f"got {modalities!r}; only ['text'] is allowed (this server generates text)")
+    for name, what in (("audio", "audio output"), ("prediction", "predicted outputs"),
+                       ("web_search_options", "web search")):
+        if getattr(body, name, None) is not None:
+            raise _unsupported(name, f"this server has no {what}; leave it null")
 
 
 def completion_prompts(prompt) -> list:
