@@ -7,7 +7,15 @@ class FastgenError(Exception):
 
 
 class InvalidRequestError(FastgenError, ValueError):
-    """A generation request (prompt or sampling option) is not acceptable."""
+    """A generation request (prompt or sampling option) is not acceptable. ``param``: the request's field at
+    fault, when one is (the server answers it as the OpenAI error's ``param``)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self):           # across processes (tensor-parallel workers) with its param
+        return type(self), (str(self), self.param)
 
 
 class ConfigError(FastgenError, ValueError):

@@ -125,8 +125,7 @@ class SamplingParams:
         wire_bounds={"le": INT64_MAX}, sampling_only=True, openai=Wire(default=None),
         flag=Flag("seed of the sampler; implies sampling (default: random)"))
     stop: list[str] = option(
-        [], STOP_DOC, wire_type=str | list[str], mii=Wire(),
-        openai=Wire(default=None, convert=lambda s: s or []),      # "" or []: no stop string, as OpenAI
+        [], STOP_DOC, wire_type=str | list[str], mii=Wire(), openai=Wire(default=None),
         flag=Flag("stop string (repeatable)"))
     stop_token_ids: list[int] = option([], "token ids that end generation", openai=Wire(default=None))
     ignore_eos: bool = option(False, "keep generating after the end-of-sequence token", openai=Wire(), mii=Wire(),
@@ -146,6 +145,7 @@ class SamplingParams:
         None, "the same for every prompt token after the first", ge=0, le=MAX_LOGPROBS, native=None)
 
     def __post_init__(self):
+        stop_given = self.stop
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
@@ -163,9 +163,10 @@ class SamplingParams:
                 raise InvalidRequestError(f"{name} must be a finite number, got {v!r}")
         for name in floats:
             _check_range(name, getattr(self, name), OPTIONS[name])
-        for s in self.stop:
-            if not isinstance(s, str) or not s:
-                raise InvalidRequestError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            # an empty stop string would match before every token; no stop string is [] (or leaving it out)
+            raise InvalidRequestError(f"stop must be a list of non-empty strings (or one non-empty string), got "
+                                      f"{stop_given!r}; for no stop string leave it out or give []", param="stop")
         for t in self.stop_token_ids:
             _check_int("stop_token_ids[...]", t, ge=0)
 

@@ -107,7 +107,7 @@ def create_app(backend, name: str, model_path: str, api_key: str | None = None, 
 
     @app.exception_handler(InvalidRequestError)
     async def _invalid_request(request, exc):
-        return _answer(request, APIError(400, str(exc)))
+        return _answer(request, APIError(400, str(exc), param=exc.param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):

@@ -47,7 +47,7 @@ class RequestHandle:
         self.close()
         if kind == "rejected":
             if isinstance(value, InvalidRequestError):
-                raise APIError(400, str(value))
+                raise APIError(400, str(value), param=value.param)
             raise APIError(500, f"could not prepare the request: {type(value).__name__}: {value}")
         if kind == "gone":
             raise APIError(499, "the client closed the connection before the request was accepted")
