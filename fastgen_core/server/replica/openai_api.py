@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import APIError
 from ...sampling import SamplingParams
-from .options import completion_prompts, refuse_unsupported, render_chat, template_messages
+from .options import completion_prompts, openai_prepare, refuse_unsupported, render_chat, template_messages
 
 
 def _dumps(obj) -> str:
@@ -114,8 +114,9 @@ async def completions(backend, body, request) -> Response:
     params = SamplingParams.from_wire("openai", body, max_new_tokens=body.max_tokens, logprobs=body.logprobs,
                                       prompt_logprobs=body.logprobs if body.echo else None, return_full_text=body.echo)
     # each prompt n times, prompt-major, as OpenAI orders the choices
-    handle = await backend.open(request, lambda engine: [(p, c) for p in prompts for c in params.for_choices(n)],
-                                len(prompts) * n)
+    prepare = openai_prepare([(p, params.for_choices(n)) for p in prompts], "max_tokens",
+                             defaulted="max_tokens" not in body.model_fields_set)
+    handle = await backend.open(request, prepare, len(prompts) * n)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": backend.info.name}
     if body.stream:
@@ -173,7 +174,8 @@ async def _completion_events(handle, head, include_usage, n, echo, text_of):
 
 
 async def chat_completions(backend, body, request) -> Response:
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    max_tokens = getattr(body, field)
     n = body.n or 1
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     refuse_unsupported(body)
@@ -181,8 +183,7 @@ async def chat_completions(backend, body, request) -> Response:
     msgs = template_messages(body.messages)
 
     def prepare(engine):          # the chat template is rendered on the engine's thread, with its tokenizer
-        ids = render_chat(engine.tokenizer, msgs)
-        return [(ids, c) for c in params.for_choices(n)]
+        return openai_prepare([(render_chat(engine.tokenizer, msgs), params.for_choices(n))], field)(engine)
     handle = await backend.open(request, prepare, n)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": backend.info.name}

@@ -57,6 +57,33 @@ def refuse_unsupported(body) -> None:
             raise _unsupported(name, f"this server has no {what}; leave it null")
 
 
+def openai_prepare(pairs: list, max_tokens_field: str, defaulted: bool = False) -> Prepare:
+    """``prepare`` for OpenAI's endpoints: ``pairs`` of (prompt, [SamplingParams per choice]), each prompt
+    tokenized once. A prompt that leaves no room for the tokens asked is refused in the request's own terms:
+    ``max_tokens_field`` (max_tokens or max_completion_tokens, whichever the request used; ``defaulted``: it
+    was not sent, its default applies) is named, and is the error's param."""
+    def prepare(engine):
+        out = []
+        for i, (prompt, choices) in enumerate(pairs):
+            try:
+                ids, text = engine.validate_prompt(prompt)
+                asked, room = choices[0].max_new_tokens, engine.max_context - len(ids)
+                if asked is not None and asked > room:
+                    said = f"{max_tokens_field} ({asked}, the default)" if defaulted else \
+                        f"{max_tokens_field} ({asked})"
+                    raise InvalidRequestError(
+                        f"prompt ({len(ids)} tokens) + {said} exceeds the model's context of {engine.max_context} "
+                        f"tokens: give {max_tokens_field} <= {room} for this prompt, or a shorter prompt",
+                        param=max_tokens_field)
+                out += [dataclasses.replace(engine.prepare_request(ids, c), text=text) for c in choices]
+            except InvalidRequestError as e:
+                if len(pairs) == 1:
+                    raise
+                raise InvalidRequestError(f"prompt {i}: {e}", param=e.param) from None
+        return out
+    return prepare
+
+
 def completion_prompts(prompt) -> list:
     """OpenAI's four prompt shapes -> a list of prompts (strings or token-id lists)."""
     if isinstance(prompt, str):
