@@ -101,7 +101,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where each run writes its records, as <run>-<model>.jsonl (default: $FASTGEN_CACHE/bench, "
                         "i.e. ~/.cache/fastgen/bench)")
     p.add_argument("--output", default=None, help="append the records (JSON lines) to this file instead")
-    p.add_argument("--plot", default=None, help="PNG path for throughput vs latency (needs matplotlib)")
+    p.add_argument("--plot", default=None, help="PNG path for throughput vs latency (needs matplotlib: pip install "
+                                                "'fastgen-core[bench]')")
     p.add_argument("--tag", default="", help="free text stored with every record (default: none)")
 
 
@@ -152,9 +153,13 @@ def run_bench_args(args) -> list[dict]:
 
     from ..config import EngineConfig
     from ..engine.engine import LLMEngine
+    from ..errors import FastgenError
     from . import offline, online, peer, plot, roofline
     from .workload import Workload, make_workload, write_preset
 
+    if args.plot and not plot.available():      # said now, not after the whole run
+        raise FastgenError(f"--plot needs matplotlib, which is not installed: {plot.INSTALL_HINT}; or drop --plot "
+                           "and plot the records later with python -m fastgen_core.bench.plot RECORDS.jsonl OUT.png")
     tmp = None
     if args.preset:
         tmp = tempfile.TemporaryDirectory(prefix=f"fastgen-bench-{args.preset}-")
@@ -274,7 +279,8 @@ def run_bench_args(args) -> list[dict]:
     bar.close()
     if args.plot:
         png = plot.plot(records, args.plot, f"{name} on {base['card']}, {base['date']}")
-        print(f"plot: {png}" if png else "plot skipped: matplotlib is not installed", file=sys.stderr)
+        print(f"plot: {png}" if png else f"plot skipped: matplotlib is not installed ({plot.INSTALL_HINT})",
+              file=sys.stderr)
     _table(records)
     print(f"\nrecords ({len(records)} JSON lines): {out_path}")
     if tmp is not None:

@@ -3,6 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+INSTALL_HINT = "pip install 'fastgen-core[bench]' (in a checkout of the repository: pip install -e '.[bench]')"
+
+
+def available() -> bool:
+    """matplotlib can be imported (the bench extra is installed)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 
 def plot(records: list[dict], path: str | Path, title: str = "") -> Path | None:
     """Write a PNG: generated tok/s (x) vs latency (y) for each engine; None if matplotlib is missing.
@@ -64,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no records in {a.records} match model={a.model!r} tag={a.tag!r}")
     out = plot(recs, a.out, a.title)
     if out is None:
-        raise SystemExit("matplotlib is not installed (pip install matplotlib)")
+        raise SystemExit(f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}")
     print(out)
     return 0
 
