@@ -13,11 +13,22 @@ MODEL_HELP = ("HF model directory or Hugging Face Hub id (org/name: the cached s
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each option's default; options whose help already says it, flags, and options without a
-    default are shown as written."""
+    """--help shows each option's default once; options whose help already says it, flags off by default, and
+    options without a default are shown as written. A flag's default is said as on or off, never "True": a
+    ``--no-x`` flag (store_false) defaults to True, which is x on, not the flag given."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        help = action.help or ""
+        if action.nargs == 0 and isinstance(action.default, bool):
+            # BooleanOptionalAction adds "(default: %(default)s)" itself (Python 3.11, 3.12): "True" again
+            help = help.replace(" (default: %(default)s)", "")
+            both = isinstance(action, argparse.BooleanOptionalAction)        # --x / --no-x
+            if "default" in help or (action.default is False and not both):
+                return help
+            if both:
+                return f"{help} (default: {'on' if action.default else 'off'})"
+            return f"{help} (default: not given)"
+        if action.default is None or action.default is False or "default" in help:
             return action.help
         return super()._get_help_string(action)
 

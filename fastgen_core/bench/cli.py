@@ -87,7 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the step loop one step ahead of the GPU (default: the engine's choice, on for CUDA "
                         "without tensor parallelism)")
     p.add_argument("--no-offline", dest="offline", action="store_false",
-                   help="skip the timed offline runs (the online runs and the warm-up pass still happen)")
+                   help="skip the timed offline runs (the online runs and the warm-up pass still happen; default: "
+                        "they run)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="run decode steps eagerly (default: CUDA graphs on CUDA)")
     p.add_argument("--online", type=_int_list, default=[],
