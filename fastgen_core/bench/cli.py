@@ -282,7 +282,7 @@ def run_bench_args(args) -> list[dict]:
         png = plot.plot(records, args.plot, f"{name} on {base['card']}, {base['date']}")
         print(f"plot: {png}" if png else f"plot skipped: matplotlib is not installed ({plot.INSTALL_HINT})",
               file=sys.stderr)
-    _table(records)
+    print("\n" + summary_table(records))
     print(f"\nrecords ({len(records)} JSON lines): {out_path}")
     if tmp is not None:
         tmp.cleanup()
@@ -313,26 +313,42 @@ def _vs_floor(wall_s: float, floor: dict) -> dict:
             "wall_over_floor": float(f"{wall_s / floor['floor_s']:.4g}")}
 
 
-def _table(records: list[dict]) -> None:
-    """The printed summary. Floor ratios to 0.01%: at one decimal 69.97% printed as 70.0%, beside a 70% bar."""
-    print(f"\n{'engine':<26}{'prompt':>7}{'gen':>5}{'wall s':>9}{'gen tok/s':>11}{'floor s':>9}{'%floor':>8}"
-          f"{'linear s':>10}{'%linear':>9}{'ours/theirs':>12}")
+# what the online rows' derived columns mean, printed under them
+ONLINE_NOTES = (
+    "x weight read: TPOT p50 over the time to read the weights one token uses, once, at the measured bandwidth "
+    "(1.0x: at that floor)",
+    "eff rps@2/4/6: requests/s whose first token came within prompt length / 512 s, the rest at >= 2, 4 or 6 tok/s",
+)
+
+
+def summary_table(records: list[dict]) -> str:
+    """The summary printed at the end of a run. Each kind of figure has one precision wherever it appears:
+    seconds to the millisecond, milliseconds to 0.01, tok/s to 0.1, ratios (x) and requests/s to 0.01, floor
+    shares to 0.01% (at one decimal 69.97% printed as 70.0%, beside a 70% bar)."""
+    lines = [f"{'engine':<26}{'prompt':>7}{'gen':>5}{'wall s':>9}{'gen tok/s':>11}{'floor s':>9}{'%floor':>8}"
+             f"{'linear s':>10}{'%linear':>9}{'ours/theirs':>12}"]
     for r in records:
         if r.get("kind") != "offline":
             continue
         name = r["engine"] + (f" bs{r['batch_size']}" if r.get("batch_size") else "")
         if "error" in r:
-            print(f"{name:<26}{r['mean_prompt']:>7}{r['mean_gen']:>5}  {r['error'][:60]}")
+            lines.append(f"{name:<26}{r['mean_prompt']:>7}{r['mean_gen']:>5}  {r['error'][:60]}")
             continue
-        print(f"{name:<26}{r['mean_prompt']:>7}{r['mean_gen']:>5}{r['wall_s']:>9.2f}{r['gen_tok_s']:>11.1f}{r['floor_s']:>9.3f}"
-              f"{100 * r['floor_fraction']:>7.2f}%{r['floor_linear_s']:>10.3f}{100 * r['floor_linear_fraction']:>8.2f}%"
-              f"{r.get('ours_over_theirs', ''):>12}")
-    for r in records:
-        if r.get("kind") == "online":
-            print(f"online {r['mean_prompt']}/{r['mean_gen']} C={r['clients']:<3} {r['gen_tok_s']:>9.1f} tok/s  "
-                  f"TTFT p50 {r['ttft_s_p50']:.3f}s  "
-                  f"TPOT p50 {r['tpot_s_p50'] * 1e3:.2f}ms ({r['tpot_s_p50'] / r.get('token_weight_read_s', r['weight_read_s']):.1f}x "
-                  f"weight read)  "
-                  f"e2e p95 {r['e2e_s_p95']:.2f}s  "
-                  f"eff rps@2/4/6 {r['effective_rps_sla2']}/{r['effective_rps_sla4']}/{r['effective_rps_sla6']}"
-                  + (f"  allocator retries {r['allocator']['num_alloc_retries']}" if r.get("allocator") else ""))
+        ratio = f"{r['ours_over_theirs']:.2f}x" if "ours_over_theirs" in r else ""
+        lines.append(f"{name:<26}{r['mean_prompt']:>7}{r['mean_gen']:>5}{r['wall_s']:>9.3f}{r['gen_tok_s']:>11.1f}"
+                     f"{r['floor_s']:>9.3f}{100 * r['floor_fraction']:>7.2f}%{r['floor_linear_s']:>10.3f}"
+                     f"{100 * r['floor_linear_fraction']:>8.2f}%{ratio:>12}")
+    online = [r for r in records if r.get("kind") == "online"]
+    if online:
+        lines += ["", f"{'online':<22}{'gen tok/s':>11}{'TTFT p50 s':>12}{'TPOT p50 ms':>13}{'x weight read':>15}"
+                      f"{'e2e p95 s':>11}  eff rps@2/4/6"]
+    for r in online:
+        read = r['tpot_s_p50'] / r.get('token_weight_read_s', r['weight_read_s'])
+        rps = "/".join(f"{r[f'effective_rps_sla{s}']:.2f}" for s in (2, 4, 6))
+        lines.append(f"{'online %d/%d C=%d' % (r['mean_prompt'], r['mean_gen'], r['clients']):<22}"
+                     f"{r['gen_tok_s']:>11.1f}{r['ttft_s_p50']:>12.3f}{r['tpot_s_p50'] * 1e3:>13.2f}{read:>14.2f}x"
+                     f"{r['e2e_s_p95']:>11.3f}  {rps}"
+                     + (f"  allocator retries {r['allocator']['num_alloc_retries']}" if r.get("allocator") else ""))
+    if online:
+        lines += [""] + list(ONLINE_NOTES)
+    return "\n".join(line.rstrip() for line in lines)
