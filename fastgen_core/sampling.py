@@ -296,8 +296,10 @@ def from_cli_flags(args) -> dict:
     options.update(given)
     if given and SamplingParams(**options).greedy and len(given) > 1:
         others = ", ".join(f"--{n.replace('_', '-')}" for n in given if n != "temperature")
-        raise InvalidRequestError(f"--temperature 0 means greedy decoding, but {others} only act when sampling: drop "
-                                  "them, or give a temperature > 0")
+        one = len(given) == 2                 # --temperature and one other
+        raise InvalidRequestError(f"--temperature 0 means greedy decoding, but {others} only "
+                                  f"{'acts' if one else 'act'} when sampling: drop {'it' if one else 'them'}, or "
+                                  "give a temperature > 0")
     return options
 
 
@@ -316,8 +318,9 @@ def warn_unused_sampling_options(options: dict) -> None:
         return
     _warned_unused.add(given)
     shown = ", ".join(f"{k}={options[k]!r}" for k in given)
-    warnings.warn(f"{shown} only act when sampling, but do_sample is False, so decoding is greedy and "
-                  f"{'they are' if len(given) > 1 else 'it is'} ignored; pass do_sample=True to sample "
+    several = len(given) > 1
+    warnings.warn(f"{shown} only {'act' if several else 'acts'} when sampling, but do_sample is False, so decoding "
+                  f"is greedy and {'they are' if several else 'it is'} ignored; pass do_sample=True to sample "
                   "(this warning is shown once)", UserWarning, stacklevel=3)
 
 
