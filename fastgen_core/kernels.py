@@ -1,11 +1,9 @@
 """CuPy RawKernels: loading, caching, launching on torch's stream, and the choice between kernel and reference.
 
-The core's CUDA sources live in the top-level ``kernels/`` folder of the repository (not a Python package, so it
-never shadows Hugging Face's ``kernels``), which the wheel carries as ``fastgen_core/_kernels/``
-(``core_source(name)`` finds one through importlib.resources in a wheel, or in the checkout of an editable
-install); a plugin's live inside its own package (``src/<package>/kernels/*.cu``, package
-data). ``load(path)`` compiles one with NVRTC for the current GPU (once per process and
-device; the core's folder is on the include path, so any source can ``#include "fastgen.cuh"`` or
+The core's CUDA sources live in the repository's top-level ``kernels/`` folder (no Python package, so it never
+shadows Hugging Face's ``kernels``), which the wheel carries as ``fastgen_core/_kernels/``; a plugin's live inside
+its own package (``src/<package>/kernels/*.cu``). ``load(path)`` compiles one with NVRTC for the current GPU (once
+per process and device; the core's folder is on the include path, so any source can ``#include "fastgen.cuh"`` or
 ``"gemv.cuh"``) and ``launch`` runs a function on torch's current stream, so launches are ordered with torch's ops
 and are captured by CUDA graphs with them.
 
@@ -28,33 +26,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-KERNEL_SUBDIR = "_kernels"          # where the wheel puts the top-level kernels/ folder, inside fastgen_core
+KERNEL_SUBDIR = "_kernels"          # the top-level kernels/ folder, inside fastgen_core in a wheel
 FUSED_OPS_CU = "fused_ops.cu"
 
 
 def kernel_dirs() -> list[Path]:
-    """Where the core's *.cu files may be: inside the installed package (a wheel), then the checkout's kernels/
-    folder beside the package (an editable install)."""
+    """Where the core's *.cu files may be: in the installed package (a wheel), or the checkout's kernels/ folder."""
     package = Path(str(resources.files("fastgen_core")))
     return [package / KERNEL_SUBDIR, package.parent / "kernels"]
 
 
 @functools.lru_cache(maxsize=None)
 def kernel_dir() -> Path:
-    """The directory holding the core's *.cu files. Looked up on first use, so that an install without the
-    sources fails only when a kernel is about to run, saying what to do."""
+    """The folder of the core's *.cu files, looked up on first use (only a kernel about to run needs it)."""
     for d in kernel_dirs():
         if (d / FUSED_OPS_CU).is_file():
             return d
-    raise FileNotFoundError(f"fastgen-core's CUDA sources are not installed (looked in "
-                            f"{', '.join(map(str, kernel_dirs()))}); reinstall fastgen-core (pip install -e . in a "
-                            "checkout, or make install)")
+    where = ", ".join(map(str, kernel_dirs()))
+    raise FileNotFoundError(f"fastgen-core's CUDA sources are not installed (looked in {where}); reinstall "
+                            "fastgen-core (pip install -e . in a checkout, or make install)")
 
 
-def __getattr__(name: str):
-    if name == "KERNEL_DIR":          # the older name of kernel_dir()
-        return kernel_dir()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
