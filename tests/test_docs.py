@@ -1,5 +1,5 @@
 """The docs say what is true: install lines work as written from this repository, the CLI's commands are the ones
-docs/architecture.md lists, and docs/performance.md's summary quotes its own measurements."""
+docs/architecture.md lists, and docs/performance.md quotes its own measurements and cites the records it keeps."""
 import re
 import shlex
 import subprocess
@@ -85,17 +85,59 @@ def test_architecture_lists_every_cli_command():
     assert not missing, f"docs/architecture.md's front ends leave out {missing}: {offers!r}"
 
 
+def _section(text: str, heading: str) -> str:
+    """The body of the ``## heading`` section of a markdown text."""
+    assert f"\n## {heading}\n" in text, f"docs/performance.md has no '## {heading}' section"
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _table(block: str) -> tuple[list[str], list[list[str]]]:
+    header, _, *rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.strip().splitlines()]
+    return header, rows
+
+
 def test_the_performance_summary_quotes_the_measured_per_token_latency():
-    """"Where the remaining gap is" quotes the per-token P50 at 1 client of the newest "## Speed" section's
-    online table in the same file."""
+    """"What is known to be left" quotes the per-token P50 at 1 client of the "Online" section's table in the same
+    file, and no other per-token latency."""
     text = (ROOT / "docs" / "performance.md").read_text()
-    newest = text.split("\n## Speed")[-1].split("\n## ", 1)[0]
-    table = next(block for block in newest.split("\n\n") if "per-token P50" in block and block.lstrip().startswith("|"))
-    header, *rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.strip().splitlines()]
+    online = _section(text, "Online")
+    table = next(block for block in online.split("\n\n") if "per-token P50" in block and block.lstrip().startswith("|"))
+    header, rows = _table(table)
     col = next(i for i, h in enumerate(header) if h.startswith("per-token P50"))
     one_client = next(r for r in rows if r[0] == "1")
     p50 = one_client[col].split("/")[0].strip()
-    gap = text.split("## Where the remaining gap is", 1)[1].split("\n## ", 1)[0]
-    assert f"{p50} ms" in gap, f"the gap section does not quote the measured per-token P50 at 1 client ({p50} ms)"
+    gap = _section(text, "What is known to be left")
+    assert f"{p50} ms" in gap, f"'What is known to be left' does not quote the per-token P50 at 1 client ({p50} ms)"
     stale = [ms for ms in re.findall(r"per-token[^.]*?(\d+(?:\.\d+)?) ms", gap) if ms != p50]
-    assert not stale, f"the gap section quotes per-token latencies that are not the table's: {stale}"
+    assert not stale, f"'What is known to be left' quotes per-token latencies that are not the table's: {stale}"
+
+
+def test_the_performance_records_are_the_ones_it_cites():
+    """Every record docs/performance.md links exists; every file in docs/bench-results is linked from it and has a
+    line in docs/bench-results/README.md (the index)."""
+    results = ROOT / "docs" / "bench-results"
+    text = (ROOT / "docs" / "performance.md").read_text()
+    cited = set(re.findall(r"\(bench-results/([^)#\s]+)\)", text))
+    missing = sorted(name for name in cited if not (results / name).is_file())
+    assert not missing, f"docs/performance.md links records that do not exist: {missing}"
+    files = {p.name for p in results.iterdir() if p.is_file() and p.name != "README.md"}
+    assert not files - cited, f"records that docs/performance.md does not cite: {sorted(files - cited)}"
+    index = (results / "README.md").read_text()
+    unindexed = sorted(name for name in files if f"]({name})" not in index)
+    assert not unindexed, f"records without a line in docs/bench-results/README.md: {unindexed}"
+
+
+DIARY = re.compile(r"\b(sessions?|calls?|speed) ?\d|\bSpeed (I|II|III|IV|V|VI|VII|VIII|IX|X)\b|\bissue \d|\bfinal\d|"
+                   r"\bdevice (call|time)|device_run", re.IGNORECASE)
+
+
+def test_the_performance_page_speaks_to_users_not_of_its_making():
+    """No work-session, device-call, issue or run-name vocabulary in the performance page, its records' index or
+    the records' names: the history lives in git."""
+    results = ROOT / "docs" / "bench-results"
+    texts = {"docs/performance.md": (ROOT / "docs" / "performance.md").read_text(),
+             "docs/bench-results/README.md": (results / "README.md").read_text(),
+             "docs/bench-results/ (file names)": " ".join(p.name.replace("-", " ") for p in results.iterdir())}
+    found = {where: sorted({m.group(0) for m in DIARY.finditer(t)}) for where, t in texts.items()}
+    found = {where: words for where, words in found.items() if words}
+    assert not found, f"development history in user-facing performance docs: {found}"

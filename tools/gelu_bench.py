@@ -1,7 +1,7 @@
-"""Phi-2's fc1 + gelu_new at prompt- and decode-sized steps on a GPU: fc1's GEMM then the gelu_new kernel (the path
-before) against one GEMM with bias and GELU as its cuBLASLt epilogue (fastgen_phi.model.gemm_gelu_new, the
-default from session 11). Each timed as a CUDA graph replay over 8 layers' weights (cycled past the L2). Prints
-ms per layer and the kernels each path launches.
+"""Phi-2's fc1 + gelu_new at prompt- and decode-sized steps on a GPU: fc1's GEMM then the gelu_new kernel
+(what ``FASTGEN_KERNELS_OFF=gemm_gelu_new`` selects) against one GEMM with bias and GELU as its cuBLASLt epilogue
+(fastgen_phi.model.gemm_gelu_new, the default). Each timed as a CUDA graph replay over 8 layers' weights (cycled
+past the L2). Prints ms per layer and the kernels each path launches.
 
     python3 tools/gelu_bench.py [--json out.jsonl] [--rows 128,512,2048]
 """
