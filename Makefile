@@ -58,7 +58,3 @@ test-gpu: install-test
 # on a machine with an NVIDIA GPU: the GPU tests, the benchmarks docs/performance.md cites, and a profile
 gpu-check: install-test
 	bash tools/gpu_check.sh $(OUT_DIR)
-
-# on a machine with an NVIDIA GPU: the GPU tests, the benchmarks docs/performance.md cites, and a profile
-gpu-check: install-test
-	bash tools/gpu_check.sh $(OUT_DIR)
