@@ -39,7 +39,7 @@ class Pipeline:
             try:
                 prepared.append(eng.prepare_request(p, SamplingParams(**{**base.__dict__})))
             except InvalidRequestError as e:
-                raise InvalidRequestError(f"prompt {i}: {e}") from None
+                raise InvalidRequestError(f"prompt {i}: {e}", e.param) from None
         rids = [eng.add_prepared(r) for r in prepared]
         pending = set(rids)
         results: dict[str, Response] = {}

@@ -21,12 +21,16 @@ SHAPES = {
     protocol.CompletionRequest: {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "stream",
                                  "stream_options", "stop", "seed", "user", "presence_penalty", "frequency_penalty",
                                  "logit_bias", "top_k", "min_tokens", "ignore_eos", "stop_token_ids",
-                                 "repetition_penalty", "echo", "logprobs", "best_of", "suffix"},
+                                 "repetition_penalty", "echo", "logprobs", "best_of", "suffix", "metadata", "store",
+                                 "service_tier", "safety_identifier", "prompt_cache_key"},
     protocol.ChatCompletionRequest: {"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
                                      "top_p", "n", "stream", "stream_options", "stop", "seed", "user",
                                      "presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_tokens",
                                      "ignore_eos", "stop_token_ids", "repetition_penalty", "logprobs", "top_logprobs",
-                                     "tools", "tool_choice", "response_format"},
+                                     "tools", "tool_choice", "response_format", "metadata", "store", "service_tier",
+                                     "safety_identifier", "prompt_cache_key", "parallel_tool_calls", "functions",
+                                     "function_call", "reasoning_effort", "verbosity", "modalities", "audio",
+                                     "prediction", "web_search_options"},
     protocol.MIIRequest: {"prompts", "max_length", "max_new_tokens", "min_new_tokens", "do_sample", "top_p", "top_k",
                           "temperature", "stop", "ignore_eos", "return_full_text", "stream"},
     protocol.GenerateRequest: {"prompts", "stream", "max_new_tokens", "min_new_tokens", "do_sample", "temperature",
@@ -77,7 +81,9 @@ def test_temperature_0_is_greedy_on_every_front_end_and_absent_means_each_ones_d
     assert not openai.greedy and openai.temperature == 1.0 and openai.top_p == 1.0      # OpenAI samples at 1.0
     assert not mii.greedy and mii.top_p == 0.9 and mii.top_k == 0                       # MII's defaults
     assert native.greedy and cli.greedy and cli.max_new_tokens == 64                    # the pipeline's
-    assert _params("openai", top_k=-1).top_k == 0 and _params("openai", stop="").stop == []
+    assert _params("openai", top_k=-1).top_k == 0 and _params("openai", stop=[]).stop == []
+    with pytest.raises(InvalidRequestError, match="stop must be a list of non-empty strings"):
+        _params("openai", stop="")
     assert _params("openai", min_tokens=3, seed=7).min_new_tokens == 3
 
 

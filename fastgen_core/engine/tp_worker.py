@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import traceback
 
 import torch
@@ -32,6 +33,7 @@ def start_group(config: EngineConfig, size: int, timeout_s: float) -> tuple[dist
 
 def main(config: EngineConfig, rank: int, size: int, init_method: str, conn, threads: int, parent: int) -> None:
     from . import build
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C reaches the whole group: rank 0's process ends this one
     torch.set_num_threads(threads)
     conn.send(("started", rank))           # rank 0 waits for this before it waits in the group's start-up
     try:

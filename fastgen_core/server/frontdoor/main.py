@@ -77,9 +77,14 @@ def run_frontdoor(s: ServeSettings) -> int:
         try:
             await replicas.start()
         except BaseException as e:
-            failure.append(str(e))
             await replicas.stop()
-            raise
+            if not server_box["server"].should_exit:
+                failure.append(str(e))
+                raise
+            # Ctrl-C or SIGTERM while the replicas loaded (they got it too): stop as after serving, no failure
+            yield
+            remove_record(s.deployment_name, os.getpid())
+            return
         monitor = asyncio.ensure_future(replicas.monitor())
         announce = asyncio.ensure_future(_announce(server_box, s, url, replicas, record))
         try:

@@ -85,8 +85,6 @@ def test_ctrl_c_to_the_process_group_stops_serve_without_a_traceback(tiny_long_m
         assert answers[0].json()["usage"]["completion_tokens"] == 300
 
 
-@pytest.mark.xfail(strict=True, reason="the front door reports a replica ended by the same Ctrl-C while starting as a "
-                   "failed start (exit 2, 'replica 0 exited while starting') instead of an interruption (exit 130)")
 def test_ctrl_c_while_the_replicas_load_stops_serve_without_a_traceback(tiny_long_model_dir, tmp_path):
     cache, log_path = tmp_path / "cache", tmp_path / "serve.log"
     with open(log_path, "wb") as log:
