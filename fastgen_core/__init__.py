@@ -15,7 +15,7 @@ from .family import ModelFamily
 from .commands import Command
 from .hookspecs import hookimpl
 from .model_config import DecoderConfig
-from .plugins import PluginSet, get_plugin_set
+from .plugins import PLUGIN_API_VERSION, PluginSet, get_plugin_set
 from .presets import BenchPreset
 from .registry import FamilyRegistry
 
@@ -34,7 +34,7 @@ _LAZY = {
 _SUBMODULES = ("kernels", "parallel")
 
 __all__ = ["pipeline", "serve", "client", "Pipeline", "LLMEngine", "EngineConfig", "SamplingParams", "Response", "RequestOutput",
-           "ModelFamily", "DecoderConfig", "BenchPreset", "Command", "FamilyRegistry", "PluginSet", "get_plugin_set", "hookimpl", "Rule", "WeightMap", "fused",
+           "ModelFamily", "DecoderConfig", "BenchPreset", "Command", "FamilyRegistry", "PluginSet", "get_plugin_set", "PLUGIN_API_VERSION", "hookimpl", "Rule", "WeightMap", "fused",
            "FastgenError", "InvalidRequestError", "ConfigError", "UnsupportedModelError", "DuplicateFamilyError",
            "WeightLoadError", *_SUBMODULES]
 

@@ -78,11 +78,15 @@ def plugins_arguments(p: argparse.ArgumentParser) -> None:
 def list_plugins(args) -> int:
     import json
 
+    from .plugins import PLUGIN_API_VERSION
     from .registry import FamilyRegistry
     reg = FamilyRegistry()
     ps = reg.plugins
+    api = {name: info.api for name, info in ps.loaded.items()}      # the plugin API version each declares
     data = {
+        "core_plugin_api": PLUGIN_API_VERSION,
         "families": [{"family": rf.family.name, "distribution": rf.dist, "version": rf.version,
+                      "plugin_api": api.get(rf.plugin),
                       "architectures": list(rf.family.architectures), "model_types": list(rf.family.model_types)}
                      for rf in reg.families],
         "failed": [{"plugin": f.name, "distribution": f.dist, "version": f.version, "error": f.error} for f in ps.failed],
@@ -96,7 +100,9 @@ def list_plugins(args) -> int:
     if not data["families"]:
         print("no model families installed (from the repository: pip install -e plugins/fastgen-llama, for example)")
     for f in data["families"]:
-        print(f"{f['family']:<10} {f['distribution']} {f['version']}  architectures: {', '.join(f['architectures'])}")
+        declared = "not declared" if f["plugin_api"] is None else f["plugin_api"]
+        print(f"{f['family']:<10} {f['distribution']} {f['version']}  plugin API {declared}  "
+              f"architectures: {', '.join(f['architectures'])}")
     for f in data["failed"]:
         print(f"FAILED     {f['distribution']} {f['version']} (entry point {f['plugin']!r}): {f['error']}")
     for key, who in data["clashes"].items():

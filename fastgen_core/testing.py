@@ -113,11 +113,23 @@ def hf_last_logits(model, prompt: list[int]) -> torch.Tensor:
 
 def check_registration(plugin_module, name: str, architectures, model_types, dist: str = "<local>",
                        model_class=None, config_class=None):
-    """Register ``plugin_module`` alone (no entry points) and assert that every architecture and model_type
-    it should claim resolves to family ``name``, attributed to ``dist``, with the given classes.
+    """Register ``plugin_module`` alone (no entry points) and assert that it declares a plugin API version this
+    core loads (``FASTGEN_PLUGIN_API``; an older one than the core's is a warning) and that every architecture
+    and model_type it should claim resolves to family ``name``, attributed to ``dist``, with the given classes.
     Returns the RegisteredFamily."""
-    from .plugins import get_plugin_set
+    import warnings
+
+    from .plugins import DECLARATION, PLUGIN_API_VERSION, PluginAPIError, check_plugin_api, get_plugin_set
     from .registry import FamilyRegistry
+    assert getattr(plugin_module, DECLARATION, None) is not None, (
+        f"{getattr(plugin_module, '__name__', plugin_module)} declares no plugin API version: add "
+        f"{DECLARATION} = {PLUGIN_API_VERSION} to it (docs/writing-a-plugin.md, 'Plugin API version')")
+    try:
+        _, warning = check_plugin_api(plugin_module, f"plugin {name!r}")
+    except PluginAPIError as e:
+        raise AssertionError(f"plugin {name!r}: {e}") from None
+    if warning:
+        warnings.warn(warning, RuntimeWarning, stacklevel=2)
     ps = get_plugin_set(autoload=False)
     ps.register(plugin_module, name=name, dist=dist)
     reg = FamilyRegistry(ps)

@@ -1,6 +1,8 @@
 """Hook implementations only: cheap to import (no torch)."""
 from fastgen_core import ModelFamily, hookimpl
 
+FASTGEN_PLUGIN_API = 2       # the fastgen plugin API version this plugin is written for
+
 
 @hookimpl
 def register_model_families(register):
