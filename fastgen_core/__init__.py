@@ -28,13 +28,14 @@ _LAZY = {
     "Pipeline": ".pipeline", "pipeline": ".pipeline",
     "SamplingParams": ".sampling",
     "Rule": ".weights", "WeightMap": ".weights", "fused": ".weights",
+    "Kernel": ".ops", "KernelPlan": ".ops",
 }
 
 # public submodules a plugin may use besides ``layers``: CuPy kernel loading, tensor-parallel building blocks
 _SUBMODULES = ("kernels", "parallel")
 
 __all__ = ["pipeline", "serve", "client", "Pipeline", "LLMEngine", "EngineConfig", "SamplingParams", "Response", "RequestOutput",
-           "ModelFamily", "DecoderConfig", "BenchPreset", "Command", "FamilyRegistry", "PluginSet", "get_plugin_set", "PLUGIN_API_VERSION", "hookimpl", "Rule", "WeightMap", "fused",
+           "ModelFamily", "DecoderConfig", "BenchPreset", "Command", "FamilyRegistry", "PluginSet", "get_plugin_set", "PLUGIN_API_VERSION", "hookimpl", "Rule", "WeightMap", "fused", "Kernel", "KernelPlan",
            "FastgenError", "InvalidRequestError", "ConfigError", "UnsupportedModelError", "DuplicateFamilyError",
            "WeightLoadError", *_SUBMODULES]
 

@@ -35,7 +35,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="+", help="prompt text (several words are joined with spaces)")
-    from .config import EngineConfig
+    from .config import KERNELS_HELP, EngineConfig
     from .sampling import add_cli_flags
     p.add_argument("--model", default=None, help=MODEL_HELP)
     add_cli_flags(p)                 # --max-new-tokens ... --ignore-eos, from SamplingParams' declaration
@@ -46,6 +46,7 @@ def generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-format", default=EngineConfig.load_format, help="auto, safetensors, pt, dummy or snapshot")
     p.add_argument("--tensor-parallel-size", type=int, default=EngineConfig.tensor_parallel_size,
                    help="shard the model over this many GPUs from --device on (on CPU: processes)")
+    p.add_argument("--kernels", default=None, help=KERNELS_HELP)
 
 
 def generate(args) -> int:
@@ -55,7 +56,8 @@ def generate(args) -> int:
     options = from_cli_flags(args)
     fg.SamplingParams(**options)
     pipe = fg.pipeline(args.model, device=args.device, dtype=args.dtype, load_format=args.load_format,
-                       tensor_parallel_size=args.tensor_parallel_size)
+                       tensor_parallel_size=args.tensor_parallel_size,
+                       **({"kernels": args.kernels} if args.kernels else {}))
     try:
         prompt = " ".join(args.prompt)
         if args.chat:

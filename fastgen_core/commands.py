@@ -72,3 +72,5 @@ def register_commands(register):
                      "fastgen_core.server.cli:add_arguments", "fastgen_core.server.cli:run"))
     register(Command("bench", "measure throughput/latency against the roofline and transformers",
                      "fastgen_core.bench.cli:add_arguments", "fastgen_core.bench.cli:run"))
+    register(Command("plan", "show the kernel each operation runs for a model, without running it",
+                     "fastgen_core.ops.command:arguments", "fastgen_core.ops.command:run"))

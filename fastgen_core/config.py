@@ -3,12 +3,60 @@
 The field defaults of EngineConfig are the one home of each engine default: pipeline(), ``fastgen serve``,
 ``fastgen generate`` and ``fastgen bench`` read them from here (``EngineConfig.max_ragged_batch_size``).
 Importing this module imports no torch (the command line reads the defaults while it builds its parser).
+
+This is also the one module that reads fastgen's environment variables (``FASTGEN_*``), each in a function below,
+when it is called, never at import: ``FASTGEN_KERNELS`` (the kernel setting's default, for A/B runs),
+``FASTGEN_CACHE``, ``FASTGEN_API_KEY`` and the plugin filters.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from .errors import ConfigError
+from .ops import parse_setting
+
+KERNELS_ENV = "FASTGEN_KERNELS"
+KERNELS_HELP = ("which kernels may run: auto, reference (every operation's pure-torch version) or op=kernel pairs "
+                "separated by commas, e.g. decode_attention=paged_decode (default: $FASTGEN_KERNELS, else auto; "
+                "`fastgen plan` lists the operations and kernels)")
+
+
+def kernels_from_env() -> str | dict[str, str]:
+    """The kernel setting ``FASTGEN_KERNELS`` gives ("auto" when unset): "auto", "reference" or
+    ``op=kernel,op=kernel`` (ops/plan.py)."""
+    raw = os.environ.get(KERNELS_ENV)
+    return "auto" if raw is None else parse_setting(raw, KERNELS_ENV)
+
+
+def cache_dir() -> Path:
+    """Where fastgen keeps what it makes once (the default model, compiler wheels, bench results, deployment
+    records): ``FASTGEN_CACHE``, default ``~/.cache/fastgen``."""
+    return Path(os.environ.get("FASTGEN_CACHE", Path.home() / ".cache" / "fastgen"))
+
+
+def api_key_from_env() -> str | None:
+    """``FASTGEN_API_KEY``: the server's and the client's API key when none is given."""
+    return os.environ.get("FASTGEN_API_KEY")
+
+
+@dataclass(frozen=True)
+class PluginFilters:
+    """Which entry-point plugins to load: ``FASTGEN_LOAD_PLUGINS=a,b`` (only these; None: all),
+    ``FASTGEN_DISABLE_PLUGINS=a,b`` (not these), ``FASTGEN_STRICT_PLUGINS=1`` (re-raise a plugin's import error)."""
+
+    allow: frozenset[str] | None
+    deny: frozenset[str]
+    strict: bool
+
+
+def plugin_filters_from_env() -> PluginFilters:
+    def names(var: str) -> frozenset[str] | None:
+        raw = os.environ.get(var)
+        return None if raw is None else frozenset(n.strip() for n in raw.split(",") if n.strip())
+    return PluginFilters(names("FASTGEN_LOAD_PLUGINS"), names("FASTGEN_DISABLE_PLUGINS") or frozenset(),
+                         os.environ.get("FASTGEN_STRICT_PLUGINS", "") not in ("", "0"))
 
 DEFAULT_KV_BLOCK_SIZE = 32
 LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "snapshot")
@@ -40,8 +88,10 @@ class EngineConfig:
     tp_cuda_graphs: capture decode graphs under tensor parallelism too (off until measured on GPUs).
     async_scheduling: schedule and prepare step N+1 while the GPU runs step N (see engine.engine); the
     same outputs either way. None (the default): on for a CUDA engine without tensor parallelism, where
-    it won at 1 and 32 clients in three alternated rounds on an H200 (docs/performance.md), off on CPU,
-    where the host is the device and there is nothing to overlap.
+    it is faster (docs/performance.md), off on CPU, where the host is the device and there is nothing to overlap.
+    kernels: which kernels may run (ops/plan.py): "auto" (default; ``FASTGEN_KERNELS`` changes the default),
+    "reference" (every operation's pure-torch version), or {operation: kernel}. Planned once when the engine is
+    built; ``fastgen plan`` prints the plan.
     """
 
     model: str
@@ -63,9 +113,11 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     tp_cuda_graphs: bool = False
     async_scheduling: bool | None = None
+    kernels: str | dict = field(default_factory=kernels_from_env)
 
     def __post_init__(self):
         import torch
+        self.kernels = parse_setting(self.kernels)
         for name in ("cuda_graphs", "enable_prefix_caching", "tp_cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +18,8 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FASTGEN_CACHE", Path.home() / ".cache" / "fastgen"))
+    from .config import cache_dir
+    return cache_dir()
 
 
 def gguf_path() -> Path:

@@ -1,7 +1,7 @@
 """Hook specifications of the ``fastgen`` plugin system (pluggy project name "fastgen").
 
 Besides its hook implementations, a plugin module declares the plugin API version it is written for,
-``FASTGEN_PLUGIN_API = 2`` (the core's is ``fastgen_core.PLUGIN_API_VERSION``); plugins.py checks it on loading.
+``FASTGEN_PLUGIN_API = 3`` (the core's is ``fastgen_core.PLUGIN_API_VERSION``); plugins.py checks it on loading.
 """
 from __future__ import annotations
 

@@ -8,23 +8,23 @@ per process and device; the core's folder is on the include path, so any source 
 and are captured by CUDA graphs with them.
 
 Every kernel here has a pure-torch reference with the same signature next to it (``*_ref``); CPU always runs
-the reference. On CUDA the kernels run by default (``FASTGEN_KERNELS=cupy``) when CuPy is installed;
-``FASTGEN_KERNELS=reference`` switches every one back to its reference, and ``FASTGEN_KERNELS_OFF=a,b``
-switches off single kernels by name (A/B timing; the names are the ``use(x, name)`` calls' names).
-tests/gpu/test_kernels_gpu.py compares each kernel with its reference. CuPy is imported only when a kernel
-is about to run: CPU machines need not have it.
+the reference. On CUDA a kernel runs when CuPy is installed and the engine's kernel plan (ops/plan.py, decided
+once at build from ``EngineConfig.kernels``) allows it: ``use(x, name)``. tests/gpu/test_kernels_gpu.py
+compares each kernel with its reference. CuPy is imported only when a kernel is about to run: CPU machines need
+not have it.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
-import os
 from importlib import resources
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .ops import KernelPlan, ModelFacts  # noqa: F401  (ModelFacts: what plan_for takes, for callers)
 
 KERNEL_SUBDIR = "_kernels"          # the top-level kernels/ folder, inside fastgen_core in a wheel
 FUSED_OPS_CU = "fused_ops.cu"
@@ -62,48 +62,6 @@ def core_source(name: str) -> Path:
     return path
 
 
-def mode() -> str:
-    """``FASTGEN_KERNELS``: "cupy" (the default: the CuPy kernels on CUDA) or "reference"."""
-    value = os.environ.get("FASTGEN_KERNELS", "cupy")
-    if value not in ("cupy", "reference"):
-        raise ValueError(f"FASTGEN_KERNELS must be 'cupy' or 'reference', got {value!r}")
-    return value
-
-
-def _env_names(var: str) -> frozenset[str]:
-    """The comma-separated names in the environment variable ``var`` (FASTGEN_KERNELS_OFF / _ON)."""
-    return frozenset(x.strip() for x in os.environ.get(var, "").split(",") if x.strip())
-
-
-@functools.lru_cache(maxsize=None)
-def _switched_off() -> frozenset[str]:
-    return _env_names("FASTGEN_KERNELS_OFF")
-
-
-def switched_off(name: str) -> bool:
-    """Whether ``FASTGEN_KERNELS_OFF`` names ``name`` (for switches that pick among kernels, not a kernel's use)."""
-    return name in _switched_off()
-
-
-# off unless FASTGEN_KERNELS_ON names them (lost their A/B, or a family's choice: CausalLM.exact_prefill)
-OPT_IN = ("decode_attention", "exact_prefill")
-
-
-@functools.lru_cache(maxsize=None)
-def _switched_on() -> frozenset[str]:
-    names = _env_names("FASTGEN_KERNELS_ON")
-    unknown = sorted(names - set(OPT_IN))
-    if unknown:
-        raise ValueError(f"FASTGEN_KERNELS_ON names unknown opt-in kernels {unknown}; allowed: {', '.join(OPT_IN)}")
-    return names
-
-
-def switched_on(name: str) -> bool:
-    """Whether ``FASTGEN_KERNELS_ON`` opts in to the kernel ``name`` (one of ``OPT_IN``: kernels kept for
-    their tests and further work, off by default because they did not beat the path they would replace)."""
-    return name in _switched_on()
-
-
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     try:
@@ -113,39 +71,69 @@ def available() -> bool:
     return cupy is not None and torch.cuda.is_available()
 
 
-_EXACT_STEP = contextvars.ContextVar("fastgen_exact_step", default=False)
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+_PLAN: contextvars.ContextVar[KernelPlan | None] = contextvars.ContextVar("fastgen_kernel_plan", default=None)
+
+
+@functools.lru_cache(maxsize=None)
+def default_plan(extra_ops: tuple = (), family_on: tuple[str, ...] = ()) -> KernelPlan:
+    """The plan of a model no engine built ("auto" on CUDA; each call site still checks the tensor's device and
+    dtype and the library it needs): tools and tests that run layers directly."""
+    return KernelPlan.build("auto", "cuda", "", have_cupy=True, have_triton=True, extra_ops=dict(extra_ops),
+                            family_on=family_on)
+
+
+def plan_for(device: str, dtype: str, setting="auto", model: ModelFacts = ModelFacts(),
+             extra_ops: dict | None = None, family_on: tuple[str, ...] = ()) -> KernelPlan:
+    """The plan of an engine on ``device`` ("cuda"/"cpu") computing in ``dtype`` ("bfloat16"), with the libraries
+    this process has."""
+    cuda = device == "cuda"
+    return KernelPlan.build(setting, device, dtype, have_cupy=cuda and available(),
+                            have_triton=cuda and triton_available(), model=model, extra_ops=extra_ops,
+                            family_on=family_on)
+
+
+def active_plan() -> KernelPlan:
+    return _PLAN.get() or default_plan()
 
 
 @contextlib.contextmanager
-def exact_step(on: bool):
-    """While open with ``on``: whole prompts through SDPA's flash kernel as transformers computes them
-    (layers/attention.py). ``CausalLM.forward`` opens it for prompt-carrying forwards (``exact_prefill``)."""
-    token = _EXACT_STEP.set(on)
+def plan_scope(plan: KernelPlan | str | dict | None):
+    """While open, kernel choices follow ``plan`` (a KernelPlan, or a setting: "reference", {op: kernel}, which
+    is planned as for CUDA); None leaves the current one. ``CausalLM`` opens its engine's plan around each forward."""
+    if plan is None:
+        yield
+        return
+    if not isinstance(plan, KernelPlan):
+        plan = KernelPlan.build(plan, "cuda", "", have_cupy=True, have_triton=True)
+    token = _PLAN.set(plan)
     try:
         yield
     finally:
-        _EXACT_STEP.reset(token)
+        _PLAN.reset(token)
 
 
-def exact_prefill(family_default: bool) -> bool:
-    """Whether prompt-carrying forwards are exact steps: a family's default, unless FASTGEN_KERNELS_ON/_OFF say."""
-    return switched_on("exact_prefill") or (family_default and not switched_off("exact_prefill"))
-
-
-def exact_step_on() -> bool:
-    return _EXACT_STEP.get()       # whether the forward running now is an exact step (``exact_step``)
+def allows(name: str) -> bool:
+    """Whether the active plan lets the kernel ``name`` run (its call site checks the operands)."""
+    return active_plan().allows(name)
 
 
 def use(x: torch.Tensor, name: str = "") -> bool:
-    """Whether the op ``name`` on ``x`` should run its CuPy kernel."""
-    return x.is_cuda and x.dtype in SUFFIX and mode() == "cupy" and name not in _switched_off() and available()
+    """Whether the CuPy kernel ``name`` should run on ``x``: CUDA, a dtype it is compiled for, CuPy here, and the
+    active plan allows it."""
+    return x.is_cuda and x.dtype in SUFFIX and available() and allows(name)
 
 
-def triton_available(build, switched_off: tuple[str, ...]) -> bool:
-    """Whether the Triton kernels that ``build()`` defines can be used here: ``FASTGEN_ATTENTION`` is not one
-    of ``switched_off``, and Triton imports and accepts them (else the caller's torch path takes over)."""
-    if os.environ.get("FASTGEN_ATTENTION", "") in switched_off:
-        return False
+def triton_builds(build) -> bool:
+    """Whether Triton imports and accepts the kernels ``build()`` defines (else the caller's torch path runs)."""
     try:
         build()
     except Exception:  # ImportError, or a Triton too old for the kernel
@@ -235,16 +223,18 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``rms_norm_ref`` as one kernel per call on CUDA (FASTGEN_KERNELS=cupy), else the reference."""
-    if not (use(x, "rms_norm") and x.is_contiguous() and weight.dtype == x.dtype
+    """``rms_norm_ref`` as one kernel per call on CUDA (the plan's ``rms_norm`` operation), else the reference."""
+    if not ((use(x, "rms_norm_vec") or use(x, "rms_norm")) and x.is_contiguous() and weight.dtype == x.dtype
             and (residual is None or (residual.is_contiguous() and residual.dtype == x.dtype))):
         return rms_norm_ref(x, weight, eps, residual)
     hidden = x.shape[-1]
     rows = x.numel() // hidden
     out = torch.empty_like(x)
     if rows:
-        # 16-byte vectors, one per thread, where the rows allow (FASTGEN_KERNELS_OFF=rms_norm_vec: scalar loads)
-        vec = vector_rows_ok(hidden, x, out, weight, residual) and not switched_off("rms_norm_vec")
+        # 16-byte vectors, one per thread, where the rows allow (else scalar loads)
+        vec = vector_rows_ok(hidden, x, out, weight, residual) and allows("rms_norm_vec")
+        if not (vec or allows("rms_norm")):
+            return rms_norm_ref(x, weight, eps, residual)
         name, block = ("rms_norm_vec", vector_threads(x)) if vec else ("rms_norm", threads(hidden))
         launch(core_source(FUSED_OPS_CU), f"{name}_{SUFFIX[x.dtype]}", (rows,), (block,),
                (ptr(out), ptr(x), ptr(residual), ptr(weight), f32(eps), i32(hidden)), x.device)
@@ -280,19 +270,20 @@ def add3_layer_norm_ref(a: torch.Tensor, m: torch.Tensor, x: torch.Tensor, weigh
 def add3_layer_norm(a: torch.Tensor, m: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                     bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``add3_layer_norm_ref`` in one kernel on CUDA in bf16/fp16: the sum read and written once instead of
-    three kernels (two adds, torch's LayerNorm: 9 us at one row on an H200, 4 us fused). Rows of whole
+    three kernels (two adds, torch's LayerNorm; about half the time at one row). Rows of whole
     16-byte vectors (``vector_rows_ok``: Phi, Falcon, GPT-NeoX hidden sizes) take the vector form at any
     number of rows; otherwise the scalar form (one block per row, scalar loads) takes up to ``ADD3_MAX_ROWS``
-    rows (at 1200 rows of 2560 it was slower than torch's kernels, 30 against ~18 us) and the reference the
+    rows (at 1200 rows of 2560 it is slower than torch's kernels) and the reference the
     rest, as it does float32 (whose statistics it shares bit for bit with transformers).
-    ``FASTGEN_KERNELS_OFF=add3_layer_norm_vec``: the scalar form's rule everywhere."""
-    if not (use(x, "add3_layer_norm") and x.dtype != torch.float32 and weight is not None
+    The plan's ``add3_layer_norm`` operation may leave out either form."""
+    if not ((use(x, "add3_layer_norm_vec") or use(x, "add3_layer_norm")) and x.dtype != torch.float32
+            and weight is not None
             and all(t.is_contiguous() and t.dtype == x.dtype and t.shape == x.shape for t in (a, m, x))
             and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)):
         return add3_layer_norm_ref(a, m, x, weight, bias, eps)
     hidden = x.shape[-1]
-    vec = vector_rows_ok(hidden, a, m, x, weight, bias) and not switched_off("add3_layer_norm_vec")
-    if not vec and x.numel() > ADD3_MAX_ROWS * hidden:
+    vec = vector_rows_ok(hidden, a, m, x, weight, bias) and allows("add3_layer_norm_vec")
+    if not vec and (x.numel() > ADD3_MAX_ROWS * hidden or not allows("add3_layer_norm")):
         return add3_layer_norm_ref(a, m, x, weight, bias, eps)
     rows = x.numel() // hidden
     s, out = torch.empty_like(x), torch.empty_like(x)
@@ -312,15 +303,17 @@ def silu_and_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    if not (use(gate_up, "silu_and_mul") and gate_up.is_contiguous()):
+    if not ((use(gate_up, "silu_and_mul_vec") or use(gate_up, "silu_and_mul")) and gate_up.is_contiguous()):
         return silu_and_mul_ref(gate_up)
     inter = gate_up.shape[-1] // 2
     out = gate_up.new_empty(*gate_up.shape[:-1], inter)
     total = out.numel()
     if total:
         vec = 16 // gate_up.element_size()
-        if (inter % vec == 0 and gate_up.data_ptr() % 16 == 0 and out.data_ptr() % 16 == 0
-                and not switched_off("silu_and_mul_vec")):
+        aligned = inter % vec == 0 and gate_up.data_ptr() % 16 == 0 and out.data_ptr() % 16 == 0
+        if not ((aligned and allows("silu_and_mul_vec")) or allows("silu_and_mul")):
+            return silu_and_mul_ref(gate_up)
+        if aligned and allows("silu_and_mul_vec"):
             vecs = total // vec
             launch(core_source(FUSED_OPS_CU), f"silu_and_mul_vec_{SUFFIX[gate_up.dtype]}",
                    (min(-(-vecs // 256), 65535),), (256,), (ptr(out), ptr(gate_up), i64(vecs), i32(inter // vec)),

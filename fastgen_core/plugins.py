@@ -5,12 +5,11 @@ Environment:
   FASTGEN_DISABLE_PLUGINS=a,b  skip these
   FASTGEN_STRICT_PLUGINS=1     re-raise a plugin's import error (for CI and plugin authors)
 
-A plugin module declares the plugin API version it is written for as ``FASTGEN_PLUGIN_API = 2``; it is read
+A plugin module declares the plugin API version it is written for as ``FASTGEN_PLUGIN_API = 3``; it is read
 when its entry point is loaded (a plain attribute: no hook call, nothing imported).
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -24,13 +23,16 @@ GROUP = "fastgen"
 
 # The plugin API version of this core: raised when a change asks something new of plugins. Each version's
 # one-line summary of what changed is what a plugin written for an older version is told.
-PLUGIN_API_VERSION = 2
+PLUGIN_API_VERSION = 3
 PLUGIN_API_CHANGES = {
     1: "the first: the register_model_families and resolve_model_family hooks, ModelFamily with lazy "
        "'module:attr' strings, models built as Model(config)",
     2: "the engine hands the model its tensor-parallel group on the config (config.tp); a model must pass "
        "tp=config.tp to the shared layers (RotaryAttention, GatedMLP, MLP, SparseMoE, CausalLM) or it is refused "
        "at tensor_parallel_size > 1 (it still runs at 1), and fastgen_core.parallel.current() knows no group",
+    3: "kernels are chosen by the engine's kernel plan: fastgen_core.kernels.use(x, name) and kernels.allows(name) "
+       "ask it; switched_off, switched_on, mode, exact_step, exact_prefill and OPT_IN are gone (no FASTGEN_KERNELS_OFF "
+       "or _ON); a family declares its own operations and kernels in CausalLM.kernel_ops (fastgen_core.Kernel)",
 }
 # The oldest plugin API this core still loads. A plugin targeting a version in between loads with a warning:
 # no change since stops it from working (version 2's is refused, naming the fix, only under tensor parallelism).
@@ -138,13 +140,6 @@ def _release() -> str:
         return ""
 
 
-def _names(var: str) -> set[str] | None:
-    raw = os.environ.get(var)
-    if raw is None:
-        return None
-    return {n.strip() for n in raw.split(",") if n.strip()}
-
-
 def get_plugin_set(autoload: bool = True) -> PluginSet:
     """A fresh plugin manager with the fastgen hookspecs; with autoload, every installed plugin."""
     pm = pluggy.PluginManager(GROUP)
@@ -157,9 +152,9 @@ def get_plugin_set(autoload: bool = True) -> PluginSet:
 
 
 def _load_entry_points(ps: PluginSet) -> None:
-    allow = _names("FASTGEN_LOAD_PLUGINS")
-    deny = _names("FASTGEN_DISABLE_PLUGINS") or set()
-    strict = os.environ.get("FASTGEN_STRICT_PLUGINS", "") not in ("", "0")
+    from .config import plugin_filters_from_env
+    filters = plugin_filters_from_env()
+    allow, deny, strict = filters.allow, filters.deny, filters.strict
     seen: dict[str, str] = {}
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
         dist = ep.dist.name if ep.dist else "<unknown>"

@@ -129,7 +129,7 @@ __device__ void gemv(T* __restrict__ y, const T* __restrict__ x, const T* __rest
 #define FASTGEN_GEMV_RU(prefix, Act, T, suffix, M, R, U) FASTGEN_GEMV_KERNEL(prefix, Act, T, suffix, M, R, U) \
     FASTGEN_GEMV_KERNEL_KS(prefix, Act, T, suffix, M, R, U, 2) FASTGEN_GEMV_KERNEL_KS(prefix, Act, T, suffix, M, R, U, 4)
 // Every (R, U, KS) fastgen_core.layers.linear.CONFIGS names for M rows: the (R, U) pairs that won somewhere
-// in a sweep on an H200 (tools/gemv_bench.py), each with 1, 2 and 4 warps per row group.
+// in a sweep (tools/gemv_bench.py), each with 1, 2 and 4 warps per row group.
 #define FASTGEN_GEMV_CONFIGS(prefix, Act, T, suffix, M)                                                   \
     FASTGEN_GEMV_RU(prefix, Act, T, suffix, M, 1, 4) FASTGEN_GEMV_RU(prefix, Act, T, suffix, M, 2, 2)      \
     FASTGEN_GEMV_RU(prefix, Act, T, suffix, M, 4, 2)

@@ -4,10 +4,9 @@
 //
 // Why: at 128 sequences x 1,200 tokens a decode step's attention reads ~50 GB of K/V and should run at the copy
 // bandwidth. The Triton kernel multiplies on the tensor cores, whose smallest tile pads one query row to 16
-// and (Phi-2) head_dim 80 to 128: for every key it scores 16 x 128 products where 80 are needed, and it
-// reaches 3.3 TB/s at head_dim 80 against 4.2 at 128 (Speed IX). Here each key costs head_dim products. On
-// the H200 (Speed X) that alone read Phi-2's cache 3% faster at 128 sequences (25% at 8, where a block's loads
-// in flight set the pace); the heads first on the grid took it to 3.8 TB/s, against the Triton kernel's 3.4.
+// and (Phi-2) head_dim 80 to 128: for every key it scores 16 x 128 products where 80 are needed, and it reads
+// the cache slower at head_dim 80 than at 128. Here each key costs head_dim products; with the heads first on
+// the grid it reads Phi-2's cache faster than the Triton kernel (docs/performance.md has the A/B).
 //
 // Grid (decode rows, heads) or (heads, rows), 128 threads; LPK lanes take a key (4: a warp takes 8 adjacent
 // keys, one block-table entry). Key group k takes keys k, k + 32, k + 64, ... of the context; of a key's row,

@@ -81,8 +81,8 @@ __device__ void rotary_kv(T* __restrict__ q, long q_stride, const T* __restrict_
 // (rotary.rotary_kv_vector_ok checks). The values and the channels past rotary are plain vector copies,
 // issued before cos/sin are ready; each rotation item is V pairs (x[j..j+V), x[j+half..j+half+V)) of one head
 // of q or k. The arithmetic per channel is rotate_pair's, so the bits are the scalar kernel's. One block per
-// token did ~30 us a layer at 1200 tokens on an H200 with scalar 2-byte accesses (a chain of dependent
-// loads per thread); this form has each thread do one or two vector items.
+// token with scalar 2-byte accesses is a chain of dependent loads per thread, slow at prompt-chunk sizes; this
+// form has each thread do one or two vector items.
 template <typename T>
 __device__ void rotary_kv_vec(T* __restrict__ q, long q_stride, const T* __restrict__ k, long k_stride,
                               const T* __restrict__ v, long v_stride, T* __restrict__ k_cache,

@@ -61,8 +61,8 @@ def main() -> dict:
         out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win)
         res[f"mixed/{name}/float32"] = _err(out, ref)
         res[f"mixed-decode-rows/{name}/float32"] = _err(out[meta.decode_rows], ref[meta.decode_rows])
-        # the same batch in an exact step (kernels.exact_step, with this step's K/V): whole prompts that no window
-        # cuts through SDPA, the other chunks through the Triton kernel, each taking only its own
+        # the same batch where the plan keeps exact_sdpa (Mixtral's does), with this step's K/V: whole prompts that
+        # no window cuts through SDPA, the other chunks through the Triton kernel, each taking only its own
         q, kn, vn, kc, vc, meta = random_case(5, chunks, hq, hk, d, bs, "cpu", torch.float32, seed=7, max_ctx=90)
         whole = [5 + i for i, (st, n) in enumerate(chunks) if st == 0 and not (win and n > win)]  # after 5 decodes
         taken, real_sdpa, real_triton = [], A._prefill_cuda, paged_prefill.paged_prefill
@@ -78,7 +78,7 @@ def main() -> dict:
         # with this step's K/V, and without them (the fused rotary kernel wrote them into the cache: read back)
         for tag, new in (("", (kn, vn)), ("-read-back", ())):
             taken.clear()
-            with kernels.exact_step(True):
+            with kernels.plan_scope(kernels.default_plan((), ("exact_sdpa",))):
                 out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win, *new)
             rest = [s for s in meta.prefill_seqs if s not in whole]
             routed = taken == ([("sdpa", whole), ("triton", rest)] if whole else [("triton", None)])

@@ -1,5 +1,5 @@
-"""The kernel switch and the references (CPU): the references are what the layers computed before the
-kernels existed, CPU never takes the kernel path, and a bad FASTGEN_KERNELS is refused by name.
+"""The references (CPU): they are what the layers computed before the kernels existed, CPU never takes the kernel
+path, and the kernel plan the engine opens decides which kernels a call site may take.
 (The kernels themselves are compared with these references on a GPU: tests/gpu/test_kernels_gpu.py;
 `make cu-check` compiles every .cu file.)"""
 import types
@@ -29,17 +29,10 @@ def test_references_compute_what_the_layers_always_did():
     assert torch.equal(kernels.silu_and_mul(gu), F.silu(gu[:, :5]) * gu[:, 5:])
 
 
-def test_cpu_never_takes_the_kernel_path(monkeypatch):
-    monkeypatch.setenv("FASTGEN_KERNELS", "cupy")
-    assert not kernels.use(torch.zeros(3))
+def test_cpu_never_takes_the_kernel_path():
+    assert not kernels.use(torch.zeros(3), "rms_norm")
     x = torch.randn(2, 8)
     assert torch.equal(kernels.rms_norm(x, torch.ones(8), 1e-6), kernels.rms_norm_ref(x, torch.ones(8), 1e-6))
-
-
-def test_bad_setting_is_named(monkeypatch):
-    monkeypatch.setenv("FASTGEN_KERNELS", "triton")
-    with pytest.raises(ValueError, match="FASTGEN_KERNELS must be 'cupy' or 'reference', got 'triton'"):
-        kernels.mode()
 
 
 def test_every_kernel_source_is_where_the_loaders_look():
@@ -56,7 +49,7 @@ def test_every_kernel_source_is_where_the_loaders_look():
         kernels.core_source("missing.cu")
 
 
-def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are_compiled(monkeypatch):
+def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are_compiled():
     from fastgen_core.layers import mha_decode as M
     bf16 = torch.bfloat16
     assert M.fits(32, 32, 80, bf16, 128 * 32) and M.fits(32, 32, 128, torch.float16, 256)
@@ -75,46 +68,7 @@ def test_mha_decode_takes_many_sequences_without_gqa_in_16_bit_and_its_forms_are
     assert all(f"FASTGEN_MHA_DECODE(T, suffix, {d}, LPK, U)" in src for d in M.HEAD_DIMS)
     with pytest.raises(ValueError, match=r"form \(3, 1\) is not compiled; allowed: "):
         M.mha_decode(None, None, None, None, 1.0, None, None, form=(3, 1))
-    for value in ("3,1", "four"):
-        monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", value)
-        M.form_override.cache_clear()
-        with pytest.raises(ValueError, match=f"FASTGEN_MHA_DECODE_FORM must be one of 4,4, 4,1; got '{value}'"):
-            M.form_override()
-    monkeypatch.setenv("FASTGEN_MHA_DECODE_FORM", "4,1")
-    M.form_override.cache_clear()
-    assert M.default_form() == (4, 1)
-    monkeypatch.delenv("FASTGEN_MHA_DECODE_FORM")
-    M.form_override.cache_clear()
-    assert M.default_form() == (4, 4)
-
-
-def test_decode_grid_order_switch(monkeypatch):
-    from fastgen_core.layers import mha_decode as M
-    for value, want in (("0", False), ("1", True), (None, True)):
-        if value is None:
-            monkeypatch.delenv("FASTGEN_DECODE_HEADS_FIRST")
-        else:
-            monkeypatch.setenv("FASTGEN_DECODE_HEADS_FIRST", value)
-        M.heads_first.cache_clear()
-        assert M.heads_first() is want
-    monkeypatch.setenv("FASTGEN_DECODE_HEADS_FIRST", "yes")
-    M.heads_first.cache_clear()
-    with pytest.raises(ValueError, match="FASTGEN_DECODE_HEADS_FIRST must be 0 or 1, got 'yes'"):
-        M.heads_first()
-    monkeypatch.delenv("FASTGEN_DECODE_HEADS_FIRST")
-    M.heads_first.cache_clear()
-
-
-def test_kernels_default_on_and_switch_off_by_name(monkeypatch):
-    monkeypatch.delenv("FASTGEN_KERNELS", raising=False)
-    assert kernels.mode() == "cupy"
-    monkeypatch.setenv("FASTGEN_KERNELS_OFF", "rotary_kv, gelu_new")
-    kernels._switched_off.cache_clear()
-    try:
-        assert kernels._switched_off() == {"rotary_kv", "gelu_new"}
-    finally:
-        monkeypatch.delenv("FASTGEN_KERNELS_OFF")
-        kernels._switched_off.cache_clear()
+    assert M.default_form() == (4, 4) and M.HEADS_FIRST
 
 
 def test_rotary_kv_write_reference_is_the_unfused_path():
@@ -230,87 +184,59 @@ def test_experts_gemv_glue_weights_and_sums_like_the_grouped_reference(monkeypat
         assert not torch.allclose(bad, want, rtol=1e-3)
 
 
-def test_opt_in_kernels_are_off_unless_named(monkeypatch):
-    monkeypatch.delenv("FASTGEN_KERNELS_ON", raising=False)
-    kernels._switched_on.cache_clear()
-    try:
-        assert not kernels.switched_on("decode_attention")
-        monkeypatch.setenv("FASTGEN_KERNELS_ON", "decode_attention")
-        kernels._switched_on.cache_clear()
-        assert kernels.switched_on("decode_attention")
-        monkeypatch.setenv("FASTGEN_KERNELS_ON", "decode_attention, warp_drive")
-        kernels._switched_on.cache_clear()
-        with pytest.raises(ValueError, match=r"FASTGEN_KERNELS_ON names unknown opt-in kernels \['warp_drive'\]; "
-                                             r"allowed: decode_attention"):
-            kernels.switched_on("decode_attention")
-    finally:
-        monkeypatch.delenv("FASTGEN_KERNELS_ON", raising=False)
-        kernels._switched_on.cache_clear()
-
-
-def test_an_exact_step_keeps_every_kernel(monkeypatch):
-    """kernels.exact_step changes only how whole prompts are attended (layers/attention.py): use() says the same
-    inside it as outside, and the flag nests and resets."""
+def test_a_plan_decides_what_each_call_site_may_take(monkeypatch):
+    """use(x, name) asks the active plan: every kernel under "auto" (opt-in ones aside), none under "reference",
+    and an operation set to one kernel leaves its other kernels out while the rest stay as they were."""
     monkeypatch.setattr(kernels, "available", lambda: True)
-    monkeypatch.delenv("FASTGEN_KERNELS", raising=False)
-    monkeypatch.delenv("FASTGEN_KERNELS_OFF", raising=False)
-    kernels._switched_off.cache_clear()
     x = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)          # what use() reads of a CUDA tensor
-    names = ("rms_norm", "rotary_kv", "silu_and_mul", "add3_layer_norm", "moe_combine", "gemv")
-    assert all(kernels.use(x, n) for n in names)
-    with kernels.exact_step(True):
-        assert kernels.exact_step_on() and all(kernels.use(x, n) for n in names)
-        with kernels.exact_step(False):
-            assert not kernels.exact_step_on()
-        assert kernels.exact_step_on()
-    assert not kernels.exact_step_on()
+    names = ("rms_norm", "rms_norm_vec", "rotary_kv", "silu_and_mul", "add3_layer_norm", "moe_combine", "gemv")
+    assert all(kernels.use(x, n) for n in names) and not kernels.allows("fused_rotary_decode")
+    with kernels.plan_scope("reference"):
+        assert not any(kernels.use(x, n) for n in names) and not kernels.allows("paged_decode")
+        with kernels.plan_scope({"rms_norm": "rms_norm", "decode_attention": "fused_rotary_decode"}):
+            assert kernels.use(x, "rms_norm") and not kernels.use(x, "rms_norm_vec")
+            assert kernels.allows("fused_rotary_decode") and not kernels.allows("paged_decode")
+            assert kernels.use(x, "rotary_kv_vec") and kernels.allows("gemv_ksplit")      # the others: auto
+        assert not kernels.use(x, "rms_norm")
+    assert kernels.use(x, "rms_norm_vec")
 
 
-def test_exact_prefill_is_a_family_default_the_switches_override(monkeypatch):
-    """kernels.exact_prefill: the family's default (Mixtral's on, the others' off), FASTGEN_KERNELS_ON=exact_prefill
-    for any family, FASTGEN_KERNELS_OFF=exact_prefill against a family's default."""
+def test_a_family_may_turn_on_an_opt_in_kernel_and_the_setting_overrides_it():
+    """Mixtral turns on exact_sdpa (whole prompts as transformers attends them); other families do not; the
+    setting's prefill_attention choice overrides either."""
     from fastgen_core.layers import CausalLM
-    mixtral = pytest.importorskip("fastgen_mixtral.model")
-    assert mixtral.MixtralForCausalLM.exact_prefill and not CausalLM.exact_prefill
-    for on, off, want in (("", "", [False, True]), ("exact_prefill", "", [True, True]),
-                          ("", "exact_prefill", [False, False])):
-        monkeypatch.setenv("FASTGEN_KERNELS_ON", on)
-        monkeypatch.setenv("FASTGEN_KERNELS_OFF", off)
-        kernels._switched_on.cache_clear()
-        kernels._switched_off.cache_clear()
-        assert [kernels.exact_prefill(d) for d in (False, True)] == want, (on, off)
-    kernels._switched_on.cache_clear()
-    kernels._switched_off.cache_clear()
+    mixtral = pytest.importorskip("fastgen_mixtral.model").MixtralForCausalLM
+    assert mixtral.family_kernels_on() == ("exact_sdpa",) and CausalLM.family_kernels_on() == ()
+
+    def plan(setting, family_on):
+        return kernels.KernelPlan.build(setting, "cuda", "bfloat16", have_cupy=True, have_triton=True,
+                                        family_on=family_on)
+    assert plan("auto", ("exact_sdpa",)).kept["prefill_attention"][0] == "exact_sdpa"
+    assert "exact_sdpa" not in plan("auto", ()).kept["prefill_attention"]
+    assert "exact_sdpa" not in plan({"prefill_attention": "paged_prefill"}, ("exact_sdpa",)).allowed
+    assert plan({"prefill_attention": "exact_sdpa"}, ()).kept["prefill_attention"] == ("exact_sdpa", "reference")
 
 
-def test_exact_prefill_makes_only_prompt_carrying_forwards_exact(tiny_model_dir, monkeypatch):
-    """FASTGEN_KERNELS_ON=exact_prefill: CausalLM.forward opens an exact step for a forward that carries prompt
-    tokens, not for decode-only ones (those keep every kernel, and their CUDA graphs); off by default."""
+def test_the_engine_opens_its_plan_around_every_forward(tiny_model_dir, monkeypatch):
+    """The plan built from EngineConfig.kernels is the active one inside each step's forward and logits, and only
+    there."""
     from fastgen_core import pipeline
     seen = []
     real = kernels.rms_norm
-    monkeypatch.setattr(kernels, "rms_norm", lambda *a, **k: seen.append(kernels.exact_step_on()) or real(*a, **k))
-    for on in ("", "exact_prefill"):
-        monkeypatch.setenv("FASTGEN_KERNELS_ON", on)
-        kernels._switched_on.cache_clear()
-        seen.clear()
-        p = pipeline(str(tiny_model_dir[0]), device="cpu", kv_block_size=4, async_scheduling=False)
-        try:
-            eng = p.engine
-            eng.add_request("hello world", kernels_test_params())
-            flags = []
-            while eng.has_unfinished():
-                seen.clear()
-                prompt = any(s.num_uncomputed > 1 for s in [*eng.scheduler.waiting, *eng.scheduler.running])
-                eng.step()
-                if seen:
-                    flags.append((prompt, set(seen)))
-        finally:
-            p.destroy()
-        assert flags and any(prompt for prompt, _ in flags) and any(not prompt for prompt, _ in flags)
-        assert all(got == {bool(on) and prompt} for prompt, got in flags), (on, flags)
-    monkeypatch.delenv("FASTGEN_KERNELS_ON")
-    kernels._switched_on.cache_clear()
+    monkeypatch.setattr(kernels, "rms_norm", lambda *a, **k: seen.append(kernels.active_plan()) or real(*a, **k))
+    p = pipeline(str(tiny_model_dir[0]), device="cpu", kv_block_size=4, async_scheduling=False,
+                 kernels={"rms_norm": "reference"})
+    try:
+        plan = p.engine.kernel_plan
+        assert plan.setting == {"rms_norm": "reference"} and plan.kept["rms_norm"] == ("reference",)
+        assert plan.device == "cpu" and all(names == ("reference",) for names in plan.kept.values())
+        p.engine.add_request("hello world", kernels_test_params())
+        while p.engine.has_unfinished():
+            p.engine.step()
+    finally:
+        p.destroy()
+    assert seen and all(got is plan for got in seen)
+    assert kernels.active_plan() is not plan
 
 
 def kernels_test_params():

@@ -1,6 +1,6 @@
 """Phi-2's fc1 + gelu_new at prompt- and decode-sized steps on a GPU: fc1's GEMM then the gelu_new kernel
-(what ``FASTGEN_KERNELS_OFF=gemm_gelu_new`` selects) against one GEMM with bias and GELU as its cuBLASLt epilogue
-(fastgen_phi.model.gemm_gelu_new, the default). Each timed as a CUDA graph replay over 8 layers' weights (cycled
+(what the kernel setting ``fc1_gelu_new=gemv_gelu_new`` selects at these sizes) against one GEMM with bias and GELU
+as its cuBLASLt epilogue (fastgen_phi.model.gemm_gelu_new, the default). Each timed as a CUDA graph replay over 8 layers' weights (cycled
 past the L2). Prints ms per layer and the kernels each path launches.
 
     python3 tools/gelu_bench.py [--json out.jsonl] [--rows 128,512,2048]

@@ -50,7 +50,7 @@ def _peer_modes(s: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..config import EngineConfig        # the engine options' defaults: one home
+    from ..config import KERNELS_HELP, EngineConfig        # the engine options' defaults: one home
     defaults = EngineConfig
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HF model directory or Hugging Face Hub id (org/name)")
@@ -83,6 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with --online, also one untimed online run at the most clients")
     p.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size,
                    help="shard the model over this many GPUs; the floor then uses this many cards' ceilings")
+    p.add_argument("--kernels", default=None, help=KERNELS_HELP)
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="run the step loop one step ahead of the GPU (default: the engine's choice, on for CUDA "
                         "without tensor parallelism)")
@@ -115,7 +116,8 @@ def run(args) -> int:
 def results_dir(args) -> Path:
     if args.results_dir:
         return Path(args.results_dir)
-    return Path(os.environ.get("FASTGEN_CACHE", Path.home() / ".cache" / "fastgen")) / "bench"
+    from ..config import cache_dir
+    return cache_dir() / "bench"
 
 
 def run_bench(**options) -> list[dict]:
@@ -175,7 +177,7 @@ def run_bench_args(args) -> list[dict]:
                        gpu_memory_fraction=args.gpu_memory_fraction, seed=args.seed,
                        cuda_graphs=args.cuda_graphs, enable_prefix_caching=args.enable_prefix_caching,
                        tensor_parallel_size=args.tensor_parallel_size,
-                       async_scheduling=args.async_scheduling)
+                       async_scheduling=args.async_scheduling, **({"kernels": args.kernels} if args.kernels else {}))
     device = cfg.torch_device()
     if cfg.dtype is None:
         cfg.dtype = "bfloat16" if device.type == "cuda" else "float32"
@@ -213,8 +215,10 @@ def run_bench_args(args) -> list[dict]:
     mc = engine.model_config
     counts = roofline.count_params(engine.model, mc)
     geometry = roofline.attention_geometry(mc, engine.dtype)
+    plan = engine.kernel_plan
     emit(kind="model", load_s=round(time.perf_counter() - t, 2), kv_blocks=engine.allocator.num_blocks,
-         kv_block_size=engine.allocator.block_size, **counts)
+         kv_block_size=engine.allocator.block_size, **counts,
+         kernel_plan=plan.as_record() if plan is not None else None)
     stage("model loaded")
     scenarios = []
     for pm in args.prompt_mean:
@@ -244,7 +248,7 @@ def run_bench_args(args) -> list[dict]:
                               engine.max_context, args.shared_prefix)
         if i == 0 and sizes and args.warm_passes:
             # mixed steps at many decode counts meet kernel variants the offline pass did not (on a fresh
-            # machine the first timed run at 32 clients was 22.6 ms per token against 12-13 ms once warm);
+            # machine the first timed run would pay for their compilation);
             # generations cut to WARM_ONLINE_GEN tokens: the step shapes are what matters, not the length
             c = max(args.online)
             short = Workload(w.prompts, [min(g, WARM_ONLINE_GEN) for g in w.gen_lens], w.mean_prompt, w.mean_gen,

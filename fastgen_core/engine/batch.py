@@ -95,8 +95,7 @@ def int64_array(*parts, align: int = 1) -> array:
 
 # Every part of a step's packed buffer starts on a 16-byte boundary. Triton specialises a kernel on whether
 # each pointer argument is 16-byte aligned: with parts at arbitrary offsets, the attention kernels met new
-# alignment patterns in the middle of serving and compiled again (seconds each; measured as 36 ms per token
-# where 2-5 ms was expected at 8 clients, H200, 2026-12-02).
+# alignment patterns in the middle of serving and compiled again (seconds each, in the middle of requests).
 PART_ALIGN = 2            # int64 elements
 
 

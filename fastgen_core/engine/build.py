@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import distributed, snapshot
+from .. import distributed, kernels, snapshot
 from ..config import EngineConfig
 from ..errors import ConfigError, FastgenError, ResourceError
 from ..layers.attention import PagedAttention
@@ -110,6 +110,7 @@ def build_runner(config: EngineConfig, source: ModelSource, tp: TPGroup,
     max_context = min(config.max_context or mc.max_position_embeddings, mc.max_position_embeddings)
     model = _build_model(config, source, device, dtype, tp)
     kv_heads = kv_head_shard(mc.num_key_value_heads, tp)[0]          # on this rank
+    plan_kernels(config, model, device, dtype, mc.num_attention_heads // tp.size, kv_heads, mc.head_dim)
     block_size = config.block_size()
     num_blocks = config.num_kv_blocks or _auto_num_blocks(config, mc, device, dtype, kv_heads, block_size,
                                                           max_context)
@@ -120,6 +121,21 @@ def build_runner(config: EngineConfig, source: ModelSource, tp: TPGroup,
     runner = ModelRunner(model, mc.num_hidden_layers, kv_heads, mc.head_dim, num_blocks, block_size, device,
                          dtype, tp, workers)
     return RunnerParts(source, device, dtype, max_context, model, runner, tp)
+
+
+def plan_kernels(config: EngineConfig, model: nn.Module, device: torch.device, dtype: torch.dtype, num_heads: int,
+                 num_kv_heads: int, head_dim: int) -> kernels.KernelPlan:
+    """The model's kernel plan (ops/plan.py), decided once here from ``config.kernels``, the device, the dtype, the
+    model's heads and the family's own operations, and set on the model; logged one line per operation."""
+    plan = kernels.plan_for(device.type, str(dtype).removeprefix("torch."), config.kernels,
+                            kernels.ModelFacts(num_heads, num_kv_heads, head_dim),
+                            extra_ops=getattr(model, "kernel_ops", None),
+                            family_on=model.family_kernels_on() if hasattr(model, "family_kernels_on") else ())
+    if hasattr(model, "set_kernel_plan"):
+        model.set_kernel_plan(plan)
+    for line in plan.describe():
+        log.info("%s", line)
+    return plan
 
 
 def _build_model(config: EngineConfig, source: ModelSource, device, dtype, tp) -> nn.Module:
@@ -217,8 +233,10 @@ def enable_graphs(config: EngineConfig, parts: RunnerParts) -> None:
         log.warning("CUDA graphs off under tensor parallelism: capturing NCCL all-reduces has not been "
                     "measured on GPUs yet (tp_cuda_graphs=True tries it)")
         return
-    if not paged_decode.available():      # the torch decode fallback sizes its tensors on the host
-        log.warning("CUDA graphs off: the Triton paged-decode kernel is not available here")
+    plan = getattr(parts.model, "kernel_plan", None)
+    if not paged_decode.available() or (plan is not None and "paged_decode" not in plan.kept["decode_attention"]):
+        # the other decode paths size their tensors on the host
+        log.warning("CUDA graphs off: the Triton paged-decode kernel is not available here or not in the kernel plan")
         return
     parts.runner.enable_decode_graphs(min(config.cuda_graph_max_batch, config.max_ragged_sequence_count,
                                           config.max_ragged_batch_size), parts.max_context)

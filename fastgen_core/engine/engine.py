@@ -90,6 +90,12 @@ class LLMEngine:
         self.async_scheduling = config.resolve_async_scheduling(self.tp.size)
         self.counters = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "finished": 0}
 
+    @property
+    def kernel_plan(self):
+        """The kernels this engine's model may run, per operation (ops/plan.py), or None for a model that is not
+        a ``CausalLM``."""
+        return getattr(self.model, "kernel_plan", None)
+
     # ---- requests --------------------------------------------------------------------------
     def validate_prompt(self, prompt) -> tuple[list[int], str | None]:
         return self.processor.validate_prompt(prompt)

@@ -1,7 +1,7 @@
 """CUDA graphs for decode-only steps: one replay instead of hundreds of kernel launches.
 
 A decode step does little GPU work per launch (a few sequences x one token), so eager execution is bound
-by host time: on an H200 a Phi-2 decode step took ~19 ms of launches for ~5 ms of GPU work. Here each
+by host time: a Phi-2 decode step's launches take several times its GPU work. Here each
 decode batch size up to ``max_batch`` falls into a bucket (1, 2, 4, 8, then multiples of 8 to 64, then of
 32), and one graph per bucket holds the whole forward plus the lm_head. A step copies its inputs into the
 static buffers the graphs read (two host-to-device copies), replays, and reads ``[n, vocab]`` float32 logits.
@@ -23,6 +23,7 @@ from array import array
 
 import torch
 
+from .. import kernels
 from ..layers.attention import AttentionMetadata, ForwardContext
 from ..layers.rotary import RotaryEmbedding
 from .batch import feed_from_device, host_tensor, int64_array
@@ -167,8 +168,9 @@ class DecodeGraphs:
                                  query_start=[], query_lens=[], context_lens_host=[], block_size=self.block_size,
                                  decode_rows=self.rows[:b], decode_seqs=self.rows[:b], prefill_seqs=[],
                                  max_decode_context=max_context)
-        hidden = self.model(ids, ForwardContext(positions=pos, attn=meta, kv_caches=self.kv_caches))
-        return self.model.compute_logits(hidden).float()
+        with kernels.plan_scope(getattr(self.model, "kernel_plan", None)):
+            hidden = self.model(ids, ForwardContext(positions=pos, attn=meta, kv_caches=self.kv_caches))
+            return self.model.compute_logits(hidden).float()
 
     @torch.inference_mode()
     def _capture_all(self) -> None:

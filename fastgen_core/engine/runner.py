@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
 from ..layers.sharded import TPGroup
 from .batch import BatchPlan, feed_from_device, plan_batch, plan_to_device
 from .graphs import DecodeGraphs, is_decode_only
@@ -64,12 +65,14 @@ class ModelRunner:
         pb = plan_to_device(plan, self.block_size, self.kv_caches, self.device)
         if fed is not None:
             feed_from_device(pb.input_ids, fed)
-        hidden = self.model(pb.input_ids, pb.ctx)
-        prompt = None
-        if plan.prompt_rows:
-            rows = torch.tensor([r for _, r0, n in plan.prompt_rows for r in range(r0, r0 + n)], device=self.device)
-            prompt = (plan.prompt_rows, self.model.compute_logits(hidden.index_select(0, rows)).float())
-        if not pb.sampled_chunks:
-            return hidden.new_empty((0, 0), dtype=torch.float32), [], prompt
-        logits = self.model.compute_logits(hidden.index_select(0, pb.logits_rows))
-        return logits.float(), pb.sampled_chunks, prompt
+        with kernels.plan_scope(getattr(self.model, "kernel_plan", None)):
+            hidden = self.model(pb.input_ids, pb.ctx)
+            prompt = None
+            if plan.prompt_rows:
+                rows = torch.tensor([r for _, r0, n in plan.prompt_rows for r in range(r0, r0 + n)],
+                                    device=self.device)
+                prompt = (plan.prompt_rows, self.model.compute_logits(hidden.index_select(0, rows)).float())
+            if not pb.sampled_chunks:
+                return hidden.new_empty((0, 0), dtype=torch.float32), [], prompt
+            logits = self.model.compute_logits(hidden.index_select(0, pb.logits_rows))
+            return logits.float(), pb.sampled_chunks, prompt

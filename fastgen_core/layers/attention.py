@@ -7,7 +7,6 @@ multi-token chunk (prompt pieces) on its own with a causal mask offset by what i
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +17,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .. import kernels
 
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-# FASTGEN_ATTENTION=reference runs the pure-torch oracle on CUDA too (debugging, A/B timing)
-_FORCE_REFERENCE = os.environ.get("FASTGEN_ATTENTION", "") == "reference"
 
 
 @dataclass
@@ -71,23 +67,36 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         scale: float, sliding_window: int | None = None) -> torch.Tensor:
     """q [T, Hq, D] -> out [T, Hq, D], reading K/V (already written) from the blocked cache."""
     out = torch.empty_like(q)
+    if meta.decode_rows is not None and meta.decode_rows.numel():
+        _decode_ref(q, k_cache, v_cache, meta, out, scale, sliding_window)
+    _prefill_ref(q, k_cache, v_cache, meta, out, scale, sliding_window, meta.prefill_seqs)
+    return out
+
+
+def _decode_ref(q, k_cache, v_cache, meta: AttentionMetadata, out, scale, sliding_window) -> None:
+    """The reference for the decode rows: every sequence's K/V gathered, padded to the longest context."""
     hk, d = k_cache.shape[-2:]
     bs = meta.block_size
-    if meta.decode_rows is not None and meta.decode_rows.numel():
-        L = meta.max_decode_context
-        nb = -(-L // bs)
-        tables = meta.block_tables.index_select(0, meta.decode_seqs)[:, :nb]          # [Sd, nb]
-        k = k_cache[tables].reshape(len(tables), nb * bs, hk, d)[:, :L]
-        v = v_cache[tables].reshape(len(tables), nb * bs, hk, d)[:, :L]
-        ctx = meta.context_lens.index_select(0, meta.decode_seqs).unsqueeze(1)       # [Sd, 1]
-        kpos = torch.arange(L, device=q.device).unsqueeze(0)
-        mask = kpos < ctx
-        if sliding_window:
-            mask &= kpos > ctx - 1 - sliding_window
-        qd = q.index_select(0, meta.decode_rows).unsqueeze(2)                          # [Sd, Hq, 1, D]
-        o = _sdpa(qd, k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype), mask[:, None, None, :], scale)
-        out.index_copy_(0, meta.decode_rows, o.squeeze(2))
-    for s in meta.prefill_seqs:
+    L = meta.max_decode_context
+    nb = -(-L // bs)
+    tables = meta.block_tables.index_select(0, meta.decode_seqs)[:, :nb]          # [Sd, nb]
+    k = k_cache[tables].reshape(len(tables), nb * bs, hk, d)[:, :L]
+    v = v_cache[tables].reshape(len(tables), nb * bs, hk, d)[:, :L]
+    ctx = meta.context_lens.index_select(0, meta.decode_seqs).unsqueeze(1)       # [Sd, 1]
+    kpos = torch.arange(L, device=q.device).unsqueeze(0)
+    mask = kpos < ctx
+    if sliding_window:
+        mask &= kpos > ctx - 1 - sliding_window
+    qd = q.index_select(0, meta.decode_rows).unsqueeze(2)                          # [Sd, Hq, 1, D]
+    o = _sdpa(qd, k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype), mask[:, None, None, :], scale)
+    out.index_copy_(0, meta.decode_rows, o.squeeze(2))
+
+
+def _prefill_ref(q, k_cache, v_cache, meta: AttentionMetadata, out, scale, sliding_window, seqs) -> None:
+    """The reference for the prompt chunks of ``seqs``: each with a causal mask offset by what is cached."""
+    hk, d = k_cache.shape[-2:]
+    bs = meta.block_size
+    for s in seqs:
         start, n, ctx = meta.query_start[s], meta.query_lens[s], meta.context_lens_host[s]
         nb = -(-ctx // bs)
         blocks = meta.block_tables[s, :nb]
@@ -101,7 +110,6 @@ def paged_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         qs = q[start:start + n].transpose(0, 1).unsqueeze(0)                            # [1, Hq, n, D]
         o = _sdpa(qs, k.to(q.dtype), v.to(q.dtype), mask[None, None], scale)
         out[start:start + n] = o[0].transpose(0, 1)
-    return out
 
 
 def exact_whole_prompts(meta: AttentionMetadata, sliding_window: int | None) -> tuple[list[int], list[int]]:
@@ -185,37 +193,44 @@ def _decode_torch(q, k_cache, v_cache, meta: AttentionMetadata, out, scale, slid
 
 def paged_attention_cuda(q, k_cache, v_cache, meta: AttentionMetadata, scale: float,
                          sliding_window: int | None = None, k_new=None, v_new=None) -> torch.Tensor:
-    """The GPU path: same contract as ``paged_attention_ref`` (K/V already written), faster kernels.
+    """The GPU path: same contract as ``paged_attention_ref`` (K/V already written), the kernels the active plan
+    keeps for ``decode_attention`` and ``prefill_attention`` (ops/plan.py), tried in its order.
 
-    Decodes go through the Triton paged-decode kernel and prompt chunks through the Triton paged-prefill
-    kernel (both read K/V straight from the blocks) when Triton is available; else decodes through the
-    padded torch version and prompt chunks through SDPA (``FASTGEN_ATTENTION=sdpa`` chooses SDPA for them;
-    ``k_new``/``v_new``, this step's K/V rows [T, Hk, D], let it skip reading a fresh prompt back).
+    Decodes: the Triton paged-decode kernel (which hands steps ``mha_decode`` takes to that CUDA-core kernel),
+    else ``mha_decode`` alone, else the padded torch version, else the reference. Prompt chunks: whole prompts
+    through SDPA's flash kernel where the plan keeps ``exact_sdpa`` (a family's choice), the rest through the
+    Triton paged-prefill kernel, else SDPA (``k_new``/``v_new``, this step's K/V rows [T, Hk, D], let it skip
+    reading a fresh prompt back), else the reference.
     """
+    from . import mha_decode, paged_decode, paged_prefill
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if meta.decode_rows is not None and meta.decode_rows.numel():
-        from . import paged_decode
-        if paged_decode.available():
+        if kernels.allows("paged_decode") and paged_decode.available():
             paged_decode.paged_decode(q, k_cache, v_cache, meta, scale, sliding_window, out)
-        else:
+        elif mha_decode.usable(q, k_cache, v_cache, meta, out):
+            mha_decode.mha_decode(q, k_cache, v_cache, meta, scale, sliding_window, out)
+        elif kernels.allows("padded_sdpa"):
             _decode_torch(q, k_cache, v_cache, meta, out, scale, sliding_window)
+        else:
+            _decode_ref(q, k_cache, v_cache, meta, out, scale, sliding_window)
     if not meta.prefill_seqs:
         return out
-    from . import paged_prefill
-    if paged_prefill.available():
-        whole, rest = exact_whole_prompts(meta, sliding_window) if kernels.exact_step_on() else ([], [])
-        if not whole:
-            paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out)
-        else:                    # an exact step (kernels.exact_step): whole prompts through SDPA's flash kernel
-            with sdpa_kernel(_SDPA_BACKENDS):
-                _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta, out, scale, sliding_window, whole)
-            if rest:
-                paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out, seqs=rest)
-    else:
-        # not cuDNN: it builds a new plan for every (chunk, context) shape, ~1.2 ms of host time per call,
-        # measured on an H200 (torch 2.11) as over half of a Phi-2 prefill step
+    whole, rest = exact_whole_prompts(meta, sliding_window) if kernels.allows("exact_sdpa") else ([], None)
+    if not whole:
+        rest = None              # every chunk (the kernels' own per-step bookkeeping)
+    else:                    # whole prompts through SDPA's flash kernel, as transformers attends them
         with sdpa_kernel(_SDPA_BACKENDS):
-            _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta, out, scale, sliding_window)
+            _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta, out, scale, sliding_window, whole)
+        if not rest:
+            return out
+    if kernels.allows("paged_prefill") and paged_prefill.available():
+        paged_prefill.paged_prefill(q, k_cache, v_cache, meta, scale, sliding_window, out, seqs=rest)
+    elif kernels.allows("sdpa"):
+        # not cuDNN: it builds a new plan for every (chunk, context) shape, over a millisecond of host time a call
+        with sdpa_kernel(_SDPA_BACKENDS):
+            _prefill_cuda(q, k_new, v_new, k_cache, v_cache, meta, out, scale, sliding_window, rest)
+    else:
+        _prefill_ref(q, k_cache, v_cache, meta, out, scale, sliding_window, meta.prefill_seqs if rest is None else rest)
     return out
 
 
@@ -247,7 +262,7 @@ class PagedAttention(nn.Module):
         t = q.shape[0]
         q = q.view(t, self.num_heads, self.head_dim)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        if q.is_cuda and not _FORCE_REFERENCE:
+        if q.is_cuda:
             out = paged_attention_cuda(q, k_cache, v_cache, ctx.attn, self.scale, self.sliding_window,
                                        None if k_new is None else k_new.view(t, self.num_kv_heads, self.head_dim),
                                        None if v_new is None else v_new.view(t, self.num_kv_heads, self.head_dim))

@@ -4,30 +4,24 @@ this step's k, the K/V write into the cache, split-K attention over the blocks a
 With one to a few sequences a decode layer's attention is bound by latency, not by the bytes it reads: the
 unfused path (``rotary_kv_write``, then the Triton split decode and its merge) takes three launches a layer,
 each a chain of dependent memory round trips. ``fused_decode_attention`` is what ``RotaryAttention`` tries
-first when ``FASTGEN_KERNELS_ON=decode_attention`` opts in; it answers None (and the unfused path runs)
-unless the step is decode-only, has fewer than ``MAX_PROGRAMS`` (sequence, KV head) pairs, runs on CUDA with
-the CuPy kernels on, and the shapes fit the kernel.
-
-Opt-in, because it did not win its A/B (H200, 2026-12-02, docs/performance.md "Speed V"): one layer of
-Phi-2 at one sequence of 1,200 tokens takes 12.4 us against 14.7 us unfused, but Llama-2-7B's 17.7 against
-16.0, Mixtral's (GQA) 23.3 against 11.0 and Phi-2 at 4 sequences 35.7 against 28.8; per token at one
-client Phi-2 2.20 against 2.25 ms, Llama-2-7B 4.27 and Mixtral-8x7B 8.01 against session 6's 4.20 and 7.70.
-A second version (every tile load issued at once, the merge spread over threads) was slower still.
+first when the kernel plan keeps ``fused_rotary_decode`` (an opt-in kernel of ``decode_attention``: it is
+faster than the unfused path only for some models at one sequence; docs/performance.md has the A/B); it answers
+None (and the unfused path runs) unless the step is decode-only, has fewer than ``MANY_PROGRAMS`` (sequence, KV
+head) pairs, runs on CUDA with the CuPy kernels on, and the shapes fit the kernel.
 
 The reference is ``fused_decode_attention_ref``: ``rotary_kv_write_ref`` then ``paged_attention_ref``.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .. import kernels
+from ..ops import MANY_PROGRAMS
 from .attention import AttentionMetadata, paged_attention_ref
 from .rotary import RotaryEmbedding, rotary_kv_write_ref
 
 DECODE_ATTENTION_CU = "decode_attention.cu"
-MAX_PROGRAMS = 256        # sequences x KV heads: above it the unsplit Triton kernel has programs enough
+MAX_PROGRAMS = MANY_PROGRAMS     # sequences x KV heads: from here on the unsplit Triton kernel has programs enough
 THREADS = 128
 TARGET_BLOCKS = 512       # about one wave of the kernel's blocks on an H200 (132 SMs x 4 resident blocks)
 
@@ -58,8 +52,7 @@ def _usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMe
     hk = k.shape[1]
     return (not meta.prefill_seqs and meta.decode_rows is not None and meta.decode_rows.numel() == t > 0
             and t * hk < MAX_PROGRAMS and fits(hq, hk, d)
-            and os.environ.get("FASTGEN_ATTENTION", "") not in ("torch", "reference")
-            and kernels.use(q, "decode_attention")
+            and kernels.use(q, "fused_rotary_decode")
             and k.dtype == v.dtype == k_cache.dtype == q.dtype and meta.block_tables.stride(1) == 1
             and all(x.dtype == torch.long for x in (meta.block_tables, meta.decode_rows, meta.decode_seqs,
                                                      meta.context_lens, meta.slot_mapping))

@@ -1,11 +1,10 @@
 """Linear layers, with a weight-streaming GEMV (kernels/gemv.cu) for the few-token forwards of decoding.
 
-At one token per forward a linear layer is bound by reading its weight. On an H200 (tools/gemv_bench.py,
-docs/bench-results/gemv-h200.jsonl, gemv-ks-h200.jsonl) cuBLAS reads the bf16 weights of Phi-2's and
-Llama-2-7B's layers at 1.8-4.2 TB/s at one row, this kernel at 2.5-4.4 with K split over warps where few
-output rows leave SMs idle (Phi-2's fc2: 2.9 -> 3.8 TB/s); at 2-4 rows
-cuBLAS was as fast or faster, so ``linear(x, weight, bias)`` runs the CuPy GEMV for a single row on CUDA in
-bf16/fp16 (kernels on: ``FASTGEN_KERNELS``; ``FASTGEN_KERNELS_OFF=gemv`` switches it off alone), else
+At one token per forward a linear layer is bound by reading its weight. This kernel reads the weights of
+Phi-2's and Llama-2-7B's layers faster than cuBLAS at one row, splitting K over warps where few output rows leave
+SMs idle; at 2-4 rows cuBLAS is as fast or faster (tools/gemv_bench.py; docs/performance.md has the figures).
+So ``linear(x, weight, bias)`` runs the CuPy GEMV for a single row on CUDA in bf16/fp16 where the kernel plan's
+``linear`` operation keeps ``gemv_ksplit`` or ``gemv`` (the same kernel without the K split), else
 ``torch.nn.functional.linear``, its reference. Every linear layer the core builds (``layers.sharded``:
 column, row and vocabulary layers) is a ``Linear`` and goes through it.
 """
@@ -36,7 +35,8 @@ def _streamable(x: torch.Tensor, weight: torch.Tensor, name: str) -> bool:
 def gemv_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``linear`` can take the GEMV kernel for these operands."""
     return (0 < x.numel() // weight.shape[-1] <= GEMV_MAX_ROWS
-            and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())) and _streamable(x, weight, "gemv"))
+            and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous()))
+            and (_streamable(x, weight, "gemv_ksplit") or _streamable(x, weight, "gemv")))
 
 
 GEMV_MIN_BLOCKS = 960
@@ -47,10 +47,9 @@ def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
     W [n, k] at one row. Two rows per group, four warps per block; K is split over the fewest warps (1, 2, 4)
     that make at least ``GEMV_MIN_BLOCKS`` blocks (few output rows: Phi-2's dense and fc2, Llama-2-7B's o
     and down), and over four for Llama-sized wide layers (k >= 4096, n >= 8192). That picks the sweep's
-    best, or within 2% of it, for every layer of Phi-2 and Llama-2-7B on an H200
-    (docs/bench-results/gemv-ks-h200.jsonl). ``FASTGEN_KERNELS_OFF=gemv_ksplit``: the session-5 choice, one
-    warp per group (A/B)."""
-    if kernels.switched_off("gemv_ksplit"):
+    best, or within 2% of it, for every layer of Phi-2 and Llama-2-7B (docs/bench-results/gemv-ks-h200.jsonl).
+    Where the plan keeps ``gemv`` but not ``gemv_ksplit``: one warp per group."""
+    if not kernels.allows("gemv_ksplit"):
         return (*expert_gemv_config(n, k), 1)
     if k >= 4096 and n >= 8192:
         return 2, 2, 4, 4

@@ -48,7 +48,7 @@ def grouped_mm_supported(x: torch.Tensor) -> bool:
     """Whether ``torch.nn.functional.grouped_mm`` runs on ``x``'s device and dtype: one kernel over every
     expert, reading the per-expert row counts from the device (no host sync), so the MoE layer can be
     captured in a CUDA graph. CUDA: bf16 on SM80+ (fp16 runs too, but through a path that copies to the
-    host, which a CUDA graph cannot capture: measured on an H200, torch 2.11); the CPU kernel takes any
+    host, which a CUDA graph cannot capture, as of torch 2.11); the CPU kernel takes any
     float dtype."""
     if not hasattr(F, "grouped_mm"):
         return False

@@ -1,7 +1,6 @@
 """A MoE layer's experts as two Triton GEMMs over (token, slot) pairs grouped by expert: for decode-sized steps,
-where ``F.grouped_mm`` streams every expert's weights at ~3.4 TB/s on an H200 (Mixtral-8x7B at 64 sequences:
-26.7 ms of a 35 ms step for 90 GB, docs/performance.md Speed VII) with tiles sized for prompt chunks, while an
-expert sees ~16 rows.
+where ``F.grouped_mm`` streams every expert's weights well below the copy bandwidth with tiles sized for prompt
+chunks, while an expert sees ~16 rows.
 
 The pairs are laid out by expert with each expert's run padded to a multiple of ``BLOCK_M`` (``align_by_expert``,
 device ops only and static shapes: no host sync, so decode graphs capture it). Each program multiplies one
@@ -9,12 +8,10 @@ BLOCK_M block of one expert's rows by a BLOCK_N slice of that expert's weight, a
 once (as a GEMM does): the first GEMM reads each pair's token row of x, the second the first one's activated output
 in the padded layout. ``moe_combine_rows`` then weights and sums each token's k rows as the grouped path does.
 
-On by default for bf16/fp16 on CUDA since its A/B on an H200 (docs/performance.md, Speed VIII): Mixtral-8x7B
-offline 7.39 -> 6.94 s, 16 clients' time per token 37.5 -> 31.4 ms. It takes a step while an expert sees about one
-BLOCK_M block of rows (``max_pairs``): each block re-reads its expert's weights, so at 128 tokens (32 rows an
-expert) grouped_mm wins (1.06 against 1.41 ms a layer; at 64 tokens 0.89 against 1.07). ``FASTGEN_KERNELS_OFF=
-moe_triton`` switches it off. Under Triton's interpreter (``TRITON_INTERPRET=1``) it runs on the CPU, which
-tests/test_moe_triton_interpreted.py uses.
+On by default for bf16/fp16 on CUDA (the kernel plan's ``moe_experts``; docs/performance.md has the A/B). It takes
+a step while an expert sees about one BLOCK_M block of rows (``max_pairs``): each block re-reads its expert's
+weights, so at 128 tokens (32 rows an expert) grouped_mm wins. Under Triton's interpreter (``TRITON_INTERPRET=1``)
+it runs on the CPU, which tests/test_moe_triton_interpreted.py uses.
 """
 from __future__ import annotations
 
@@ -79,14 +76,14 @@ def _kernel():
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-    return kernels.triton_available(_kernel, ())
+    return kernels.triton_builds(_kernel)
 
 
 def usable(x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> bool:
     """Whether a MoE layer's step takes ``experts_triton``: bf16/fp16 on CUDA, a decode-sized step (``max_pairs``),
-    not switched off (FASTGEN_KERNELS_OFF=moe_triton) and Triton present."""
+    the kernel plan keeps ``moe_triton`` and Triton is present."""
     return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and topk_ids.numel() <= max_pairs(num_experts)
-            and not kernels.switched_off("moe_triton") and available())
+            and kernels.allows("moe_triton") and available())
 
 
 def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int = BLOCK_M

@@ -7,8 +7,8 @@ bound by reading the KV cache, and the torch fallback (gather into a padded copy
 them three times.
 
 The pure-torch oracle is ``attention.paged_attention_ref``; tests/gpu compares the two. Triton is
-imported lazily: without it (CPU machines, CI) ``available()`` is False and nothing here is touched.
-``FASTGEN_ATTENTION=torch`` turns the kernel off (A/B timing).
+imported lazily: without it (CPU machines, CI) ``available()`` is False and nothing here is touched. The kernel
+plan's ``decode_attention`` operation decides whether it runs (attention.paged_attention_cuda asks).
 """
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ import functools
 import torch
 
 from .. import kernels
+from ..ops import MANY_PROGRAMS
 from . import mha_decode
 
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """The Triton decode kernel, unless FASTGEN_ATTENTION chooses the torch path."""
-    return kernels.triton_available(_kernel, ("torch", "reference"))
+    """Whether Triton builds the decode kernel here."""
+    return kernels.triton_builds(_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,10 +130,9 @@ def _pow2(x: int, lo: int) -> int:
 
 
 def tile_config(programs: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages), from sweeps on an H200 (tools/attention_bench.py): 64-key tiles
-    reach 3.3 TB/s on Phi-2 (128 x 1200 context) and 4.3 TB/s on Llama-2-7B (64 x 1200), against 2.8 and
-    3.6 with 32; two stages beat three on Phi-2 in two calls (0.474 against 0.478 ms a layer, 0.484 against
-    0.492) and tie elsewhere; with few programs (sequences x KV heads) 128-key tiles keep more bytes in flight."""
+    """(BLOCK_N, num_warps, num_stages), from sweeps (tools/attention_bench.py): 64-key tiles read the cache
+    faster than 32-key ones on Phi-2 and Llama-2-7B, two stages beat or tie three, and with few programs
+    (sequences x KV heads) 128-key tiles keep more bytes in flight."""
     if dtype == torch.float32:               # fp32 tiles take twice the shared memory
         return 32, 4, 2
     return (128, 4, 3) if programs < 256 else (64, 4, 2)
@@ -143,7 +143,7 @@ def num_splits(programs: int) -> int:
     GPU's ~132 multiprocessors about twice when few sequences decode (batch 1: 32 heads -> 8 splits), none
     when there are plenty. It depends on the batch shape only, not on the context lengths, so a CUDA graph
     captured for a batch size serves every context."""
-    if programs >= 256:
+    if programs >= MANY_PROGRAMS:
         return 1
     return min(16, 1 << max(0, (256 // programs - 1).bit_length()))
 
@@ -153,7 +153,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                  splits: int | None = None, heads_first_grid: bool | None = None) -> None:
     """Write attention for the decode rows of ``q`` [T, Hq, D] into ``out`` (same shape).
     ``config``: (BLOCK_N, num_warps, num_stages) instead of the default; ``splits``: context splits instead
-    of ``num_splits``' choice (1: none); ``heads_first_grid`` instead of ``mha_decode.heads_first()``. Without
+    of ``num_splits``' choice (1: none); ``heads_first_grid`` instead of ``mha_decode.HEADS_FIRST``. Without
     ``config`` and ``splits``, steps that ``mha_decode`` takes run its CUDA-core kernel instead."""
     if config is None and splits is None:
         if mha_decode.usable(q, k_cache, v_cache, meta, out):
@@ -174,7 +174,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         part_lse = torch.empty(sd, hq, splits, dtype=torch.float32, device=q.device)
     else:
         part_o = part_lse = out                  # unused
-    first = mha_decode.heads_first() if heads_first_grid is None else heads_first_grid
+    first = mha_decode.HEADS_FIRST if heads_first_grid is None else heads_first_grid
     decode[(hk, sd, splits) if first else (sd, hk, splits)](
         q, k_cache, v_cache, out, part_o, part_lse, tables, meta.decode_seqs, meta.decode_rows, meta.context_lens,
         float(scale), int(sliding_window or 1 << 30), tables.stride(0), q.stride(0), out.stride(0), g, d,

@@ -13,7 +13,7 @@ q-block's first position need no mask; only the tiles on the diagonal are masked
 
 The pure-torch oracle is ``attention.paged_attention_ref``; tests/gpu compares the two, and the CPU tests
 run this kernel under Triton's interpreter (``TRITON_INTERPRET=1``) when Triton is installed.
-``FASTGEN_ATTENTION=sdpa`` sends prompt chunks through the older SDPA path instead (A/B timing).
+The kernel plan's ``prefill_attention=sdpa`` sends prompt chunks through SDPA instead (A/B timing).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ LOG2E = 1.4426950408889634
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """The Triton prompt-chunk kernel, unless FASTGEN_ATTENTION chooses another path (else SDPA)."""
-    return kernels.triton_available(_kernel, ("torch", "reference", "sdpa"))
+    """Whether Triton builds the prompt-chunk kernel here."""
+    return kernels.triton_builds(_kernel)
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,9 +142,8 @@ def head_split(d: int) -> tuple[int, int]:
 
 
 def tile_config(head_dim: int, dtype: torch.dtype, longest_context: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages), from a sweep on an H200 (tools/attention_bench.py,
-    docs/performance.md): 64 x 64 tiles everywhere but over long cached contexts with head_dim 128, where
-    128 x 128 tiles win (0.53 against 0.57 ms for two 1k chunks at 3k and 6k, GQA)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages), from a sweep (tools/attention_bench.py, docs/performance.md):
+    64 x 64 tiles everywhere but over long cached contexts with head_dim 128, where 128 x 128 tiles win."""
     if dtype == torch.float32:               # fp32 tiles take twice the registers and shared memory
         return 32, 32, 4, 1
     if head_dim > 128:

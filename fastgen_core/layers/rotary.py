@@ -176,7 +176,8 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     in place, k rotated on its way into the cache."""
     from .. import kernels
     dtype = q.dtype
-    if not (kernels.use(q, "rotary_kv") and k.dtype == v.dtype == k_cache.dtype == dtype
+    if not ((kernels.use(q, "rotary_kv_vec") or kernels.use(q, "rotary_kv"))
+            and k.dtype == v.dtype == k_cache.dtype == dtype
             and positions.dtype == slot_mapping.dtype == torch.long
             and all(t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] for t in (q, k, v))):
         return rotary_kv_write_ref(q, k, v, positions, rotary, k_cache, v_cache, slot_mapping)
@@ -185,9 +186,11 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions
     if t:
         rot = rotary.rotary_dim if rotary is not None else 0
         inv_freq = rotary.inv_freq_f32() if rotary is not None else None
-        if rotary_kv_vector_ok(q, k, v, k_cache, v_cache, rot) and not kernels.switched_off("rotary_kv_vec"):
+        if rotary_kv_vector_ok(q, k, v, k_cache, v_cache, rot) and kernels.allows("rotary_kv_vec"):
             vec = 16 // q.element_size()
             name, work = "rotary_kv_vec", max(hk * d // vec, (hq + hk) * (rot // 2) // vec)
+        elif not kernels.allows("rotary_kv"):
+            return rotary_kv_write_ref(q, k, v, positions, rotary, k_cache, v_cache, slot_mapping)
         else:
             name, work = "rotary_kv", max(hk * d, hq * (rot // 2))
         kernels.launch(kernels.core_source(ROTARY_KV_CU), f"{name}_{kernels.SUFFIX[dtype]}", (t,),

@@ -5,13 +5,13 @@ Engine parameter names follow transformers where users know them (``embed_tokens
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .. import kernels
+from ..ops import MANY_PROGRAMS, Kernel, KernelPlan
 from ..weights import Rule, WeightMap, fused
 from .attention import ForwardContext, PagedAttention
 from .decode_attention import fused_decode_attention
@@ -57,14 +57,13 @@ class RotaryAttention(nn.Module):
         if self.k_norm is not None:
             k = self.k_norm(k)
         k_cache, v_cache = ctx.kv_caches[self.attn.layer_idx]
-        if q.is_cuda and kernels.switched_on("decode_attention"):
-            # opt-in (FASTGEN_KERNELS_ON=decode_attention): a decode-only step of a few sequences takes rotary,
-            # the KV write and attention in one kernel; it did not win its A/B yet (docs/performance.md)
+        if q.is_cuda and kernels.allows("fused_rotary_decode"):
+            # an opt-in kernel: a decode-only step of a few sequences takes rotary, the KV write and attention at once
             out = fused_decode_attention(q, k, v, ctx.positions, self.rotary, k_cache, v_cache, ctx.attn,
                                          self.attn.scale, self.attn.sliding_window, self.attn)
             if out is not None:
                 return self.o_proj(out)
-        if kernels.use(q, "rotary_kv"):
+        if kernels.use(q, "rotary_kv_vec") or kernels.use(q, "rotary_kv"):
             # one kernel: q rotated in place, k rotated on its way into the cache, v copied there
             q = rotary_kv_write(q, k, v, ctx.positions, self.rotary, k_cache, v_cache, ctx.attn.slot_mapping)
             return self.o_proj(self.attn.attend(q, ctx))
@@ -161,10 +160,10 @@ class ParallelDecoderLayer(nn.Module):
 
 
 # A parallel layer's attention and MLP both read its input: on CUDA, steps of up to BRANCH_MAX_TOKENS tokens run the
-# MLP on a second stream. At one decode row attention is a chain of small latency-bound kernels (~15 us a layer for
-# Phi-2) and the MLP two weight-streaming GEMVs; side by side, the GEMVs fill the time attention waits.
-# FASTGEN_KERNELS_OFF=branch_streams (or FASTGEN_BRANCH_MAX_TOKENS=0) keeps one stream.
-BRANCH_MAX_TOKENS = int(os.environ.get("FASTGEN_BRANCH_MAX_TOKENS", "256"))
+# MLP on a second stream. At one decode row attention is a chain of small latency-bound kernels and the MLP two
+# weight-streaming GEMVs; side by side, the GEMVs fill the time attention waits. The kernel plan's
+# ``parallel_branches`` operation (kernel ``branch_streams``) can keep one stream.
+BRANCH_MAX_TOKENS = MANY_PROGRAMS
 _branch_streams: dict[int, torch.cuda.Stream] = {}
 
 
@@ -172,7 +171,7 @@ def branch_stream(h: torch.Tensor) -> torch.cuda.Stream | None:
     """The second stream of ``h``'s device for a parallel layer's MLP, or None to stay on one stream: not CUDA,
     more than ``BRANCH_MAX_TOKENS`` rows, or switched off. (A tensor-parallel layer never asks: its
     ``sharded``.)"""
-    if not h.is_cuda or h.shape[0] > BRANCH_MAX_TOKENS or kernels.switched_off("branch_streams"):
+    if not h.is_cuda or h.shape[0] > BRANCH_MAX_TOKENS or not kernels.allows("branch_streams"):
         return None
     index = h.device.index if h.device.index is not None else torch.cuda.current_device()
     stream = _branch_streams.get(index)
@@ -187,11 +186,14 @@ class CausalLM(nn.Module):
     The engine calls ``forward(input_ids, ctx) -> hidden [T, H]`` and ``compute_logits(hidden) -> [n, V]``
     (only on the rows it samples). Override ``embed`` for learned positions or projections (OPT). ``tp``: the
     tensor-parallel group the embedding and lm_head are split over by vocabulary rows (None: one process).
-    ``exact_prefill``: a family's default for ``kernels.exact_prefill`` (whole prompts attended as transformers
-    attends them; Mixtral sets it, for its routes' near-ties).
+    ``exact_prefill``: the family turns on the opt-in kernel ``exact_sdpa`` (whole prompts attended as
+    transformers attends them; Mixtral sets it, for its routes' near-ties). ``kernel_ops``: the family's own
+    operations and their kernels (ops/plan.py's ``OPS`` form), planned with the core's. ``kernel_plan``: the
+    engine's plan (``set_kernel_plan``), open during every forward (the runner opens it around ``compute_logits`` too).
     """
 
     exact_prefill = False
+    kernel_ops: dict[str, tuple[Kernel, ...]] = {}
 
     def __init__(self, vocab_size: int, hidden_size: int, layers: list[nn.Module], norm: nn.Module,
                  tie_word_embeddings: bool = False, lm_head_bias: bool = False, tp: TPGroup | None = None):
@@ -206,8 +208,23 @@ class CausalLM(nn.Module):
     def embed(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         return self.embed_tokens(input_ids)
 
+    @classmethod
+    def family_kernels_on(cls) -> tuple[str, ...]:
+        """The opt-in kernels this family turns on."""
+        return ("exact_sdpa",) if cls.exact_prefill else ()
+
+    @property
+    def kernel_plan(self) -> KernelPlan:
+        plan = self.__dict__.get("_kernel_plan")
+        if plan is None:           # built without an engine (tests, tools): "auto" with the family's choices
+            plan = kernels.default_plan(tuple(self.kernel_ops.items()), self.family_kernels_on())
+        return plan
+
+    def set_kernel_plan(self, plan: KernelPlan) -> None:
+        self.__dict__["_kernel_plan"] = plan
+
     def forward(self, input_ids: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        with kernels.exact_step(bool(ctx.attn.prefill_seqs) and kernels.exact_prefill(self.exact_prefill)):
+        with kernels.plan_scope(self.kernel_plan):
             h = self.embed(input_ids, ctx)
             for layer in self.layers:
                 h = layer(h, ctx)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from ..errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..config import DEFAULT_KV_BLOCK_SIZE, EngineConfig        # the engine options' defaults: one home
+    from ..config import DEFAULT_KV_BLOCK_SIZE, KERNELS_HELP, EngineConfig, api_key_from_env   # defaults: one home
     p.add_argument("--model", default=None, help="HF model directory or Hugging Face Hub id (org/name) (default: the "
                                                   "embedded SmolLM2-135M-Instruct)")
     p.add_argument("--host", default="127.0.0.1", help="address the front door listens on")
@@ -18,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-map", default=None,
                    help="one device per replica: 'auto', 'cuda:0,cuda:1' or a JSON list")
     p.add_argument("--replicas", type=int, default=None, help="engine processes (default: 1, or one per device)")
-    p.add_argument("--api-key", default=os.environ.get("FASTGEN_API_KEY"),
+    p.add_argument("--api-key", default=api_key_from_env(),
                    help="require 'Authorization: Bearer KEY' (default: $FASTGEN_API_KEY; unset: no key)")
     p.add_argument("--deployment-name", default=None, help="name for fastgen_core.client(NAME) and /mii/NAME "
                                                            "(default: the model directory's name)")
@@ -50,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=int, default=None, help="longest prompt + output (default: the model's)")
     p.add_argument("--tensor-parallel-size", type=int, default=None,
                    help="each replica shards the model over this many GPUs (--device-map names each one's first)")
+    p.add_argument("--kernels", default=None, help=KERNELS_HELP)
     p.add_argument("--engine-options", default=None, help="more pipeline options as a JSON object")
 
 
@@ -62,7 +62,7 @@ def settings_from_args(args):
         except json.JSONDecodeError as e:
             raise ConfigError(f"--engine-options must be a JSON object: {e}") from None
     for name in ("dtype", "max_ragged_batch_size", "num_kv_blocks", "kv_block_size", "max_context",
-                 "tensor_parallel_size"):
+                 "tensor_parallel_size", "kernels"):
         if getattr(args, name) is not None:
             engine[name] = getattr(args, name)
     return ServeSettings(model=args.model, host=args.host, port=args.port, device=args.device,

@@ -43,7 +43,8 @@ class Client:
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0, process=None):
         self.url = url.rstrip("/")
-        self.api_key = api_key if api_key is not None else os.environ.get("FASTGEN_API_KEY")
+        from ..config import api_key_from_env
+        self.api_key = api_key if api_key is not None else api_key_from_env()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._process = process          # the front door, when this client started it

@@ -55,27 +55,33 @@ def test_prefill_kernel_long_contexts(shape, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_sdpa_fallback_matches_reference(dtype, monkeypatch):
-    """FASTGEN_ATTENTION=sdpa (the path before the prefill kernel; kept for A/B timing)."""
-    monkeypatch.setattr(paged_prefill, "available", lambda: False)
+    """prefill_attention=sdpa (the path without the Triton prefill kernel), and decode_attention=padded_sdpa."""
+    from fastgen_core import kernels
     q, kn, vn, kc, vc, meta = random_case(4, [(0, 37), (70, 21)], 32, 8, 128, 32, "cuda", dtype)
     ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, 0.1, None)
-    for new in ((kn, vn), (None, None)):
-        out = A.paged_attention_cuda(q, kc, vc, meta, 0.1, None, *new)
-        assert _err(out, ref) < 1e-2
+    with kernels.plan_scope({"prefill_attention": "sdpa", "decode_attention": "padded_sdpa"}):
+        for new in ((kn, vn), (None, None)):
+            out = A.paged_attention_cuda(q, kc, vc, meta, 0.1, None, *new)
+            assert _err(out, ref) < 1e-2
+    monkeypatch.setattr(paged_prefill, "available", lambda: False)      # no Triton: the same SDPA path
+    out = A.paged_attention_cuda(q, kc, vc, meta, 0.1, None, kn, vn)
+    assert _err(out, ref) < 1e-2
+    with kernels.plan_scope("reference"):                                # the oracle itself, on CUDA
+        assert _err(A.paged_attention_cuda(q, kc, vc, meta, 0.1, None), ref) < 1e-2
 
 
 @pytest.mark.parametrize("read_back", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_exact_step_matches_reference(shape, dtype, read_back):
-    """An exact step (kernels.exact_step, FASTGEN_KERNELS_ON=exact_prefill): whole prompts through SDPA with this
+    """A plan that keeps exact_sdpa (Mixtral's): whole prompts through SDPA with this
     step's K/V (given, or read back from the cache as after the fused rotary kernel), the other chunks through
     the Triton kernel, decodes as always."""
     from fastgen_core import kernels
     hq, hk, d, bs, win = shape
     q, kn, vn, kc, vc, meta = random_case(9, [(0, 37), (70, 21), (0, 130)], hq, hk, d, bs, "cuda", dtype, seed=4)
     ref = A.paged_attention_ref(q.double(), kc.double(), vc.double(), meta, d ** -0.5, win)
-    with kernels.exact_step(True):
+    with kernels.plan_scope(kernels.default_plan((), ("exact_sdpa",))):
         out = A.paged_attention_cuda(q, kc, vc, meta, d ** -0.5, win, *(() if read_back else (kn, vn)))
     assert not out.isnan().any(), "an output row was never written"
     assert _err(out, ref) < TOL[dtype], f"{shape} {dtype}"

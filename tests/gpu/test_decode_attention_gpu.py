@@ -116,8 +116,8 @@ def test_fused_decode_declines_what_it_does_not_take():
 
 
 def test_layers_take_the_fused_kernel_for_small_decode_batches_only_when_opted_in(monkeypatch):
-    """With FASTGEN_KERNELS_ON=decode_attention, RotaryAttention goes through the fused kernel for a
-    decode-only step of few sequences; without it, never."""
+    """Where the plan keeps fused_rotary_decode (an opt-in kernel of decode_attention), RotaryAttention goes
+    through the fused kernel for a decode-only step of few sequences; under "auto", never."""
     from fastgen_core import kernels
     from fastgen_core.layers import transformer
     from fastgen_core.layers.attention import ForwardContext
@@ -133,13 +133,8 @@ def test_layers_take_the_fused_kernel_for_small_decode_batches_only_when_opted_i
     q, _, _, kc, vc, meta = random_case(2, [], 4, 4, 64, 16, "cuda", torch.bfloat16, seed=3)
     x = torch.randn(2, 256, device="cuda", dtype=torch.bfloat16)
     ctx = ForwardContext(positions=meta.context_lens - 1, attn=meta, kv_caches=[(kc, vc)])
-    try:
-        for opt_in, want in (("", []), ("decode_attention", [True])):
-            monkeypatch.setenv("FASTGEN_KERNELS_ON", opt_in)
-            kernels._switched_on.cache_clear()
-            calls.clear()
+    for setting, want in (("auto", []), ({"decode_attention": "fused_rotary_decode"}, [True])):
+        calls.clear()
+        with kernels.plan_scope(setting):
             out = attn(x, ctx)
-            assert calls == want and out.shape == (2, 256)
-    finally:
-        monkeypatch.delenv("FASTGEN_KERNELS_ON")
-        kernels._switched_on.cache_clear()
+        assert calls == want and out.shape == (2, 256)

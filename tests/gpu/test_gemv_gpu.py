@@ -11,11 +11,6 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 pytest.importorskip("cupy", reason="CuPy is not installed")
 
 
-@pytest.fixture(autouse=True)
-def cupy_kernels(monkeypatch):
-    monkeypatch.setenv("FASTGEN_KERNELS", "cupy")
-
-
 def _close(y, x, w, b):
     ref = F.linear(x.double(), w.double(), None if b is None else b.double())
     err = (y.double() - ref).abs().max().item()
@@ -48,10 +43,12 @@ def test_linear_takes_gemv_only_where_it_fits(monkeypatch):
     assert not L.gemv_fits(x.float(), w.float(), None)                                          # fp32: cuBLAS
     w_odd = torch.randn(512, 252, device="cuda", dtype=torch.bfloat16)
     assert not L.gemv_fits(x[:, :252], w_odd, None)                                             # K % 8 != 0
-    monkeypatch.setenv("FASTGEN_KERNELS", "reference")
-    assert not L.gemv_fits(x, w, None)
+    from fastgen_core import kernels
+    with kernels.plan_scope("reference"):
+        assert not L.gemv_fits(x, w, None)
+    with kernels.plan_scope({"linear": "gemv"}):          # the GEMV without the K split still fits
+        assert L.gemv_fits(x, w, None) and L.gemv_config(512, 256)[3] == 1
     # a strided x (a row view of a wider buffer) is made contiguous first
-    monkeypatch.setenv("FASTGEN_KERNELS", "cupy")
     wide = torch.randn(1, 2, 256, device="cuda", dtype=torch.bfloat16)
     _close(L.linear(wide[:, 1], w), wide[:, 1], w, None)
 
@@ -176,7 +173,7 @@ def test_gemm_gelu_new_is_the_tanh_gelu_of_fc1_in_one_kernel():
 def test_phi_mlp_takes_its_fused_fc1_gelu_new_in_a_graph_and_matches_the_unfused_path(rows, kernel, monkeypatch):
     """PhiMLP's fc1 + gelu_new as one kernel: at one row the GEMV with gelu_new as its epilogue (bit for bit fc1 then
     the gelu_new kernel), at 128 rows the GEMM with cuBLASLt's (within bf16's rounding of them); also inside a CUDA
-    graph (a decode step); FASTGEN_KERNELS_OFF=<kernel> gives the unfused path."""
+    graph (a decode step); a plan without the kernel gives the unfused path."""
     fp = pytest.importorskip("fastgen_phi.model")
     from fastgen_core import kernels
     torch.manual_seed(0)
@@ -194,14 +191,12 @@ def test_phi_mlp_takes_its_fused_fc1_gelu_new_in_a_graph_and_matches_the_unfused
             graph_out.copy_(mlp(x))
     torch.cuda.current_stream().wait_stream(s)
     g.replay()
-    monkeypatch.setenv("FASTGEN_KERNELS_OFF", kernel)
-    kernels._switched_off.cache_clear()
-    try:
+    other = {"gemv_gelu_new": "gemm_gelu_new", "gemm_gelu_new": "gemv_gelu_new"}[kernel]
+    plan = kernels.KernelPlan.build({"fc1_gelu_new": other}, "cuda", "", have_cupy=True, have_triton=True,
+                                    extra_ops=fp.PhiForCausalLM.kernel_ops)
+    with kernels.plan_scope(plan):
         assert fp.fc1_gelu_new(x, mlp.fc1.weight, mlp.fc1.bias) is None
         unfused = mlp(x)
-    finally:
-        monkeypatch.delenv("FASTGEN_KERNELS_OFF")
-        kernels._switched_off.cache_clear()
     torch.cuda.synchronize()
     assert torch.equal(graph_out, fused)
     err = (fused.double() - unfused.double()).abs().max().item()

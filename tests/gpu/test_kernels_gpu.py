@@ -1,5 +1,6 @@
 """CuPy kernels against their pure-torch references on random inputs (fp32, bf16, fp16), inside a CUDA graph,
-and end to end: with FASTGEN_KERNELS=cupy, float32 greedy tokens still equal transformers' (Llama, Phi)."""
+and end to end: with the kernels on (the default plan), float32 greedy tokens still equal transformers' (Llama, Phi).
+``switches(name)`` (conftest.py) leaves one kernel out of the plan, for the other form of an operation."""
 import pytest
 import torch
 
@@ -9,23 +10,6 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 pytest.importorskip("cupy", reason="CuPy is not installed")
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
-
-
-@pytest.fixture(autouse=True)
-def cupy_kernels(monkeypatch):
-    monkeypatch.setenv("FASTGEN_KERNELS", "cupy")
-
-
-def _switch_off(monkeypatch, names):
-    monkeypatch.setenv("FASTGEN_KERNELS_OFF", names)
-    kernels._switched_off.cache_clear()
-
-
-@pytest.fixture
-def switches(monkeypatch):
-    yield lambda names: _switch_off(monkeypatch, names)
-    monkeypatch.delenv("FASTGEN_KERNELS_OFF", raising=False)
-    kernels._switched_off.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", list(TOL))

@@ -1,6 +1,6 @@
 """The Triton MoE expert GEMMs (layers/moe_triton.py) on the GPU against the grouped_mm path they replace at
 decode-sized steps: Mixtral's expert shapes, inside a CUDA graph with routes that change between replays, and
-through GroupedExperts (taken up to 16 rows an expert, unless FASTGEN_KERNELS_OFF=moe_triton)."""
+through GroupedExperts (taken up to 16 rows an expert, unless the plan's moe_experts leaves it out)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,11 +65,6 @@ def test_grouped_experts_take_the_triton_path_for_decode_sized_steps_unless_swit
     big = _case(65, 2, 8, 512, 1024, torch.bfloat16)                      # 130 pairs: grouped_mm
     layer(big[0], big[3], big[4])
     assert calls == [1]
-    monkeypatch.setenv("FASTGEN_KERNELS_OFF", "moe_triton")
-    kernels._switched_off.cache_clear()
-    try:
+    with kernels.plan_scope({"moe_experts": "reference"}):
         off = layer(x, w, ids)
-    finally:
-        monkeypatch.delenv("FASTGEN_KERNELS_OFF")
-        kernels._switched_off.cache_clear()
     assert calls == [1] and _rel(default, off) < 1e-2

@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     # the model is a local directory already (the front door's settings resolved it) and the options were
     # validated there against the same EngineConfig
     engine = LLMEngine(EngineConfig.from_kwargs(args.model, device=args.device, **json.loads(args.engine_options)))
+    if args.index == 0 and engine.kernel_plan is not None:     # the replicas' plans are the same
+        print("\n".join(f"[replica {args.index}] {line}" for line in engine.kernel_plan.describe()), file=sys.stderr,
+              flush=True)
     holder = {}
     metrics = ReplicaMetrics(args.index, lambda: holder["loop"].snapshot)
     loop = holder["loop"] = EngineLoop(engine, metrics, stall_timeout_s=args.stall_timeout)

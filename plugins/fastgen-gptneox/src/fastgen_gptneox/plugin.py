@@ -2,7 +2,7 @@
 weight map are lazy "module:attr" strings."""
 from fastgen_core import BenchPreset, ModelFamily, hookimpl
 
-FASTGEN_PLUGIN_API = 2       # the fastgen plugin API version this plugin is written for
+FASTGEN_PLUGIN_API = 3       # the fastgen plugin API version this plugin is written for
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Hook implementations only: cheap to import (no torch)."""
 from fastgen_core import BenchPreset, ModelFamily, hookimpl
 
-FASTGEN_PLUGIN_API = 2       # the fastgen plugin API version this plugin is written for
+FASTGEN_PLUGIN_API = 3       # the fastgen plugin API version this plugin is written for
 
 
 @hookimpl

@@ -39,8 +39,8 @@ class MixtralConfig(DecoderConfig):
 
 
 class MixtralForCausalLM(CausalLM):
-    # prompts attended by SDPA's flash kernel, as transformers attends them: a last-place difference flips the
-    # near-tie routes of bf16 (tests/gpu agreement 98.79% with the Triton kernel, 99.30% so; docs/performance.md)
+    # prompts attended by SDPA's flash kernel (the opt-in exact_sdpa), as transformers attends them: a last-place
+    # difference flips the near-tie routes of bf16 (tests/gpu's agreement bar is met so; docs/performance.md)
     exact_prefill = True
 
     def __init__(self, c: MixtralConfig):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from fastgen_core import DecoderConfig, Rule, UnsupportedModelError, WeightMap, fused, kernels
+from fastgen_core import DecoderConfig, Kernel, Rule, UnsupportedModelError, WeightMap, fused, kernels
 from fastgen_core.layers import (MLP, CausalLM, LayerNorm, ParallelDecoderLayer, RotaryAttention, RotaryEmbedding,
                                  gemv, gemv_fits, get_activation, rope_from_hf)
 
@@ -45,15 +45,18 @@ def gelu_new_ref(x: torch.Tensor) -> torch.Tensor:
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
-    """One kernel on CUDA (see fastgen_core.kernels; FASTGEN_KERNELS=reference switches back), else the reference."""
-    if not (kernels.use(x, "gelu_new") and x.is_contiguous() and x.data_ptr() % 16 == 0):
+    """One kernel on CUDA where the kernel plan's ``gelu_new`` operation keeps one, else the reference."""
+    if not ((kernels.use(x, "gelu_new_paired") or kernels.use(x, "gelu_new")) and x.is_contiguous()
+            and x.data_ptr() % 16 == 0):
+        return gelu_new_ref(x)
+    # bf16/fp16 go two values at a time (the same bits) with ``gelu_new_paired``, else one at a time
+    scalar = x.dtype != torch.float32 and not kernels.allows("gelu_new_paired")
+    if scalar and not kernels.allows("gelu_new"):
         return gelu_new_ref(x)
     out = torch.empty_like(x)
     total = x.numel()
     if total:
         vecs = -(-total // (16 // x.element_size()))
-        # bf16/fp16 go two values at a time (the same bits); FASTGEN_KERNELS_OFF=gelu_new_paired: one at a time
-        scalar = x.dtype != torch.float32 and kernels.switched_off("gelu_new_paired")
         name = f"gelu_new{'_scalar' if scalar else ''}_{kernels.SUFFIX[x.dtype]}"
         kernels.launch(GELU_NEW_CU, name, (min(-(-vecs // 256), 65535),), (256,),
                        (kernels.ptr(out), kernels.ptr(x), kernels.i64(total)), x.device)
@@ -74,7 +77,7 @@ def gemm_gelu_new(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
 
 def gemm_gelu_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether fc1 + gelu_new go through ``gemm_gelu_new``: bf16/fp16 on CUDA (float32 keeps transformers' bits),
-    a bias of the same dtype, more than one row, and the kernel not switched off (``gemm_gelu_new``)."""
+    a bias of the same dtype, more than one row, and the kernel plan keeps ``gemm_gelu_new``."""
     return (x.dtype in (torch.bfloat16, torch.float16) and bias is not None and bias.dtype == x.dtype
             and weight.dtype == x.dtype and x.numel() > x.shape[-1] and kernels.use(x, "gemm_gelu_new"))
 
@@ -118,7 +121,19 @@ def phi_layer(c: PhiConfig, layer_idx: int, rotary: RotaryEmbedding) -> Parallel
                                 LayerNorm(c.hidden_size, c.layer_norm_eps))
 
 
+HALF = ("bfloat16", "float16")
+
+
 class PhiForCausalLM(CausalLM):
+    # the family's own operations, planned with the core's (``fastgen plan --preset phi-2`` shows them)
+    kernel_ops = {
+        "gelu_new": (Kernel("gelu_new_paired", "cupy", "bf16/fp16, two values a thread (the same bits)"),
+                     Kernel("gelu_new", "cupy", "one value a thread"), Kernel("reference", "torch")),
+        "fc1_gelu_new": (Kernel("gemv_gelu_new", "cupy", "one row: the core's GEMV, gelu_new its epilogue", HALF),
+                         Kernel("gemm_gelu_new", "cuda", "more rows: cuBLASLt's GEMM with GELU as its epilogue", HALF),
+                         Kernel("reference", "torch", "fc1, then gelu_new")),
+    }
+
     def __init__(self, c: PhiConfig):
         rotary = RotaryEmbedding(c.head_dim, c.rotary_dim, c.rope_theta, c.rope_scaling)
         super().__init__(c.vocab_size, c.hidden_size, [phi_layer(c, i, rotary) for i in range(c.num_hidden_layers)],

@@ -2,7 +2,7 @@
 the model, its config and its weight map are named as lazy "module:attr" strings."""
 from fastgen_core import ModelFamily, hookimpl
 
-FASTGEN_PLUGIN_API = 2       # the fastgen plugin API version this plugin is written for
+FASTGEN_PLUGIN_API = 3       # the fastgen plugin API version this plugin is written for
 
 
 @hookimpl

@@ -28,10 +28,10 @@ __device__ __forceinline__ T gelu_new_one(T xv) {
 // Two bf16/fp16 values at once. The products and sums of two values of the type are exact in float32, so
 // rounding their float32 result (what the scalar form does) is rounding the exact result once, which is what
 // the type's own paired instructions (__hmul2, __hadd2) do: the same bits with far fewer float32 <-> 16-bit
-// conversions, which bounded the scalar form (~1 TB/s on an H200, one float32 -> bf16 conversion per op).
+// conversions, which bound the scalar form (one float32 -> bf16 conversion per op).
 // The products with the two constants (not representable in the type) and tanh stay in float32, rounded
 // where the scalar form rounds them.
-// bf16 exception: the paired bf16 multiply rounds subnormal results differently (on an H200, 0.5 * the
+// bf16 exception: the paired bf16 multiply rounds subnormal results differently (on Hopper, 0.5 * the
 // smallest subnormal gave that subnormal where rounding the float32 product gives 0), so a pair holding a
 // value below 2^-32 in magnitude (where x^3 or the product can come near the subnormal range) goes one value
 // at a time. Such activations are rare; the GPU test checks every bf16 pattern against the scalar form.
