@@ -11,7 +11,7 @@ when it is called, never at import: ``FASTGEN_KERNELS`` (the kernel setting's de
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError
@@ -185,6 +185,23 @@ class EngineConfig:
         if self.torch_device().type == "cuda" and checkpoint_dtype in DTYPES:
             return torch_dtype_named(checkpoint_dtype)
         return torch.float32
+
+    def to_dict(self) -> dict:
+        """Every field as JSON takes it, defaults already resolved (a torch.dtype by its name, "torch.bfloat16"):
+        how ``fastgen serve``'s front door hands its validated config to each replica."""
+        d = asdict(self)
+        if d["dtype"] is not None and not isinstance(d["dtype"], str):
+            d["dtype"] = str(d["dtype"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineConfig":
+        """The config ``to_dict()`` gave, as it was: no default is derived again (``FASTGEN_KERNELS`` is not read)."""
+        d = dict(d)
+        if isinstance(d.get("dtype"), str) and d["dtype"].startswith("torch."):
+            import torch
+            d["dtype"] = getattr(torch, d["dtype"][len("torch."):])
+        return cls.from_kwargs(**d)
 
 
 def _positive_int(name, v):

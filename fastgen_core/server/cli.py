@@ -1,8 +1,12 @@
-"""``fastgen serve``: run a deployment in the foreground (front door + replicas) until SIGTERM/Ctrl-C."""
+"""``fastgen serve``: run a deployment in the foreground (front door + replicas) until SIGTERM/Ctrl-C.
+
+Run as a module (``launcher.module_command("fastgen_core.server.cli")``) it is the front door ``fastgen_core.serve()``
+starts: the same deployment, its settings (validated by serve()) read as JSON from stdin, none in its argv."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..errors import ConfigError
 
@@ -79,3 +83,25 @@ def run(args) -> int:
     require_extras()
     from .frontdoor.main import run_frontdoor
     return run_frontdoor(settings_from_args(args))
+
+
+def run_from_stdin() -> int:
+    """The front door of ``fastgen_core.serve()``: ``ServeSettings.to_json()`` on stdin. Errors and Ctrl-C end it as
+    they end ``fastgen serve`` (serve() reports the last ``error:`` line of its log)."""
+    from ..errors import FastgenError
+    from . import require_extras
+    try:
+        require_extras()
+        from .frontdoor.main import run_frontdoor
+        from .frontdoor.settings import ServeSettings
+        return run_frontdoor(ServeSettings.from_json(sys.stdin.read()))
+    except FastgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastgen serve: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(run_from_stdin())

@@ -60,16 +60,18 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
     """Start a deployment (front door + ``replicas`` engine processes) and return a connected Client.
 
     ``engine_options`` are the pipeline's (max_ragged_batch_size, num_kv_blocks, kv_block_size, dtype, ...).
+    ``api_key`` defaults to ``$FASTGEN_API_KEY`` (unset: no key), as for ``fastgen serve``.
     ``port=0`` picks a free port. A replica whose process dies is restarted, at most ``max_restarts`` times
     within ``restart_window_s`` seconds (0: never); so is one whose process lives but whose health has been
     503 (engine loop dead or stuck) or unanswered for ``unhealthy_restart_s`` seconds (0: never). Raises
     FastgenError (with the end of the log) if start-up fails.
     """
+    from ...config import api_key_from_env
     from ..client import Client
     from .settings import ServeSettings
     s = ServeSettings(model=model, host=host, port=port, device=device, device_map=device_map, replicas=replicas,
-                      api_key=api_key, deployment_name=deployment_name, queue_limit=queue_limit,
-                      drain_timeout_s=drain_timeout_s, stall_timeout_s=stall_timeout_s,
+                      api_key=api_key or api_key_from_env() or None, deployment_name=deployment_name,
+                      queue_limit=queue_limit, drain_timeout_s=drain_timeout_s, stall_timeout_s=stall_timeout_s,
                       health_timeout_s=health_timeout_s, log_level=log_level, cpu_threads=cpu_threads,
                       max_restarts=max_restarts, restart_window_s=restart_window_s,
                       unhealthy_restart_s=unhealthy_restart_s, engine_options=engine_options)
@@ -80,10 +82,15 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
     records_dir().mkdir(parents=True, exist_ok=True)
     log_path = records_dir() / f"{s.deployment_name}.log"
     with open(log_path, "wb") as log:
-        # a session of its own: the deployment outlives this process and a Ctrl-C here does not reach it
-        proc = subprocess.Popen(module_command("fastgen_core.cli", "serve", *s.argv()), env=s.env(),
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        # a session of its own: the deployment outlives this process and a Ctrl-C here does not reach it. The
+        # settings, validated above, go once on its stdin (the API key with them): none of them in its argv
+        proc = subprocess.Popen(module_command("fastgen_core.server.cli"), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        with proc.stdin:
+            proc.stdin.write(s.to_json().encode())
+    except BrokenPipeError:
+        pass                   # it exited already: its exit code and log say why, below
     deadline = time.monotonic() + startup_timeout_s
     while True:
         rec = read_record(s.deployment_name)

@@ -52,7 +52,7 @@ def run_frontdoor(s: ServeSettings) -> int:
         raise ConfigError(f"deployment {s.deployment_name!r} is already running at {old['url']} (pid {old['pid']}); "
                           "terminate it or choose another --deployment-name")
     _check_model(s)
-    devices = plan_devices(s.device, s.device_map, s.replicas, int(s.engine_options.get("tensor_parallel_size", 1)))
+    devices = plan_devices(s.device, s.device_map, s.replicas, s.engine.tensor_parallel_size)
     sock = _bind(s.host, s.port)
     port = sock.getsockname()[1]
     url = f"http://{'[' + s.host + ']' if ':' in s.host else s.host}:{port}"
@@ -63,7 +63,7 @@ def run_frontdoor(s: ServeSettings) -> int:
             record["replica_pids"] = [r.pid for r in replicas]
             write_record(s.deployment_name, record)
 
-    replicas = ReplicaSet(s.model, s.deployment_name, devices, s.engine_options, s.queue_limit, s.stall_timeout_s,
+    replicas = ReplicaSet(s.model, s.deployment_name, devices, s.engine.to_dict(), s.queue_limit, s.stall_timeout_s,
                           s.drain_timeout_s, s.health_timeout_s, s.log_level, s.cpu_threads,
                           max_restarts=s.max_restarts, restart_window_s=s.restart_window_s, on_restart=rewrite_record,
                           unhealthy_restart_s=s.unhealthy_restart_s)
@@ -119,7 +119,7 @@ def _check_model(s: ServeSettings) -> None:
     from ...loader import read_hf_config
     from ...registry import FamilyRegistry
     path = Path(s.model)
-    FamilyRegistry().resolve(read_hf_config(path), path, s.engine_options.get("family"))
+    FamilyRegistry().resolve(read_hf_config(path), path, s.engine.family)
 
 
 async def _announce(server_box, s: ServeSettings, url: str, replicas: ReplicaSet, record: dict) -> None:

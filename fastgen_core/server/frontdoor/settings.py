@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
+
+if TYPE_CHECKING:
+    from ...config import EngineConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -25,6 +28,9 @@ class ServeSettings:
     unhealthy_restart_s: a replica whose process lives but whose /health has said 503 (engine loop dead or
     stuck) or nothing at all, with no 200 answer, for this many seconds is ended and restarted the same way
     (0: never; it then only stays out of routing).
+    engine_options: the pipeline's options as given; ``engine`` is the EngineConfig validated from them (with
+    ``device``), the one form in which they reach the replicas. Give ``engine`` instead to take a config validated
+    before (``from_json``).
     """
 
     model: str | None = None
@@ -45,6 +51,7 @@ class ServeSettings:
     restart_window_s: float = 600.0
     unhealthy_restart_s: float = 60.0
     engine_options: dict = field(default_factory=dict)
+    engine: EngineConfig | None = None
 
     def __post_init__(self):
         given = self.model
@@ -87,32 +94,21 @@ class ServeSettings:
             raise ConfigError(f"cpu_threads must be a positive integer, got {self.cpu_threads!r}")
         if not isinstance(self.engine_options, dict):
             raise ConfigError(f"engine_options must be a dict, got {self.engine_options!r}")
+        if self.engine is None:
+            from ...config import EngineConfig      # fail here, not in a replica
+            self.engine = EngineConfig.from_kwargs(self.model, device=self.device, **self.engine_options)
+        elif self.engine_options:
+            raise ConfigError("give engine_options or engine (an EngineConfig validated before), not both")
+
+    def to_json(self) -> str:
+        """These settings as ``serve()`` hands them to its front door process (on its stdin, the API key with them):
+        the engine settings as validated (``EngineConfig.to_dict()``), not the options they came from."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("engine_options", "engine")}
+        return json.dumps({**d, "engine": self.engine.to_dict()})
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        """The settings ``to_json()`` gave, their engine config taken as it was validated."""
         from ...config import EngineConfig
-        EngineConfig.from_kwargs(self.model, device=self.device, **self.engine_options)   # fail here, not in a replica
-
-    def argv(self) -> list[str]:
-        """Command-line arguments of ``fastgen serve`` for these settings (the API key goes by environment)."""
-        args = ["--model", self.model, "--host", self.host, "--port", str(self.port),
-                "--deployment-name", self.deployment_name, "--queue-limit", str(self.queue_limit),
-                "--drain-timeout", str(self.drain_timeout_s), "--stall-timeout", str(self.stall_timeout_s),
-                "--health-timeout", str(self.health_timeout_s), "--max-restarts", str(self.max_restarts),
-                "--restart-window", str(self.restart_window_s), "--unhealthy-restart", str(self.unhealthy_restart_s),
-                "--log-level", self.log_level]
-        if self.device is not None:
-            args += ["--device", self.device]
-        if self.device_map is not None:
-            dm = self.device_map
-            args += ["--device-map", dm if isinstance(dm, str) else json.dumps(dm)]
-        if self.replicas is not None:
-            args += ["--replicas", str(self.replicas)]
-        if self.cpu_threads is not None:
-            args += ["--cpu-threads", str(self.cpu_threads)]
-        if self.engine_options:
-            args += ["--engine-options", json.dumps(self.engine_options)]
-        return args
-
-    def env(self) -> dict:
-        env = dict(os.environ)
-        if self.api_key:
-            env["FASTGEN_API_KEY"] = self.api_key
-        return env
+        d = json.loads(text)
+        return cls(**{**d, "engine": EngineConfig.from_dict(d["engine"])})

@@ -1,7 +1,8 @@
 """The replica processes, supervised: started, watched, restarted, stopped (``ReplicaSet``).
 
 Each replica runs ``fastgen_core.server.replica.main`` (started by launcher.module_command) serving the full API on a Unix socket in a
-private (0700) directory, so only the front door can reach it and no port can clash. A replica's state
+private (0700) directory, so only the front door can reach it and no port can clash. Its engine config, the front
+door's validated one with the replica's device, is a JSON file beside the socket (``--config``). A replica's state
 changes only along lifecycle.TRANSITIONS.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import signal
 import tempfile
 import time
+from pathlib import Path
 
 from ...errors import FastgenError
 from .launcher import module_command
@@ -58,12 +60,12 @@ class ReplicaSet:
     SIGKILL after TERM_GRACE_S; one that answers nothing gets SIGKILL. It is left running (out of routing)
     if it could not be restarted (out of restarts)."""
 
-    def __init__(self, model: str, name: str, devices: list[str], engine_options: dict, queue_limit: int,
+    def __init__(self, model: str, name: str, devices: list[str], engine: dict, queue_limit: int,
                  stall_timeout_s: float, drain_timeout_s: float, health_timeout_s: float, log_level: str,
                  cpu_threads: int | None = None, max_restarts: int = 5, restart_window_s: float = 600.0,
                  startup_timeout_s: float = 900.0, on_restart=None, unhealthy_restart_s: float = 60.0):
         self.model, self.name = model, name
-        self.engine_options = engine_options
+        self.engine = engine        # the front door's validated EngineConfig, as EngineConfig.to_dict() gives it
         self.queue_limit, self.stall_timeout_s = queue_limit, stall_timeout_s
         self.drain_timeout_s, self.health_timeout_s = drain_timeout_s, health_timeout_s
         self.log_level = log_level
@@ -85,16 +87,18 @@ class ReplicaSet:
         return iter(self.replicas)
 
     def _command(self, r: Replica, device: str, threads: int) -> list[str]:
-        return module_command("fastgen_core.server.replica.main", "--model", self.model, "--name", self.name,
-                              "--index", str(r.index), "--device", device, "--socket", r.socket,
-                              "--threads", str(threads), "--queue-limit", str(self.queue_limit),
-                              "--stall-timeout", str(self.stall_timeout_s), "--drain-timeout", str(self.drain_timeout_s),
-                              "--engine-options", json.dumps(self.engine_options),
-                              "--parent-pid", str(os.getpid()), "--log-level", self.log_level)
+        """r's argv; its engine config (a copy of the front door's with r's device) goes in its file first."""
+        config = os.path.join(self.dir, f"replica-{r.index}.config.json")
+        Path(config).write_text(json.dumps({**self.engine, "device": device}))
+        return module_command("fastgen_core.server.replica.main", "--config", config, "--name", self.name,
+                              "--index", str(r.index), "--socket", r.socket, "--threads", str(threads),
+                              "--queue-limit", str(self.queue_limit), "--stall-timeout", str(self.stall_timeout_s),
+                              "--drain-timeout", str(self.drain_timeout_s), "--parent-pid", str(os.getpid()),
+                              "--log-level", self.log_level)
 
     def _spawn(self, r: Replica) -> None:
         """Start r's process (first start or restart: same command, same device) with a fresh client."""
-        device, env = child_device_env(r.device, int(self.engine_options.get("tensor_parallel_size", 1)))
+        device, env = child_device_env(r.device, self.engine.get("tensor_parallel_size", 1))
         r.launch(self._command(r, device, self.threads), env)
 
     async def start(self, timeout_s: float | None = None) -> None:

@@ -1,6 +1,8 @@
 """One replica process: load the engine, start its loop thread, serve the API on a Unix socket.
 
-Started by the front door (frontdoor/supervisor.py) as ``python -m fastgen_core.server.replica.main ...``. SIGTERM drains
+Started by the front door (frontdoor/supervisor.py) as ``python -m fastgen_core.server.replica.main --config FILE
+...``: FILE is the front door's validated EngineConfig with this replica's device (``EngineConfig.to_dict()``), rebuilt
+here as it is. Run by hand, ``--model``, ``--device`` and ``--engine-options JSON`` give the config. SIGTERM drains
 in-flight requests (uvicorn's graceful shutdown), then stops the loop and closes the engine (with its
 tensor-parallel workers). SIGINT does the same: Ctrl-C at a terminal reaches every process of ``fastgen serve``,
 the replicas too, and a replica ends quietly on it whatever it was doing (``_quiet_sigint``). The replica also
@@ -21,19 +23,26 @@ from contextlib import asynccontextmanager
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m fastgen_core.server.replica.main")
-    p.add_argument("--model", required=True)
+    p.add_argument("--config", default=None, help="the engine config as JSON (EngineConfig.to_dict()), from the "
+                                                   "front door")
+    p.add_argument("--model", default=None, help="without --config")
     p.add_argument("--name", required=True)
     p.add_argument("--index", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="without --config")
     p.add_argument("--socket", required=True)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--queue-limit", type=int, default=1024)
     p.add_argument("--stall-timeout", type=float, default=120.0)
     p.add_argument("--drain-timeout", type=float, default=300.0)
-    p.add_argument("--engine-options", default="{}")
+    p.add_argument("--engine-options", default=None, help="without --config: the pipeline's options as JSON")
     p.add_argument("--parent-pid", type=int, default=None)
     p.add_argument("--log-level", default="warning")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.config is not None and (args.model, args.device, args.engine_options) != (None, None, None):
+        p.error("--config holds the model, device and engine options: give it or them, not both")
+    if args.config is None and args.model is None:
+        p.error("give --config, or --model (with --device and --engine-options if needed)")
+    return args
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -72,16 +81,21 @@ def main(argv=None) -> int:
     from .metrics import ReplicaMetrics
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    # the model is a local directory already (the front door's settings resolved it) and the options were
-    # validated there against the same EngineConfig
-    engine = LLMEngine(EngineConfig.from_kwargs(args.model, device=args.device, **json.loads(args.engine_options)))
+    if args.config is not None:     # as the front door validated it (the model a local directory already)
+        with open(args.config) as f:
+            engine_config = EngineConfig.from_dict(json.load(f))
+    else:
+        options = json.loads(args.engine_options or "{}")
+        engine_config = EngineConfig.from_kwargs(args.model, device=args.device, **options)
+    logging.getLogger("fastgen.server").info("engine config: %s", json.dumps(engine_config.to_dict()))
+    engine = LLMEngine(engine_config)
     if args.index == 0 and engine.kernel_plan is not None:     # the replicas' plans are the same
         print("\n".join(f"[replica {args.index}] {line}" for line in engine.kernel_plan.describe()), file=sys.stderr,
               flush=True)
     holder = {}
     metrics = ReplicaMetrics(args.index, lambda: holder["loop"].snapshot)
     loop = holder["loop"] = EngineLoop(engine, metrics, stall_timeout_s=args.stall_timeout)
-    info = ModelInfo(args.name, args.model, engine.max_context, int(time.time()))
+    info = ModelInfo(args.name, engine_config.model, engine.max_context, int(time.time()))
     backend = LocalBackend(loop, info, metrics, args.queue_limit, args.index)
 
     @asynccontextmanager
@@ -94,7 +108,7 @@ def main(argv=None) -> int:
         if loop.stop():
             engine.close()
 
-    app = create_app(backend, args.name, args.model, lifespan=lifespan)
+    app = create_app(backend, args.name, engine_config.model, lifespan=lifespan)
     config = uvicorn.Config(app, uds=args.socket, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=args.drain_timeout, lifespan="on")
     uvicorn.Server(config).run()
