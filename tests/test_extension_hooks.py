@@ -93,7 +93,7 @@ def test_the_core_registers_its_commands_through_the_hook_and_a_plugins_command_
     ps = fg.get_plugin_set(autoload=False)
     ps.register(Hello(), "hello", dist="fastgen-hello")
     commands, notes = collect_commands(ps)
-    assert list(commands) == ["generate", "plugins", "snapshot", "serve", "bench", "hello"]
+    assert list(commands) == ["generate", "plugins", "snapshot", "serve", "bench", "plan", "hello"]
     assert {c.dist for n, c in commands.items() if n != "hello"} == {"fastgen-core"}
     assert commands["serve"].command.run == "fastgen_core.server.cli:run"          # the core's, registered first
     assert notes == ["command 'serve' of fastgen-hello is not available: fastgen-core registered it first "
@@ -103,9 +103,9 @@ def test_the_core_registers_its_commands_through_the_hook_and_a_plugins_command_
     assert fg.family.load_object(args._run)(args) == 7 and capsys.readouterr().out == "hello, fastgen\n"
 
 
-def test_the_installed_commands_are_the_cores_five():
+def test_the_installed_commands_are_the_cores_six():
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert list(sub.choices) == ["generate", "plugins", "snapshot", "serve", "bench"]
+    assert list(sub.choices) == ["generate", "plugins", "snapshot", "serve", "bench", "plan"]
     assert main(["plugins", "--json"]) == 0
 
 

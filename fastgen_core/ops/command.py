@@ -10,15 +10,16 @@ from pathlib import Path
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    from ..config import KERNELS_HELP
+    from ..config import KERNELS_HELP, EngineConfig
     from ..presets import preset_names
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="HF model directory or Hugging Face Hub id (org/name)")
     src.add_argument("--preset", choices=preset_names(), help="a benchmark preset's architecture")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="the device to plan for (default: cuda)")
+    p.add_argument("--device", default=None, choices=["cuda", "cpu"], help="the device to plan for (default: cuda)")
     p.add_argument("--dtype", default=None,
                    help="float32, bfloat16, float16 (default: bfloat16 on cuda, float32 on cpu)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks the heads are split over (default: 1)")
+    p.add_argument("--tensor-parallel-size", type=int, default=EngineConfig.tensor_parallel_size,
+                   help="ranks the heads are split over")
     p.add_argument("--kernels", default=None, help=KERNELS_HELP)
     p.add_argument("--json", action="store_true", help="print {operation: [kernels tried in order]} as JSON")
 
@@ -50,7 +51,8 @@ def plan_for_model(model_dir: Path, device: str, dtype: str, setting, tp: int = 
 def run(args) -> int:
     from ..config import DTYPES
     from ..errors import FastgenError
-    dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    device = args.device or "cuda"
+    dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
     if dtype not in DTYPES:
         print(f"error: --dtype must be one of {', '.join(sorted(DTYPES))}, got {dtype!r}", file=sys.stderr)
         return 2
@@ -62,7 +64,7 @@ def run(args) -> int:
             else:
                 from ..hub import resolve_model
                 model_dir, name = Path(resolve_model(args.model)), args.model
-            plan = plan_for_model(model_dir, args.device, dtype, args.kernels, args.tensor_parallel_size)
+            plan = plan_for_model(model_dir, device, dtype, args.kernels, args.tensor_parallel_size)
     except (FastgenError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
