@@ -76,7 +76,7 @@ def test_the_cuda_extra_matches_the_cuda_release():
 
 def test_a_kernel_only_nvcc_accepts_fails_the_check(tmp_path):
     """CuPy compiles the kernels with NVRTC, which has no host headers: INFINITY (math.h) compiles with nvcc
-    and not there. Session 7's first decode-attention kernel passed nvcc and failed on the GPU this way."""
+    and not there: a kernel using it passes nvcc and fails on the GPU."""
     src = tmp_path / "host_header.cu"
     src.write_text('extern "C" __global__ void k(float* x) { x[threadIdx.x] = -INFINITY; }\n')
     r = cu_check(src, env=env_without_nvcc())
