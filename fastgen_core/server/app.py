@@ -25,7 +25,7 @@ from .protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeReque
 
 log = logging.getLogger("fastgen.server")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"      # Prometheus' text exposition
-PUBLIC_PATHS = ("/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+PUBLIC_PATHS = ("/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 
 async def _resolve(value):
@@ -33,7 +33,7 @@ async def _resolve(value):
 
 
 class APIKeyMiddleware:
-    """401 unless ``Authorization: Bearer <key>`` (health, metrics and the schema stay public)."""
+    """401 unless ``Authorization: Bearer <key>`` (health, readiness, metrics and the schema stay public)."""
 
     def __init__(self, app, api_key: str):
         self.app = app
@@ -80,7 +80,7 @@ def log_rejection(method: str, path: str, err: APIError) -> None:
 
 def _answer(request, err: APIError) -> JSONResponse:
     log_rejection(request.method, request.url.path, err)
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 def create_app(backend, name: str, model_path: str, api_key: str | None = None, lifespan=None) -> FastAPI:
@@ -162,6 +162,12 @@ def create_app(backend, name: str, model_path: str, api_key: str | None = None, 
     async def health():
         """200 while every engine loop is alive and stepping; 503 otherwise."""
         ok, detail = await _resolve(backend.health())
+        return JSONResponse(detail, status_code=200 if ok else 503)
+
+    @app.get("/ready", tags=["ops"])
+    async def ready():
+        """200 while new requests are taken; 503 while draining (after SIGTERM) or while no replica is up."""
+        ok, detail = await _resolve(backend.ready())
         return JSONResponse(detail, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["ops"])

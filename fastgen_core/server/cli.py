@@ -27,7 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                            "(default: the model directory's name)")
     p.add_argument("--queue-limit", type=int, default=1024,
                    help="per replica: requests waiting beyond the running batch before 429")
-    p.add_argument("--drain-timeout", type=float, default=300.0, help="seconds SIGTERM waits for in-flight work")
+    p.add_argument("--drain-timeout", type=float, default=300.0,
+                   help="seconds SIGTERM waits for in-flight requests (/ready says 503 meanwhile) before exiting")
+    p.add_argument("--request-timeout", type=float, default=None,
+                   help="seconds a request may take, waiting or running, before it is aborted with 504 (default: no "
+                        "limit; a request's X-Request-Timeout header may ask for less)")
     p.add_argument("--stall-timeout", type=float, default=120.0,
                    help="an engine step longer than this makes /health answer 503")
     p.add_argument("--health-timeout", type=float, default=5.0, help="seconds to wait for a replica's /health")
@@ -75,7 +79,8 @@ def settings_from_args(args):
                          drain_timeout_s=args.drain_timeout, stall_timeout_s=args.stall_timeout,
                          health_timeout_s=args.health_timeout, log_level=args.log_level, cpu_threads=args.cpu_threads,
                          max_restarts=args.max_restarts, restart_window_s=args.restart_window,
-                         unhealthy_restart_s=args.unhealthy_restart, engine_options=engine)
+                         unhealthy_restart_s=args.unhealthy_restart, request_timeout_s=args.request_timeout,
+                         engine_options=engine)
 
 
 def run(args) -> int:

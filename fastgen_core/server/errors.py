@@ -10,18 +10,20 @@ log = logging.getLogger("fastgen.server")
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-               503: "service_unavailable"}
+               503: "service_unavailable", 504: "timeout_error"}
 
 
 class APIError(Exception):
-    """An error answer: status code plus a message for people."""
+    """An error answer: status code plus a message for people, and any headers it needs (``Retry-After``)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, type: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, type: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.type = type or ERROR_TYPES.get(status, "server_error")
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}

@@ -56,14 +56,16 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
           api_key: str | None = None, queue_limit: int = 1024, drain_timeout_s: float = 300.0,
           stall_timeout_s: float = 120.0, health_timeout_s: float = 5.0, startup_timeout_s: float = 900.0,
           log_level: str = "warning", cpu_threads: int | None = None, max_restarts: int = 5,
-          restart_window_s: float = 600.0, unhealthy_restart_s: float = 60.0, **engine_options):
+          restart_window_s: float = 600.0, unhealthy_restart_s: float = 60.0, request_timeout_s: float | None = None,
+          **engine_options):
     """Start a deployment (front door + ``replicas`` engine processes) and return a connected Client.
 
     ``engine_options`` are the pipeline's (max_ragged_batch_size, num_kv_blocks, kv_block_size, dtype, ...).
     ``api_key`` defaults to ``$FASTGEN_API_KEY`` (unset: no key), as for ``fastgen serve``.
     ``port=0`` picks a free port. A replica whose process dies is restarted, at most ``max_restarts`` times
     within ``restart_window_s`` seconds (0: never); so is one whose process lives but whose health has been
-    503 (engine loop dead or stuck) or unanswered for ``unhealthy_restart_s`` seconds (0: never). Raises
+    503 (engine loop dead or stuck) or unanswered for ``unhealthy_restart_s`` seconds (0: never). A request not
+    finished within ``request_timeout_s`` seconds is aborted and answered 504 (None: no limit). Raises
     FastgenError (with the end of the log) if start-up fails.
     """
     from ...config import api_key_from_env
@@ -74,7 +76,8 @@ def serve(model: str | None = None, *, deployment_name: str | None = None, host:
                       queue_limit=queue_limit, drain_timeout_s=drain_timeout_s, stall_timeout_s=stall_timeout_s,
                       health_timeout_s=health_timeout_s, log_level=log_level, cpu_threads=cpu_threads,
                       max_restarts=max_restarts, restart_window_s=restart_window_s,
-                      unhealthy_restart_s=unhealthy_restart_s, engine_options=engine_options)
+                      unhealthy_restart_s=unhealthy_restart_s, request_timeout_s=request_timeout_s,
+                      engine_options=engine_options)
     old = read_record(s.deployment_name)
     if old is not None:
         raise FastgenError(f"deployment {s.deployment_name!r} is already running at {old['url']} (pid {old['pid']}); "

@@ -1,9 +1,10 @@
 """The front door process (what ``fastgen serve`` runs): start the replicas, route to them, stop them.
 
 Start-up: replicas first (the front door answers nothing until every replica is healthy), then the
-deployment record is written so ``fastgen_core.client(name)`` can find it. SIGTERM/SIGINT (or POST
-/fastgen/terminate): uvicorn stops accepting, waits for in-flight requests to finish, then the replicas
-get SIGTERM and are waited for, and the record is removed. A replica whose process dies, or that stays
+deployment record is written so ``fastgen_core.client(name)`` can find it. SIGTERM (or POST /fastgen/terminate):
+/ready turns 503 and new requests get 503 while in-flight requests finish (drain.py), then the replicas get
+SIGTERM and are waited for, the record is removed and the process exits 0. SIGINT: uvicorn stops accepting,
+waits for in-flight requests, and the rest is the same. A replica whose process dies, or that stays
 unhealthy for unhealthy_restart_s, is restarted (supervisor.ReplicaSet.monitor); the record's replica pids
 follow.
 """
@@ -45,6 +46,7 @@ def run_frontdoor(s: ServeSettings) -> int:
     import uvicorn
 
     from ..app import create_app
+    from .drain import DrainingServer
     logging.basicConfig(level=s.log_level.upper(), format="[fastgen] %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)      # one line per proxied request is noise
     old = read_record(s.deployment_name)
@@ -66,7 +68,7 @@ def run_frontdoor(s: ServeSettings) -> int:
     replicas = ReplicaSet(s.model, s.deployment_name, devices, s.engine.to_dict(), s.queue_limit, s.stall_timeout_s,
                           s.drain_timeout_s, s.health_timeout_s, s.log_level, s.cpu_threads,
                           max_restarts=s.max_restarts, restart_window_s=s.restart_window_s, on_restart=rewrite_record,
-                          unhealthy_restart_s=s.unhealthy_restart_s)
+                          unhealthy_restart_s=s.unhealthy_restart_s, request_timeout_s=s.request_timeout_s)
     backend = RouterBackend(replicas, s.deployment_name, s.model)
     backend.url = url
     failure: list[str] = []
@@ -101,7 +103,7 @@ def run_frontdoor(s: ServeSettings) -> int:
     app = create_app(backend, s.deployment_name, s.model, api_key=s.api_key, lifespan=lifespan)
     config = uvicorn.Config(app, log_level=s.log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=s.drain_timeout_s)
-    server = server_box["server"] = uvicorn.Server(config)
+    server = server_box["server"] = DrainingServer(config, backend, s.drain_timeout_s)
     try:
         server.run(sockets=[sock])
     except SystemExit:            # uvicorn exits this way when start-up fails; say why below

@@ -9,6 +9,9 @@ broke while that replica stays alive (it aborts what it got). Requests in flight
 dies are lost (a request may be what killed it): a JSON answer is a 503 saying so, a stream ends with an
 in-band error event. The replica is restarted by supervisor.ReplicaSet.monitor, which also ends and restarts a live
 replica that stays unhealthy (its requests are lost the same way, the message saying why it was ended).
+
+While the front door drains (drain.py sets ``draining``), new requests are refused with 503 and Retry-After and
+/ready says 503; the front door's own refusals are counted with the replicas' (``fastgen_requests_rejected``).
 """
 from __future__ import annotations
 
@@ -19,16 +22,18 @@ import os
 import socket
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.responses import StreamingResponse
 
 from ..errors import APIError
+from ..replica.deadline import HEADER as TIMEOUT_HEADER
 from .metrics import RestartCollector, merge_expositions
 from .replica_handle import Replica, Verdict
 from .supervisor import ReplicaSet
 
 log = logging.getLogger("fastgen.server")
-RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering")
+RELAYED_HEADERS = ("content-type", "cache-control", "x-accel-buffering", "retry-after")
+DRAINING_RETRY_AFTER_S = 1       # this instance takes nothing new: retry at once, a load balancer sends it elsewhere
 
 
 class RouterBackend:
@@ -38,12 +43,21 @@ class RouterBackend:
         self.url: str | None = None
         self._turn = 0
         self._readers: set[asyncio.Task] = set()
+        self.draining = False
         self.registry = CollectorRegistry()
         self._routed = Counter("fastgen_router_requests", "Requests the front door sent to each replica.",
                                ["replica"], registry=self.registry)
         self._up = Gauge("fastgen_replica_healthy", "1 if the replica's engine loop is alive and stepping.",
                          ["replica"], registry=self.registry)
         self.registry.register(RestartCollector(replicas))
+        self.refusals = CollectorRegistry()      # rendered into the replicas' family of the same name
+        self._refused = Counter("fastgen_requests_rejected", "Requests refused before reaching the engine.",
+                                ["reason"], registry=self.refusals)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to a replica whose answer has not been relayed to the end yet."""
+        return sum(r.outstanding for r in self.replicas)
 
     def pick(self, exclude: set) -> Replica | None:
         candidates = [r for r in self.replicas if r.healthy and r not in exclude]
@@ -57,16 +71,24 @@ class RouterBackend:
         return tied[self._turn % len(tied)]
 
     async def handle(self, kind: str, body, request, path: str):
+        if self.draining:
+            self._refused.labels("draining").inc()
+            raise APIError(503, "the server is shutting down: it finishes the requests in flight and takes no new "
+                                "ones; send the request again (to another instance)",
+                           headers={"Retry-After": str(DRAINING_RETRY_AFTER_S)})
         payload = body.model_dump(exclude_unset=True)
+        timeout = request.headers.get(TIMEOUT_HEADER)      # the replica checks it and applies it
+        headers = {TIMEOUT_HEADER: timeout} if timeout is not None else {}
         tried: set = set()
         while True:
             r = self.pick(tried)
             if r is None:
+                self._refused.labels("no_replica").inc()
                 details = "; ".join(f"replica {x.index}: {x.detail}" for x in self.replicas)
                 raise APIError(503, f"no healthy replica to serve the request ({details})")
             r.outstanding += 1
             try:
-                upstream = await self._send(request, r, path, payload)
+                upstream = await self._send(request, r, path, payload, headers)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:     # never reached it: try another
                 r.outstanding -= 1
                 r.health.mark(Verdict.UNREACHABLE, f"unreachable: {type(e).__name__}: {e}")
@@ -90,10 +112,11 @@ class RouterBackend:
                                  headers=headers)
 
     @staticmethod
-    async def _send(request, r: Replica, path: str, payload: dict) -> httpx.Response:
+    async def _send(request, r: Replica, path: str, payload: dict, headers: dict) -> httpx.Response:
         """Send upstream and wait for the answer's headers, unless the client leaves first: a JSON answer
         only starts when generation ends, so the disconnect must be noticed while waiting for it."""
-        send = asyncio.ensure_future(r.client.send(r.client.build_request("POST", path, json=payload), stream=True))
+        upstream = r.client.build_request("POST", path, json=payload, headers=headers)
+        send = asyncio.ensure_future(r.client.send(upstream, stream=True))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({send, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -206,6 +229,17 @@ class RouterBackend:
             answer["detail"] = "; ".join(f"{r.name}: {r.detail}" for r in self.replicas if not r.healthy)
         return ok, answer
 
+    def ready(self) -> tuple[bool, dict]:
+        """Ready while not draining and some replica takes requests (the health monitor's latest word)."""
+        if self.draining:
+            return False, {"status": "draining", "in_flight": self.in_flight,
+                           "detail": "shutting down: finishing the requests in flight, taking no new ones"}
+        up = [r.index for r in self.replicas if r.healthy or r.slow]
+        if not up:
+            return False, {"status": "unavailable", "detail": "no replica is up: " +
+                           "; ".join(f"{r.name}: {r.detail}" for r in self.replicas)}
+        return True, {"status": "ready", "replicas_up": up}
+
     async def stats(self) -> dict:
         per = await self._gather_json("/fastgen/stats")
         return {"name": self.name, "replicas": [
@@ -231,7 +265,8 @@ class RouterBackend:
         texts = await asyncio.gather(*(one(r) for r in self.replicas))
         for r in self.replicas:
             self._up.labels(str(r.index)).set(int(r.healthy))
-        return merge_expositions([t for t in texts if t], self.registry)
+        own = generate_latest(self.refusals).decode()
+        return merge_expositions([t for t in texts if t] + [own], self.registry)
 
     def deployment(self) -> dict:
         return {"name": self.name, "model": self.model, "url": self.url, "pid": os.getpid(),

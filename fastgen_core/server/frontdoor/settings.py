@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
+from ..replica.deadline import MAX_TIMEOUT_S
 
 if TYPE_CHECKING:
     from ...config import EngineConfig
@@ -27,7 +28,9 @@ class ServeSettings:
     whose process dies is restarted, at most max_restarts times within restart_window_s seconds (0: never).
     unhealthy_restart_s: a replica whose process lives but whose /health has said 503 (engine loop dead or
     stuck) or nothing at all, with no 200 answer, for this many seconds is ended and restarted the same way
-    (0: never; it then only stays out of routing).
+    (0: never; it then only stays out of routing). request_timeout_s: a request not finished this many seconds
+    after it reached its replica is aborted and answered 504 (None: no limit; a request's ``X-Request-Timeout``
+    header may ask for less).
     engine_options: the pipeline's options as given; ``engine`` is the EngineConfig validated from them (with
     ``device``), the one form in which they reach the replicas. Give ``engine`` instead to take a config validated
     before (``from_json``).
@@ -50,6 +53,7 @@ class ServeSettings:
     max_restarts: int = 5
     restart_window_s: float = 600.0
     unhealthy_restart_s: float = 60.0
+    request_timeout_s: float | None = None
     engine_options: dict = field(default_factory=dict)
     engine: EngineConfig | None = None
 
@@ -82,6 +86,10 @@ class ServeSettings:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:    # NaN too
             raise ConfigError(f"unhealthy_restart_s must be a number of seconds >= 0 (restart a live replica "
                               f"unhealthy that long; 0: never), got {v!r}")
+        v = self.request_timeout_s
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_TIMEOUT_S):
+            raise ConfigError(f"request_timeout_s must be a number of seconds greater than 0 and at most "
+                              f"{MAX_TIMEOUT_S:g}, or None (no limit), got {v!r}")
         if self.deployment_name is None:
             from ...hub import is_hub_id      # a Hub id's name, not its snapshot's commit hash
             named = Path(given).name if given is not None and is_hub_id(str(given)) else Path(self.model).name

@@ -63,17 +63,16 @@ class ReplicaSet:
     def __init__(self, model: str, name: str, devices: list[str], engine: dict, queue_limit: int,
                  stall_timeout_s: float, drain_timeout_s: float, health_timeout_s: float, log_level: str,
                  cpu_threads: int | None = None, max_restarts: int = 5, restart_window_s: float = 600.0,
-                 startup_timeout_s: float = 900.0, on_restart=None, unhealthy_restart_s: float = 60.0):
+                 startup_timeout_s: float = 900.0, on_restart=None, unhealthy_restart_s: float = 60.0,
+                 request_timeout_s: float | None = None):
         self.model, self.name = model, name
         self.engine = engine        # the front door's validated EngineConfig, as EngineConfig.to_dict() gives it
         self.queue_limit, self.stall_timeout_s = queue_limit, stall_timeout_s
         self.drain_timeout_s, self.health_timeout_s = drain_timeout_s, health_timeout_s
-        self.log_level = log_level
-        self.cpu_threads = cpu_threads
+        self.log_level, self.cpu_threads = log_level, cpu_threads
         self.max_restarts, self.restart_window_s = max_restarts, restart_window_s
-        self.unhealthy_restart_s = unhealthy_restart_s
-        self.term_grace_s = TERM_GRACE_S
-        self.startup_timeout_s = startup_timeout_s
+        self.unhealthy_restart_s, self.request_timeout_s = unhealthy_restart_s, request_timeout_s
+        self.term_grace_s, self.startup_timeout_s = TERM_GRACE_S, startup_timeout_s
         self.on_restart = on_restart       # called with the Replica once a restarted process is healthy
         self.stopping = False
         self.dir = tempfile.mkdtemp(prefix="fastgen-")
@@ -94,7 +93,8 @@ class ReplicaSet:
                               "--index", str(r.index), "--socket", r.socket, "--threads", str(threads),
                               "--queue-limit", str(self.queue_limit), "--stall-timeout", str(self.stall_timeout_s),
                               "--drain-timeout", str(self.drain_timeout_s), "--parent-pid", str(os.getpid()),
-                              "--log-level", self.log_level)
+                              "--log-level", self.log_level,
+                              *(["--request-timeout", str(self.request_timeout_s)] if self.request_timeout_s else []))
 
     def _spawn(self, r: Replica) -> None:
         """Start r's process (first start or restart: same command, same device) with a fresh client."""

@@ -10,7 +10,8 @@ asyncio queue) into the loop's inbox and await events on their queue:
 The thread only blocks on its inbox when the engine has nothing to do, so handing work over never waits
 for a step and a step never waits for HTTP. Events are delivered to the event loop in one
 ``call_soon_threadsafe`` per step. Per-request timings (queue time, TTFT, inter-token, end-to-end) are
-measured here, where the tokens appear.
+measured here, where the tokens appear, and so is the recent mean service time (first scheduled step to
+finish) that a 429's Retry-After is estimated from.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from ...errors import InvalidRequestError, TensorParallelError
 log = logging.getLogger("fastgen.server")
 IDLE_WAIT_S = 0.05        # how long an idle loop blocks on its inbox (also its heartbeat period when idle)
 WORKER_EXIT_WAIT_S = 2.0  # after a failed step, how long to wait for a tensor-parallel worker to be seen exiting
+SERVICE_EMA_WEIGHT = 0.2  # weight of the newest finished request in the recent mean service time
+NOT_FINISHED = ("abort", "timeout")       # ended early: their durations say nothing about the service time
 
 
 @dataclass(eq=False)
@@ -44,7 +47,7 @@ class Submission:
 @dataclass
 class _Track:
     sub: Submission
-    scheduled: bool = False
+    started: float | None = None        # its first scheduled step (None: still waiting)
     first_token: float | None = None
     last_token: float | None = None
 
@@ -58,6 +61,7 @@ class EngineLoop:
         self.tracks: dict[str, _Track] = {}
         self.heartbeat = time.monotonic()
         self.error: str | None = None
+        self.recent_service_s: float | None = None     # mean first-step-to-finish of recent requests
         self.snapshot: dict = {**engine.stats(), "alive": False}
         self._dead = False
         self._lock = threading.Lock()
@@ -75,9 +79,10 @@ class EngineLoop:
                 raise RuntimeError(self.error or "the engine loop has stopped")
             self.inbox.put(("add", sub))
 
-    def cancel(self, sub: Submission) -> None:
-        """Abort whatever of ``sub`` is still running and free its KV blocks (client went away)."""
-        self.inbox.put(("cancel", sub))
+    def cancel(self, sub: Submission, reason: str = "abort") -> None:
+        """Abort whatever of ``sub`` is still waiting or running and free its KV blocks: ``abort`` (the client went
+        away) or ``timeout`` (its deadline passed), the finish reason its requests are counted under."""
+        self.inbox.put(("cancel", (sub, reason)))
 
     @property
     def thread_id(self) -> int | None:
@@ -145,9 +150,7 @@ class EngineLoop:
             if kind == "add":
                 self._add(value)
             elif kind == "cancel":
-                for rid in value.request_ids:
-                    if rid in self.tracks and self.engine.abort(rid):
-                        self._close(rid, "abort", time.monotonic())
+                self._cancel(*value)
             elif kind == "stop":
                 return False, True
         return True, bool(items)
@@ -176,13 +179,25 @@ class EngineLoop:
             self.tracks[rid] = _Track(sub)
         self._deliver([(sub, ("accepted", rids))])
 
+    def _cancel(self, sub: Submission, reason: str) -> None:
+        for rid in sub.request_ids:
+            tr = self.tracks.get(rid)
+            if tr is None:
+                continue
+            t = self.engine.request_timing(rid) if tr.started is None else None
+            started = tr.started is not None or (t is not None and t["first_scheduled"] is not None)
+            if self.engine.abort(rid):
+                if reason == "timeout":
+                    self.metrics.timed_out("running" if started else "waiting")
+                self._close(rid, reason, time.monotonic())
+
     def _step(self) -> None:
         start = time.monotonic()
         for rid, tr in self.tracks.items():     # scheduled in an earlier step without a token yet
-            if not tr.scheduled:
+            if tr.started is None:
                 t = self.engine.request_timing(rid)
                 if t is not None and t["first_scheduled"] is not None:
-                    tr.scheduled = True
+                    tr.started = t["first_scheduled"]
                     self.metrics.queue_time.observe(t["first_scheduled"] - tr.sub.arrival)
         outputs = self.engine.step()
         now = time.monotonic()
@@ -191,8 +206,8 @@ class EngineLoop:
             tr = self.tracks.get(out.request_id)
             if tr is None:
                 continue
-            if not tr.scheduled:                # first scheduled in this very step
-                tr.scheduled = True
+            if tr.started is None:              # first scheduled in this very step
+                tr.started = start
                 self.metrics.queue_time.observe(start - tr.sub.arrival)
             if tr.first_token is None:
                 tr.first_token = now
@@ -208,6 +223,9 @@ class EngineLoop:
     def _close(self, rid: str, reason: str, now: float) -> None:
         tr = self.tracks.pop(rid)
         self.metrics.finished(reason, now - tr.sub.arrival)
+        if reason not in NOT_FINISHED and tr.started is not None:
+            took, mean = now - tr.started, self.recent_service_s
+            self.recent_service_s = took if mean is None else mean + SERVICE_EMA_WEIGHT * (took - mean)
 
     def _fail_all(self, message: str) -> None:
         events = [(tr.sub, ("failed", message)) for tr in self.tracks.values()]

@@ -1,18 +1,23 @@
-"""The replica's backend: admission (429), hand-over to the engine loop, and per-request handles.
+"""The replica's backend: admission (429 with Retry-After), hand-over to the engine loop, and per-request handles.
 
 A RequestHandle follows one submission (one or more prompts). It watches the client connection: if the
 client goes away, the engine is told to abort at once (freeing the KV blocks), whether the handler is
-streaming, waiting for a JSON answer, or still waiting for the request to be accepted.
+streaming, waiting for a JSON answer, or still waiting for the request to be accepted. Its deadline
+(deadline.py), if it has one, does the same when it passes, and the handler answers 504.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from dataclasses import dataclass
 
 from ...errors import InvalidRequestError
+from .deadline import Deadline, deadline_of
 from .engine_loop import EngineLoop, Submission
 from ..errors import APIError
+
+RETRY_AFTER_MAX_S = 600          # a 429's Retry-After estimate is capped here
 
 
 @dataclass
@@ -24,12 +29,16 @@ class ModelInfo:
 
 
 class RequestHandle:
-    def __init__(self, backend: "LocalBackend", sub: Submission, request, n: int):
+    def __init__(self, backend: "LocalBackend", sub: Submission, request, n: int, deadline: Deadline | None = None):
         self.backend, self.sub, self.n = backend, sub, n
         self.pending = n               # prompts not finished yet
         self.disconnected = False
+        self.generated = False         # an output has come (the timeout message says where it stopped)
         self.request_ids: list[str] = []
+        self.deadline = deadline
         self._watcher = asyncio.ensure_future(self._watch(request))
+        self._timer = None if deadline is None else \
+            asyncio.get_running_loop().call_later(deadline.seconds, self._expire)
 
     async def _watch(self, request) -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -38,6 +47,14 @@ class RequestHandle:
             self.disconnected = True
             self.backend.loop.cancel(self.sub)
             self.sub.events.put_nowait(("gone", None))
+
+    def _expire(self) -> None:
+        if self.pending and not self.disconnected:
+            self.backend.loop.cancel(self.sub, "timeout")
+            self.sub.events.put_nowait(("timeout", None))
+
+    def _timed_out(self) -> APIError:
+        return APIError(504, self.deadline.message(self.generated))
 
     async def accepted(self) -> None:
         kind, value = await self.sub.events.get()
@@ -51,6 +68,8 @@ class RequestHandle:
             raise APIError(500, f"could not prepare the request: {type(value).__name__}: {value}")
         if kind == "gone":
             raise APIError(499, "the client closed the connection before the request was accepted")
+        if kind == "timeout":
+            raise self._timed_out()
         raise APIError(503, f"the engine is not available: {value}")
 
     async def outputs(self):
@@ -61,12 +80,15 @@ class RequestHandle:
             if self.disconnected:
                 return
             if kind == "output":
+                self.generated = True
                 if value.finished:
                     self.pending -= 1
                     self.backend.outstanding -= 1
                 yield value
             elif kind == "gone":
                 return
+            elif kind == "timeout":
+                raise self._timed_out()
             elif kind == "failed":
                 raise APIError(503, f"the engine loop failed while generating: {value}")
 
@@ -95,12 +117,15 @@ class RequestHandle:
             self.backend.outstanding -= self.pending
             self.pending = 0
         self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class LocalBackend:
     """Serves requests with the engine loop in this process (one replica)."""
 
-    def __init__(self, loop: EngineLoop, info: ModelInfo, metrics, queue_limit: int, replica: int = 0):
+    def __init__(self, loop: EngineLoop, info: ModelInfo, metrics, queue_limit: int, replica: int = 0,
+                 request_timeout_s: float | None = None):
         self.loop = loop
         self.info = info
         self.meters = metrics
@@ -109,24 +134,37 @@ class LocalBackend:
         # running slots + bounded waiting room; beyond that a request is refused with 429
         self.running_slots = loop.engine.config.max_ragged_sequence_count
         self.queue_limit = queue_limit
+        self.request_timeout_s = request_timeout_s
 
     @property
     def capacity(self) -> int:
         return self.running_slots + self.queue_limit
 
+    def retry_after(self, n: int) -> int:
+        """Seconds until a refused request of ``n`` prompts could start: the requests waiting ahead of it plus
+        its own, times the recent mean service time (1 s before any request has finished), over the running
+        slots; rounded up, at least 1, at most RETRY_AFTER_MAX_S."""
+        waiting = max(0, self.outstanding - self.running_slots)
+        service_s = self.loop.recent_service_s or 1.0
+        estimate = math.ceil((waiting + n) * service_s / self.running_slots)
+        return max(1, min(RETRY_AFTER_MAX_S, estimate))
+
     async def open(self, request, prepare, n: int) -> RequestHandle:
+        deadline = deadline_of(request, self.request_timeout_s)      # a bad header is a 400 before anything
         ok, why = self.loop.health()
         if not ok:
             self.meters.rejected("unhealthy")
             raise APIError(503, why)
         if self.outstanding + n > self.capacity:
             self.meters.rejected("queue_full")
+            wait = self.retry_after(n)
             raise APIError(429, f"server busy: {self.outstanding} requests in flight and this one adds {n}; "
                                 f"the limit is {self.capacity} ({self.running_slots} running + queue_limit "
-                                f"{self.queue_limit} waiting). Retry later.")
+                                f"{self.queue_limit} waiting). Retry in {wait}s (Retry-After).",
+                           headers={"Retry-After": str(wait)})
         self.outstanding += n
         sub = Submission(prepare, asyncio.Queue(), asyncio.get_running_loop())
-        handle = RequestHandle(self, sub, request, n)
+        handle = RequestHandle(self, sub, request, n, deadline)
         try:
             self.loop.submit(sub)
         except RuntimeError as e:
@@ -161,8 +199,13 @@ class LocalBackend:
     def stats(self) -> dict:
         ok, why = self.loop.health()
         return {"replica": self.replica, "pid": os.getpid(), "engine_loop_tid": self.loop.thread_id,
-                "healthy": ok, "detail": why,
-                "outstanding": self.outstanding, "capacity": self.capacity, "engine": dict(self.loop.snapshot)}
+                "healthy": ok, "detail": why, "outstanding": self.outstanding, "capacity": self.capacity,
+                "recent_service_s": self.loop.recent_service_s, "engine": dict(self.loop.snapshot)}
+
+    def ready(self) -> tuple[bool, dict]:
+        """A replica takes new requests while its engine loop is healthy (uvicorn stops it listening on SIGTERM)."""
+        ok, why = self.loop.health()
+        return ok, {"status": "ready" if ok else "unavailable", "replica": self.replica, "detail": why}
 
     def models(self) -> dict:
         i = self.info

@@ -34,6 +34,7 @@ def _parse(argv):
     p.add_argument("--queue-limit", type=int, default=1024)
     p.add_argument("--stall-timeout", type=float, default=120.0)
     p.add_argument("--drain-timeout", type=float, default=300.0)
+    p.add_argument("--request-timeout", type=float, default=None, help="seconds a request may take (default: no limit)")
     p.add_argument("--engine-options", default=None, help="without --config: the pipeline's options as JSON")
     p.add_argument("--parent-pid", type=int, default=None)
     p.add_argument("--log-level", default="warning")
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     metrics = ReplicaMetrics(args.index, lambda: holder["loop"].snapshot)
     loop = holder["loop"] = EngineLoop(engine, metrics, stall_timeout_s=args.stall_timeout)
     info = ModelInfo(args.name, engine_config.model, engine.max_context, int(time.time()))
-    backend = LocalBackend(loop, info, metrics, args.queue_limit, args.index)
+    backend = LocalBackend(loop, info, metrics, args.queue_limit, args.index, request_timeout_s=args.request_timeout)
 
     @asynccontextmanager
     async def lifespan(app):

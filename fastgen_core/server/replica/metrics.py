@@ -25,10 +25,13 @@ class ReplicaMetrics:
         self.itl = hist("fastgen_inter_token_latency_seconds", "Time between two tokens of one request.")
         self.e2e = hist("fastgen_e2e_request_latency_seconds", "Arrival to finish (or abort).")
         self.queue_time = hist("fastgen_request_queue_time_seconds", "Arrival to first scheduled step.")
-        self._requests = Counter("fastgen_requests", "Requests finished, by finish reason (abort: client left).",
-                                 ["replica", "finish_reason"], registry=reg)
+        self._requests = Counter("fastgen_requests", "Requests finished, by finish reason (abort: client left; "
+                                 "timeout: past its deadline).", ["replica", "finish_reason"], registry=reg)
         self._rejected = Counter("fastgen_requests_rejected", "Requests refused before reaching the engine.",
                                  ["replica", "reason"], registry=reg)
+        self._timed_out = Counter("fastgen_requests_timed_out", "Requests aborted at their deadline, by what they "
+                                  "were doing (waiting: not scheduled yet; running: scheduled).",
+                                  ["replica", "phase"], registry=reg)
         self._replica = r
         reg.register(_EngineCollector(r, snapshot_fn))
 
@@ -38,6 +41,9 @@ class ReplicaMetrics:
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(self._replica, reason).inc()
+
+    def timed_out(self, phase: str) -> None:
+        self._timed_out.labels(self._replica, phase).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,7 +19,8 @@ def _dumps(obj) -> str:
 
 
 def sse_response(handle, events) -> StreamingResponse:
-    """Stream ``events`` (dicts) as SSE, then ``[DONE]``; always closes the handle (aborting leftovers)."""
+    """Stream ``events`` (dicts) as SSE, then ``[DONE]``; always closes the handle (aborting leftovers). An error
+    once the stream has started (a deadline passed, the engine loop died) is an error event, then ``[DONE]``."""
     async def body():
         try:
             async for ev in events:
@@ -33,7 +34,7 @@ def sse_response(handle, events) -> StreamingResponse:
             if not handle.disconnected:
                 yield "data: [DONE]\n\n"
         except APIError as e:           # headers are gone already: report in-band, as OpenAI does
-            yield f"data: {_dumps(e.body())}\n\n"
+            yield f"data: {_dumps(e.body())}\n\ndata: [DONE]\n\n"
         finally:
             handle.close()
     return StreamingResponse(body(), media_type="text/event-stream",
