@@ -23,6 +23,7 @@ class SamplingRow:
     banned: list[int]                     # ids masked for this step (EOS before min_new_tokens)
     prompt_ids: list[int] | None = None   # the sequence so far, for penalties (only penalized rows need it)
     output_ids: list[int] | None = None
+    grammar: object | None = None         # structured.Grammar of a constrained row (structured outputs)
 
 
 @dataclass
@@ -103,7 +104,11 @@ class Sampler:
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        logits = apply_penalties(logits.float(), rows)
+        logits = logits.float()
+        if any(r.grammar is not None for r in rows):     # structured outputs: mask before everything else
+            from .structured import apply_grammar_masks
+            logits = apply_grammar_masks(logits, rows)
+        logits = apply_penalties(logits, rows)
         n, vocab = logits.shape
         ban_rows = [i for i, r in enumerate(rows) for _ in r.banned]
         if ban_rows:                     # one indexed write for every row (min_new_tokens bans EOS on most)

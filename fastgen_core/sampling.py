@@ -143,6 +143,10 @@ class SamplingParams:
         le=MAX_LOGPROBS, native=None)
     prompt_logprobs: int | None = option(
         None, "the same for every prompt token after the first", ge=0, le=MAX_LOGPROBS, native=None)
+    structured_outputs: dict | None = option(
+        None, "constrain the output (structured outputs): exactly one of {'json': schema}, {'json_object': true}, "
+        "{'regex': str}, {'choice': [str, ...]}, {'grammar': EBNF str}",
+        openai=Wire(default=None, doc="vLLM's: one of json, json_object, regex, choice, grammar"))
 
     def __post_init__(self):
         stop_given = self.stop
@@ -169,6 +173,9 @@ class SamplingParams:
                                       f"{stop_given!r}; for no stop string leave it out or give []", param="stop")
         for t in self.stop_token_ids:
             _check_int("stop_token_ids[...]", t, ge=0)
+        if self.structured_outputs is not None:
+            from .structured import check_spec       # its shape; the engine compiles it when it admits the request
+            check_spec(self.structured_outputs)
 
     @property
     def greedy(self) -> bool:

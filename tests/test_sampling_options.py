@@ -22,7 +22,8 @@ SHAPES = {
                                  "stream_options", "stop", "seed", "user", "presence_penalty", "frequency_penalty",
                                  "logit_bias", "top_k", "min_tokens", "ignore_eos", "stop_token_ids",
                                  "repetition_penalty", "echo", "logprobs", "best_of", "suffix", "metadata", "store",
-                                 "service_tier", "safety_identifier", "prompt_cache_key"},
+                                 "service_tier", "safety_identifier", "prompt_cache_key", "structured_outputs",
+                                 "response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar"},
     protocol.ChatCompletionRequest: {"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
                                      "top_p", "n", "stream", "stream_options", "stop", "seed", "user",
                                      "presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_tokens",
@@ -30,12 +31,13 @@ SHAPES = {
                                      "tools", "tool_choice", "response_format", "metadata", "store", "service_tier",
                                      "safety_identifier", "prompt_cache_key", "parallel_tool_calls", "functions",
                                      "function_call", "reasoning_effort", "verbosity", "modalities", "audio",
-                                     "prediction", "web_search_options"},
+                                     "prediction", "web_search_options", "structured_outputs", "guided_json",
+                                     "guided_regex", "guided_choice", "guided_grammar"},
     protocol.MIIRequest: {"prompts", "max_length", "max_new_tokens", "min_new_tokens", "do_sample", "top_p", "top_k",
                           "temperature", "stop", "ignore_eos", "return_full_text", "stream"},
     protocol.GenerateRequest: {"prompts", "stream", "max_new_tokens", "min_new_tokens", "do_sample", "temperature",
                                "top_k", "top_p", "seed", "stop", "stop_token_ids", "ignore_eos", "return_full_text",
-                               "repetition_penalty", "presence_penalty", "frequency_penalty"},
+                               "repetition_penalty", "presence_penalty", "frequency_penalty", "structured_outputs"},
 }
 
 

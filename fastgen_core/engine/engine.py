@@ -6,9 +6,10 @@ runs step N, then reads N's sampled tokens and returns N's outputs. A token samp
 straight from the device (the host holds a placeholder until it reads it back), so the host's scheduling,
 batch building, detokenization and stop checks overlap the GPU's work instead of following it. A sequence
 that N ended (end of sequence, stop string) still runs in N+1; that token is dropped. Before a step whose
-sampling reads a sequence's earlier tokens on the host (repetition/presence/frequency penalties), the step
-in flight is resolved first. Tokens, finish reasons and stop-string cuts are the same either way (the CPU
-tests run both).
+sampling reads a sequence's earlier tokens on the host (repetition/presence/frequency penalties, or a
+structured-outputs grammar, whose matcher must accept the last token before it masks the next), the step in
+flight is resolved first: a step with a constrained row runs synchronously. Tokens, finish reasons and
+stop-string cuts are the same either way (the CPU tests run both).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class _Launched:
     logits: torch.Tensor | None     # kept for rows that return logits or logprobs
     rows: list | None
     prompt: tuple | None
-    penalized: bool                 # some row has penalties: they read every token, so resolve it first
+    needs_tokens: bool              # a row has penalties or a grammar: they read every token, so resolve it first
 
 
 class LLMEngine:
@@ -130,8 +131,8 @@ class LLMEngine:
     # ---- the step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         outputs = []
-        if self._inflight is not None and self._inflight.penalized:
-            outputs = self._resolve(self._inflight)       # penalties read every token of the sequence
+        if self._inflight is not None and self._inflight.needs_tokens:
+            outputs = self._resolve(self._inflight)       # penalties and grammars read every token of the sequence
             self._inflight = None
         batch = self.scheduler.schedule()
         launched = self._launch(batch) if batch else None
@@ -164,13 +165,13 @@ class LLMEngine:
         chunks = batch.chunks
         seqs = [chunks[s].seq for s in sampled]
         rows = self.processor.sampling_rows(seqs)
-        keep = penalized = False
+        keep = needs_tokens = False
         for r in rows:
             p = r.params
             if p.logprobs is not None or p.return_logits:
                 keep = True
-            if p.penalized:
-                penalized = True
+            if p.penalized or r.grammar is not None:
+                needs_tokens = True
         tokens = self.sampler(logits, rows) if seqs else torch.empty(0, dtype=torch.long, device=self.device)
         if keep and self.async_scheduling:
             logits = logits.clone()          # the decode graphs' output buffer is rewritten by the next step
@@ -188,7 +189,7 @@ class LLMEngine:
             ready = torch.cuda.Event()
             ready.record()
         return _Launched(batch, seqs, positions, tokens, host, ready, logits if keep else None,
-                         rows if keep else None, prompt, penalized)
+                         rows if keep else None, prompt, needs_tokens)
 
     def _fed_from_device(self, batch: ScheduledBatch) -> tuple | None:
         """(rows, source tokens, their indices): the batch rows whose input is a token still on the device
@@ -232,6 +233,8 @@ class LLMEngine:
                 req.logits.append(launched.logits[i].cpu())
             if lp is not None:
                 req.logprobs.append(lp)
+            if req.grammar is not None:
+                req.grammar.accept(tok)
             outputs.append(self._append(req, pos, tok, now, lp))
         self.counters["generated_tokens"] += len(outputs)       # one token each
         return outputs

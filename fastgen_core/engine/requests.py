@@ -28,6 +28,7 @@ class PreparedRequest:
     token_ids: list[int]
     text: str | None
     params: SamplingParams
+    grammar: object | None = None   # the compiled grammar of a constrained request (structured.py)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Request:
     logits: list = field(default_factory=list)
     logprobs: list = field(default_factory=list)
     prompt_logprobs: list = field(default_factory=list)   # of prompt tokens 1.. (token 0 has none)
+    grammar: object | None = None   # structured.Grammar: its matcher (structured outputs)
     row: SamplingRow | None = None  # what the sampler reads for it once nothing is banned (sampling_rows)
     arrival: float = field(default_factory=time.monotonic)
     first_scheduled: float | None = None
@@ -67,6 +69,7 @@ class RequestProcessor:
         # one decode function and one memo of single-token texts for every request's detokenizer
         self._decode = fast_decode(tokenizer) if tokenizer is not None else None
         self._single_texts: dict[int, str] = {}
+        self._grammars = None           # structured.GrammarCompiler, made by the first constrained request
 
     # ---- before the GPU ---------------------------------------------------------------------
     def validate_prompt(self, prompt) -> tuple[list[int], str | None]:
@@ -118,7 +121,18 @@ class RequestProcessor:
             raise InvalidRequestError(
                 f"request needs {need} KV blocks (prompt {len(ids)} + max_new_tokens {params.max_new_tokens}) "
                 f"but the whole cache has {self.allocator.num_blocks}")
-        return PreparedRequest(ids, text, params)
+        grammar = self.compile_grammar(params.structured_outputs) if params.structured_outputs is not None else None
+        return PreparedRequest(ids, text, params, grammar)
+
+    def compile_grammar(self, spec: dict):
+        """The compiled grammar of a ``structured_outputs`` spec (at admission, within a time limit)."""
+        if self._grammars is None:
+            if self.tokenizer is None:
+                raise InvalidRequestError("structured_outputs needs a tokenizer; this model directory has none",
+                                          param="structured_outputs")
+            from ..structured import GrammarCompiler
+            self._grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
+        return self._grammars.compile(spec)
 
     def add(self, prepared: PreparedRequest, request_id: str | None = None) -> Request:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -131,6 +145,8 @@ class RequestProcessor:
             gen = torch.Generator(device=self.device).manual_seed(params.seed)
         detok = IncrementalDetokenizer(self.tokenizer, self._decode, self._single_texts)
         req = self.requests[rid] = Request(seq, params, prepared.text, detok, gen)
+        if prepared.grammar is not None:
+            req.grammar = self._grammars.matcher(prepared.grammar)
         return req
 
     def sampling_rows(self, seqs: list[Sequence]) -> list[SamplingRow]:
@@ -144,10 +160,12 @@ class RequestProcessor:
             row = req.row
             if len(seq.output_token_ids) < p.min_new_tokens:
                 banned = sorted((set() if p.ignore_eos else self.eos_token_ids) | set(p.stop_token_ids))
-                row = SamplingRow(p, req.generator, banned, seq.prompt_token_ids, seq.output_token_ids)
+                row = SamplingRow(p, req.generator, banned, seq.prompt_token_ids, seq.output_token_ids,
+                                  req.grammar)
             elif row is None or row.output_ids is not seq.output_token_ids or row.prompt_ids is not seq.prompt_token_ids:
                 # nothing banned: the same row every step (it holds the sequence's token lists, not copies)
-                row = req.row = SamplingRow(p, req.generator, [], seq.prompt_token_ids, seq.output_token_ids)
+                row = req.row = SamplingRow(p, req.generator, [], seq.prompt_token_ids, seq.output_token_ids,
+                                            req.grammar)
             rows.append(row)
         return rows
 
@@ -175,6 +193,8 @@ class RequestProcessor:
         if n is None:
             n = len(seq.output_token_ids)
         if tok in p.stop_token_ids or (not p.ignore_eos and tok in self.eos_token_ids):
+            return "stop"
+        if req.grammar is not None and req.grammar.terminated:
             return "stop"
         if p.stop and n >= p.min_new_tokens:
             window = req.detok.text[max(0, req.emitted - max(map(len, p.stop))):]

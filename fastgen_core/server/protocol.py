@@ -63,6 +63,13 @@ class _OpenAIRequest(_Strict):
     service_tier: str | None = Field(None, description="accepted and ignored")
     safety_identifier: str | None = Field(None, description="accepted and ignored")
     prompt_cache_key: str | None = Field(None, description="accepted and ignored (the prefix cache needs no key)")
+    # structured outputs (besides vLLM's structured_outputs, a generate option): OpenAI's and vLLM's older names
+    response_format: dict | None = Field(None, description="{'type': 'text'}, {'type': 'json_object'} or "
+                                         "{'type': 'json_schema', 'json_schema': {'name', 'schema', 'strict'}}")
+    guided_json: dict | str | None = Field(None, description="vLLM's older name for structured_outputs.json")
+    guided_regex: str | None = Field(None, description="vLLM's older name for structured_outputs.regex")
+    guided_choice: list[str] | None = Field(None, description="vLLM's older name for structured_outputs.choice")
+    guided_grammar: str | None = Field(None, description="vLLM's older name for structured_outputs.grammar")
 
 
 # the generate options under OpenAI's names plus vLLM's extras (top_k, min_tokens, ignore_eos, ...), each optional
@@ -141,7 +148,6 @@ class ChatCompletionRequest(_OpenAISampling):
     functions: list[dict] | None = Field(None, description="not supported (tools' older name)")
     function_call: str | dict | None = Field(None, description="only 'none' is supported (tool_choice's older "
                                                                 "name)")
-    response_format: dict | None = Field(None, description="only {'type': 'text'} is supported")
     reasoning_effort: str | None = Field(None, description="accepted and ignored (for reasoning models)")
     verbosity: str | None = Field(None, description="accepted and ignored")
     modalities: list[str] | None = Field(None, description="only ['text'] is supported")

@@ -167,7 +167,7 @@ class EngineLoop:
                 try:
                     prepared.append(self.engine.prepare_request(prompt, params))
                 except InvalidRequestError as e:
-                    raise InvalidRequestError(f"prompt {i}: {e}" if len(pairs) > 1 else str(e)) from None
+                    raise InvalidRequestError(f"prompt {i}: {e}" if len(pairs) > 1 else str(e), param=e.param) from None
         except Exception as e:      # noqa: BLE001 - a bad request must not kill the loop
             if not isinstance(e, InvalidRequestError):
                 log.exception("preparing a request failed")

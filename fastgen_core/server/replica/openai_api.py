@@ -11,7 +11,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import APIError
 from ...sampling import SamplingParams
-from .options import completion_prompts, openai_prepare, refuse_unsupported, render_chat, template_messages
+from .options import (completion_prompts, openai_prepare, refuse_unsupported, render_chat, structured_field,
+                      structured_outputs, template_messages)
 
 
 def _dumps(obj) -> str:
@@ -113,10 +114,11 @@ async def completions(backend, body, request) -> Response:
                             "stream, echo or logprobs", param="echo")
     refuse_unsupported(body)
     params = SamplingParams.from_wire("openai", body, max_new_tokens=body.max_tokens, logprobs=body.logprobs,
-                                      prompt_logprobs=body.logprobs if body.echo else None, return_full_text=body.echo)
+                                      prompt_logprobs=body.logprobs if body.echo else None, return_full_text=body.echo,
+                                      structured_outputs=structured_outputs(body))
     # each prompt n times, prompt-major, as OpenAI orders the choices
     prepare = openai_prepare([(p, params.for_choices(n)) for p in prompts], "max_tokens",
-                             defaulted="max_tokens" not in body.model_fields_set)
+                             defaulted="max_tokens" not in body.model_fields_set, spec_field=structured_field(body))
     handle = await backend.open(request, prepare, len(prompts) * n)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": backend.info.name}
@@ -180,11 +182,13 @@ async def chat_completions(backend, body, request) -> Response:
     n = body.n or 1
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     refuse_unsupported(body)
-    params = SamplingParams.from_wire("openai", body, max_new_tokens=max_tokens, logprobs=logprobs)
+    params = SamplingParams.from_wire("openai", body, max_new_tokens=max_tokens, logprobs=logprobs,
+                                      structured_outputs=structured_outputs(body))
     msgs = template_messages(body.messages)
 
     def prepare(engine):          # the chat template is rendered on the engine's thread, with its tokenizer
-        return openai_prepare([(render_chat(engine.tokenizer, msgs), params.for_choices(n))], field)(engine)
+        return openai_prepare([(render_chat(engine.tokenizer, msgs), params.for_choices(n))], field,
+                              spec_field=structured_field(body))(engine)
     handle = await backend.open(request, prepare, n)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": backend.info.name}

@@ -15,6 +15,7 @@ seed + i, so seeded choices differ and are each reproducible); completions list 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 from ...errors import InvalidRequestError
@@ -45,9 +46,6 @@ def refuse_unsupported(body) -> None:
     for name in ("tool_choice", "function_call"):
         if getattr(body, name, None) not in (None, "none"):
             raise _unsupported(name, "only 'none' is allowed")
-    fmt = getattr(body, "response_format", None)
-    if fmt and fmt.get("type") != "text":
-        raise _unsupported("response_format", f"got {fmt!r}; only {{'type': 'text'}} is allowed")
     modalities = getattr(body, "modalities", None)
     if modalities is not None and modalities != ["text"]:
         raise _unsupported("modalities", f"got {modalities!r}; only ['text'] is allowed (this server generates text)")
@@ -57,11 +55,72 @@ def refuse_unsupported(body) -> None:
             raise _unsupported(name, f"this server has no {what}; leave it null")
 
 
-def openai_prepare(pairs: list, max_tokens_field: str, defaulted: bool = False) -> Prepare:
+GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
+
+
+def _response_format(fmt: dict) -> dict | None:
+    """OpenAI's response_format as a structured_outputs spec (None for text)."""
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        js = fmt.get("json_schema")
+        if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
+            raise APIError(400, "response_format.json_schema must be an object with a name and a schema object, "
+                                f"got {js!r}", param="response_format")
+        return {"json": js.get("schema", {})}
+    raise APIError(400, f"response_format.type must be 'text', 'json_object' or 'json_schema', got {kind!r}",
+                   param="response_format")
+
+
+def structured_field(body) -> str:
+    """The name a body gave its structured-outputs spec under (errors name it as the client spelt it)."""
+    for name in ("response_format", *GUIDED):
+        if getattr(body, name, None) is not None and (name != "response_format" or
+                                                      body.response_format.get("type") != "text"):
+            return name
+    return "structured_outputs"
+
+
+def structured_outputs(body) -> dict | None:
+    """The structured_outputs spec of an OpenAI-style body, from whichever spelling it used: vLLM's
+    structured_outputs, OpenAI's response_format, or vLLM's older guided_* fields. Two of them is a 400 naming
+    both."""
+    given = {}
+    if body.structured_outputs is not None:
+        given["structured_outputs"] = body.structured_outputs
+    if body.response_format is not None:
+        spec = _response_format(body.response_format)
+        if spec is not None:
+            given["response_format"] = spec
+    for name, kind in GUIDED.items():
+        value = getattr(body, name)
+        if value is not None:
+            given[name] = {kind: value}
+    if len(given) > 1:
+        names = list(given)
+        raise APIError(400, f"{' and '.join(names)} both constrain the output: give only one of them",
+                       param=names[0])
+    if not given:
+        return None
+    name, spec = next(iter(given.items()))
+    try:
+        from ...structured import check_spec
+        check_spec(spec, name)
+    except InvalidRequestError as e:
+        raise APIError(400, str(e), param=name) from None
+    return spec
+
+
+def openai_prepare(pairs: list, max_tokens_field: str, defaulted: bool = False,
+                   spec_field: str = "structured_outputs") -> Prepare:
     """``prepare`` for OpenAI's endpoints: ``pairs`` of (prompt, [SamplingParams per choice]), each prompt
     tokenized once. A prompt that leaves no room for the tokens asked is refused in the request's own terms:
     ``max_tokens_field`` (max_tokens or max_completion_tokens, whichever the request used; ``defaulted``: it
-    was not sent, its default applies) is named, and is the error's param."""
+    was not sent, its default applies) is named, and is the error's param. A structured-outputs spec the engine
+    cannot compile is named ``spec_field``, as the request spelt it."""
     def prepare(engine):
         out = []
         for i, (prompt, choices) in enumerate(pairs):
@@ -77,8 +136,11 @@ def openai_prepare(pairs: list, max_tokens_field: str, defaulted: bool = False) 
                         param=max_tokens_field)
                 out += [dataclasses.replace(engine.prepare_request(ids, c), text=text) for c in choices]
             except InvalidRequestError as e:
+                if e.param == "structured_outputs" and spec_field != e.param:
+                    e = InvalidRequestError(re.sub(r"structured_outputs(\.\w+)?", spec_field, str(e), count=1),
+                                            param=spec_field)
                 if len(pairs) == 1:
-                    raise
+                    raise e from None
                 raise InvalidRequestError(f"prompt {i}: {e}", param=e.param) from None
         return out
     return prepare
