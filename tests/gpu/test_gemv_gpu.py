@@ -192,8 +192,7 @@ def test_phi_mlp_takes_its_fused_fc1_gelu_new_in_a_graph_and_matches_the_unfused
     torch.cuda.current_stream().wait_stream(s)
     g.replay()
     other = {"gemv_gelu_new": "gemm_gelu_new", "gemm_gelu_new": "gemv_gelu_new"}[kernel]
-    plan = kernels.KernelPlan.build({"fc1_gelu_new": other}, "cuda", "", have_cupy=True, have_triton=True,
-                                    extra_ops=fp.PhiForCausalLM.kernel_ops)
+    plan = kernels.cuda_plan({"fc1_gelu_new": other}, extra_ops=fp.PhiForCausalLM.kernel_ops)
     with kernels.plan_scope(plan):
         assert fp.fc1_gelu_new(x, mlp.fc1.weight, mlp.fc1.bias) is None
         unfused = mlp(x)

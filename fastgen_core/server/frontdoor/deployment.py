@@ -20,7 +20,7 @@ from .launcher import module_command
 
 
 def records_dir() -> Path:
-    from ...default_model import cache_dir
+    from ...config import cache_dir
     return cache_dir() / "deployments"
 
 
